@@ -1,0 +1,34 @@
+# Two commands for a new user: `make demo` and `make test`. Each bootstraps .venv itself.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+ARGS   ?=
+
+.PHONY: venv demo test e2e bench k8s-check camera-demo clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "edgefleet needs Python >= 3.11")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)  ## create or update .venv with everything the project needs
+
+demo: venv  ## run broker, fleet API and three agents; roll out a real model (ARGS=--once to exit after the table)
+	@bash scripts/ensure-mosquitto.sh
+	$(PY) -m demo $(ARGS)
+
+test: venv  ## run the whole test suite
+	@bash scripts/ensure-mosquitto.sh
+	$(PY) -m pytest $(ARGS)
+
+bench: venv  ## run the benchmarks (prints tables)
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:  ## remove the virtualenv and demo state
+	rm -rf $(VENV) .demo .pytest_cache

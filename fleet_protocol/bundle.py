@@ -1,0 +1,161 @@
+"""The bundle file: one tar with manifest.json, signature (ed25519 over the manifest) and the files it lists.
+
+Reading verifies everything before anything is trusted: the member list, the signature, then each file's
+size and sha256. A bundle that fails any check raises BundleError and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .manifest import FileEntry, Manifest
+from .signing import SignatureError, key_id, sha256_bytes, sign, verify_any
+
+MANIFEST = "manifest.json"
+SIGNATURE = "signature"
+MODEL = "model.onnx"
+GOLDEN = "golden.npz"
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+class BundleError(ValueError):
+    """A bundle that is malformed, tampered with, or signed by a key we do not trust."""
+
+
+def bundle_filename(name: str, version: str) -> str:
+    return f"{name}-{version}.bundle"
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    # Fixed metadata: the same content always packs to the same bytes.
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def write_bundle(out: Path, manifest: Manifest, files: dict[str, bytes], private_key: Ed25519PrivateKey) -> Manifest:
+    """Fill in the file digests, sign, and write atomically. Returns the manifest as written."""
+    if MODEL not in files:
+        raise BundleError(f"a bundle needs {MODEL}")
+    entries = {n: FileEntry(sha256=sha256_bytes(b), size=len(b)) for n, b in sorted(files.items())}
+    manifest = manifest.model_copy(update={"files": entries})
+    manifest = Manifest.model_validate(manifest.model_dump())  # re-validate after the update
+    manifest.extra.setdefault("signed_by", key_id(private_key.public_key()))
+    body = manifest.canonical_bytes()
+    signature = sign(private_key, body)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".part", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name, data in [(MANIFEST, body), (SIGNATURE, signature), *sorted(files.items())]:
+                tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return manifest
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    manifest: Manifest
+    signed_by: str
+    directory: Path | None  # where the files were extracted, when asked
+
+
+def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, limit: int) -> bytes:
+    if info.size > limit:
+        raise BundleError(f"{info.name} is too large ({info.size} bytes)")
+    f = tar.extractfile(info)
+    assert f is not None
+    return f.read()
+
+
+def read_bundle(path: Path, trusted_keys: list[Ed25519PublicKey], extract_to: Path | None = None) -> VerifiedBundle:
+    """Verify a bundle; with `extract_to`, also write its files there (the folder must not exist yet).
+
+    Files are extracted to a temporary sibling and renamed into place only when every check passed.
+    """
+    if not trusted_keys:
+        raise BundleError("no trusted key configured: refusing to load any bundle")
+    staging: Path | None = None
+    try:
+        try:
+            tar = tarfile.open(path, mode="r:")
+        except (tarfile.TarError, OSError) as exc:
+            raise BundleError(f"not a bundle (tar) file: {exc}") from None
+        with tar:
+            members = tar.getmembers()
+            names = [m.name for m in members]
+            if len(set(names)) != len(names):
+                raise BundleError("bundle has duplicate members")
+            by_name = {m.name: m for m in members}
+            for m in members:
+                if not m.isfile() or "/" in m.name or m.name.startswith("."):
+                    raise BundleError(f"bundle member {m.name!r} is not a plain top-level file")
+            for required in (MANIFEST, SIGNATURE):
+                if required not in by_name:
+                    raise BundleError(f"bundle has no {required}")
+            body = _read_member(tar, by_name[MANIFEST], MAX_MANIFEST_BYTES)
+            signature = _read_member(tar, by_name[SIGNATURE], 1024)
+            try:
+                signer = verify_any(trusted_keys, signature, body)
+            except SignatureError as exc:
+                raise BundleError(str(exc)) from None
+            try:
+                manifest = Manifest.model_validate(json.loads(body))
+            except (ValueError, ValidationError) as exc:
+                raise BundleError(f"manifest is invalid: {exc}") from None
+            listed = set(manifest.files)
+            present = set(names) - {MANIFEST, SIGNATURE}
+            if listed != present:
+                raise BundleError(f"bundle files {sorted(present)} differ from the manifest's {sorted(listed)}")
+            if MODEL not in listed:
+                raise BundleError(f"bundle has no {MODEL}")
+            if extract_to is not None:
+                extract_to = Path(extract_to)
+                extract_to.parent.mkdir(parents=True, exist_ok=True)
+                staging = Path(tempfile.mkdtemp(prefix=f".{extract_to.name}.", dir=extract_to.parent))
+            for name, entry in manifest.files.items():
+                info = by_name[name]
+                if info.size != entry.size:
+                    raise BundleError(f"{name}: size {info.size} differs from the manifest's {entry.size}")
+                h = hashlib.sha256()
+                src = tar.extractfile(info)
+                assert src is not None
+                dst = open(staging / name, "wb") if staging else None
+                try:
+                    while block := src.read(1 << 20):
+                        h.update(block)
+                        if dst:
+                            dst.write(block)
+                finally:
+                    if dst:
+                        dst.close()
+                if h.hexdigest() != entry.sha256:
+                    raise BundleError(f"{name}: sha256 differs from the manifest (corrupted or tampered)")
+            if staging is not None:
+                (staging / MANIFEST).write_bytes(body)
+                (staging / SIGNATURE).write_bytes(signature)
+                os.replace(staging, extract_to)
+                staging = None
+        return VerifiedBundle(manifest=manifest, signed_by=key_id(signer), directory=extract_to)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,52 @@
+"""`model-tools`: export, optimize, quantize, evaluate, tune and bundle models.
+
+Each sub-command lives in its own module with `add_parser(subparsers)`; the module sets `func` on its parser.
+Errors that are the user's (a bad file, a bad argument) are raised as UsageError and end in one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import UsageError
+
+# Module names under model_tools.commands, in the order --help lists them.
+COMMANDS = ["keygen", "bundle", "zoo", "export", "optimize", "quantize", "evaluate", "tune"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="model-tools",
+        description="Turn trained models into fast, signed edgefleet bundles.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"model_tools.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"model_tools.commands.{name}":
+                continue  # a command not built yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

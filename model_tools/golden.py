@@ -1,0 +1,56 @@
+"""Golden data: sample inputs and the outputs the model must reproduce on every device."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UsageError
+
+INPUT_PREFIX = "input:"
+OUTPUT_PREFIX = "output:"
+
+
+def load_inputs(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:
+    """Read an .npz of sample inputs keyed by input name (a single-input model may use any key)."""
+    try:
+        data = dict(np.load(path, allow_pickle=False))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: not a readable .npz file ({exc})") from None
+    data = {k.removeprefix(INPUT_PREFIX): v for k, v in data.items() if not k.startswith(OUTPUT_PREFIX)}
+    if len(input_names) == 1 and len(data) == 1:
+        return {input_names[0]: next(iter(data.values()))}
+    missing = [n for n in input_names if n not in data]
+    if missing:
+        raise UsageError(f"{path}: no array for model input(s) {missing}; it has {sorted(data)}")
+    return {n: data[n] for n in input_names}
+
+
+def compute(model_bytes: bytes, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        outputs = session.run(names, inputs)
+    except Exception as exc:  # onnxruntime raises its own exception types for shape/dtype errors
+        raise UsageError(f"the model cannot run on the golden inputs: {str(exc).splitlines()[0]}") from None
+    return dict(zip(names, outputs))
+
+
+def to_npz(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    arrays = {f"{INPUT_PREFIX}{k}": v for k, v in inputs.items()}
+    arrays.update({f"{OUTPUT_PREFIX}{k}": v for k, v in outputs.items()})
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def from_npz(data: bytes | Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    src = io.BytesIO(data) if isinstance(data, bytes) else data
+    with np.load(src, allow_pickle=False) as z:
+        inputs = {k[len(INPUT_PREFIX):]: z[k] for k in z.files if k.startswith(INPUT_PREFIX)}
+        outputs = {k[len(OUTPUT_PREFIX):]: z[k] for k in z.files if k.startswith(OUTPUT_PREFIX)}
+    return inputs, outputs
