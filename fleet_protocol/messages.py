@@ -120,6 +120,7 @@ class Fetch(Message):
     """device → api: the chunks of an artifact the device still misses (its resume point)."""
 
     sha256: Sha256
+    chunk_size: int = Field(default=DEFAULT_CHUNK_SIZE, ge=1024, le=16 * 1024 * 1024)
     missing: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=100_000)
 
 

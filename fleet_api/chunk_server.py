@@ -1,0 +1,95 @@
+"""Serves artifact chunks over MQTT, coalescing requests.
+
+Devices of a wave ask for the same chunks at about the same time. Requests for one artifact that arrive
+within a short window are merged, and each chunk is published once on `artifacts/{sha256}/{index}`, which
+every downloading device subscribes to: a wave costs about one copy of the model, not one per device.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+
+from prometheus_client import Counter
+
+from fleet_protocol.topics import Topics
+
+from .publisher import Publisher
+from .registry.artifacts import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+CHUNKS_SENT = Counter("edgefleet_api_chunks_sent_total", "Artifact chunks published")
+CHUNK_BYTES = Counter("edgefleet_api_chunk_bytes_sent_total", "Artifact bytes published")
+CHUNKS_REQUESTED = Counter("edgefleet_api_chunks_requested_total", "Chunk indices devices asked for")
+
+
+class ChunkServer:
+    def __init__(self, store: ArtifactStore, publisher: Publisher, topics: Topics, window_s: float = 0.1) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.topics = topics
+        self.window_s = window_s
+        self._pending: dict[tuple[str, int], set[int]] = defaultdict(set)
+        self._cond = threading.Condition()
+        self._first_request: dict[tuple[str, int], float] = {}
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="chunk-server", daemon=True)
+        self._thread.start()
+
+    def request(self, sha256: str, size: int, chunk_size: int, indices: list[int]) -> int:
+        """Queue chunk indices of a known artifact; returns how many were valid."""
+        count = -(-size // chunk_size)
+        valid = {i for i in indices if 0 <= i < count}
+        if not valid:
+            return 0
+        CHUNKS_REQUESTED.inc(len(valid))
+        key = (sha256, chunk_size)
+        with self._cond:
+            self._pending[key] |= valid
+            self._first_request.setdefault(key, time.monotonic())
+            self._cond.notify()
+        return len(valid)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+
+    def _due(self) -> tuple[list[tuple[tuple[str, int], set[int]]], float | None]:
+        now = time.monotonic()
+        due, wait = [], None
+        for key, first in list(self._first_request.items()):
+            left = first + self.window_s - now
+            if left <= 0:
+                due.append((key, self._pending.pop(key)))
+                del self._first_request[key]
+            else:
+                wait = left if wait is None else min(wait, left)
+        return due, wait
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._stop:
+                        return
+                    due, wait = self._due()
+                    if due:
+                        break
+                    self._cond.wait(timeout=wait)
+            for (sha256, chunk_size), indices in due:
+                self._send(sha256, chunk_size, sorted(indices))
+
+    def _send(self, sha256: str, chunk_size: int, indices: list[int]) -> None:
+        try:
+            for i in indices:
+                data = self.store.read_chunk(sha256, i, chunk_size)
+                self.publisher.publish(self.topics.artifact_chunk(sha256, i), data, qos=1)
+                CHUNKS_SENT.inc()
+                CHUNK_BYTES.inc(len(data))
+        except OSError as exc:
+            log.error("artifact %s: cannot read chunks: %s", sha256[:12], exc)

@@ -1,0 +1,21 @@
+"""Errors of the core; the HTTP shell maps each kind to a status code."""
+
+
+class FleetError(Exception):
+    status = 400
+
+
+class NotFound(FleetError):
+    status = 404
+
+
+class Conflict(FleetError):
+    status = 409
+
+
+class Invalid(FleetError):
+    status = 400
+
+
+class TooLarge(FleetError):
+    status = 413

@@ -1,0 +1,132 @@
+"""The fleet API's one MQTT connection (paho-mqtt 2, MQTT 5): reconnects by itself, hands messages to a worker.
+
+Messages are handled on a worker thread, never on paho's network thread, so a handler may publish and wait
+for the broker's acknowledgement without deadlocking the loop that would deliver it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import uuid
+from typing import Callable
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+log = logging.getLogger(__name__)
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    u = urlparse(url)
+    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
+    tls = u.scheme in ("mqtts", "ssl")
+    return u.hostname or "127.0.0.1", u.port or (8883 if tls else 1883), tls
+
+
+class Broker:
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str = "",
+        username: str | None = None,
+        password: str | None = None,
+        tls_ca: str | None = None,
+        subscriptions: list[tuple[str, int]] = (),
+        on_message: Callable[[str, bytes], None] | None = None,
+        on_connected: Callable[[], None] | None = None,
+    ) -> None:
+        self.host, self.port, tls = parse_broker_url(url)
+        self.subscriptions = list(subscriptions)
+        self.on_message = on_message
+        self.on_connected = on_connected
+        self._connected = threading.Event()
+        self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=100_000)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id or f"fleet-api-{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv5
+        )
+        if username:
+            self.client.username_pw_set(username, password)
+        if tls or tls_ca:
+            self.client.tls_set(ca_certs=tls_ca, cert_reqs=ssl.CERT_REQUIRED)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.max_inflight_messages_set(100)
+        self.client.max_queued_messages_set(0)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+        self._worker = threading.Thread(target=self._work, name="mqtt-worker", daemon=True)
+
+    def start(self) -> None:
+        self._worker.start()
+        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=True)
+        self.client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def stop(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+        self._inbox.put(None)
+        if self._worker.is_alive():
+            self._worker.join(timeout=5)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, wait: bool = False) -> bool:
+        if not self._connected.is_set():
+            return False
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        if wait:
+            try:
+                info.wait_for_publish(timeout=10)
+            except (RuntimeError, ValueError):
+                return False
+            return info.is_published()
+        return True
+
+    # paho callbacks (network thread) ------------------------------------------------------------------
+    def _on_connect(self, client, _userdata, _flags, reason_code, _props) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
+            return
+        log.info("connected to broker %s:%d", self.host, self.port)
+        for topic, qos in self.subscriptions:
+            client.subscribe(topic, qos=qos)
+        self._connected.set()
+        if self.on_connected:
+            self._inbox.put(("", b""))  # run on_connected on the worker, where it may wait for acks
+
+    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _props) -> None:
+        self._connected.clear()
+        log.warning("disconnected from broker (%s); reconnecting", reason_code)
+
+    def _on_message(self, _client, _userdata, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._inbox.put_nowait((msg.topic, msg.payload))
+        except queue.Full:
+            log.error("inbox full: dropping a message on %s", msg.topic)
+
+    def _work(self) -> None:
+        while (item := self._inbox.get()) is not None:
+            topic, payload = item
+            try:
+                if topic == "":
+                    if self.on_connected:
+                        self.on_connected()
+                elif self.on_message:
+                    self.on_message(topic, payload)
+            except Exception:  # a handler bug must not kill the worker; it is logged with its traceback
+                log.exception("handling a message on %r failed", topic)

@@ -1,0 +1,46 @@
+"""Desired state per device, and the outbox that publishes each revision once, after its commit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from fleet_protocol.messages import Desired, ModelRef, RuntimeConfig
+
+from ..db.tables import Bundle, Device
+
+
+def model_ref(bundle: Bundle, chunk_size: int) -> ModelRef:
+    return ModelRef(name=bundle.name, version=bundle.version, sha256=bundle.sha256, size=bundle.size, chunk_size=chunk_size)
+
+
+def set_desired(db: Session, device: Device, model: ModelRef | dict[str, Any] | None, rollout_id: int | None) -> int:
+    """Give a device a new desired model; returns the new revision (published by the outbox after commit)."""
+    if isinstance(model, dict):
+        model = ModelRef.model_validate(model)
+    runtime = RuntimeConfig.model_validate((device.desired or {}).get("runtime") or {})
+    device.desired_revision += 1
+    desired = Desired(revision=device.desired_revision, model=model, runtime=runtime, rollout_id=rollout_id)
+    device.desired = desired.model_dump(mode="json")
+    return device.desired_revision
+
+
+def current_model(device: Device) -> dict[str, Any] | None:
+    return (device.desired or {}).get("model")
+
+
+def unpublished(db: Session, limit: int = 1000) -> list[tuple[str, int, bytes]]:
+    rows = db.execute(
+        select(Device.id, Device.desired_revision, Device.desired)
+        .where(Device.desired_revision > Device.published_revision)
+        .limit(limit)
+    ).all()
+    return [(dev, rev, Desired.model_validate(d).to_bytes()) for dev, rev, d in rows]
+
+
+def mark_published(db: Session, device_id: str, revision: int) -> None:
+    device = db.get(Device, device_id)
+    if device is not None and device.published_revision < revision:
+        device.published_revision = revision

@@ -1,0 +1,34 @@
+"""HTTP: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: database and broker reachable")
+def readyz(request: Request, response: Response) -> dict:
+    service = request.app.state.service
+    checks = {"broker": bool(request.app.state.broker.connected)}
+    try:
+        with service.sessions() as db:
+            db.execute(text("SELECT 1"))
+        checks["database"] = True
+    except Exception:  # any driver error means not ready
+        checks["database"] = False
+    if not all(checks.values()):
+        response.status_code = 503
+    return {"ready": all(checks.values()), **checks}
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,43 @@
+"""HTTP: the model registry."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from ..errors import Invalid, TooLarge
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.post("", status_code=201, summary="Upload a signed bundle (raw body, application/octet-stream)")
+async def upload(request: Request, response: Response) -> dict:
+    service = request.app.state.service
+    limit = int(service.settings.max_bundle_mb * 1024 * 1024)
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"bundle of {declared} bytes exceeds the {limit}-byte limit")
+    # Spool the body to disk as it arrives: bundles may be far larger than memory on a small API pod.
+    tmp = service.store.new_upload()
+    total = 0
+    try:
+        with open(tmp, "wb") as out:
+            async for block in request.stream():
+                total += len(block)
+                if total > limit:
+                    raise TooLarge(f"bundle exceeds the {limit}-byte limit")
+                out.write(block)
+        if total == 0:
+            raise Invalid("empty body: send the bundle file as the request body")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    view, created = await run_in_threadpool(service.upload_bundle, tmp)
+    if not created:
+        response.status_code = 200
+    return view
+
+
+@router.get("", summary="List bundles")
+def list_models(request: Request) -> list[dict]:
+    return request.app.state.service.list_bundles()
