@@ -1,0 +1,3 @@
+"""edgefleet edge agent: the daemon on each device."""
+
+__version__ = "0.1.0"

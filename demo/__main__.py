@@ -1,0 +1,90 @@
+"""`make demo`: a broker, the fleet API and three agents on this machine; roll out a real model, v1 then v2.
+
+    python -m demo            stays up until Ctrl-C, then stops every process it started
+    python -m demo --once     exits 0 after the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .fleet import Fleet, build_digits_bundles, device_table, infer_digit, roll_out, upload
+
+DEVICES = {
+    "cam-01": {"site": "lab", "hw": "cpu"},
+    "cam-02": {"site": "lab", "hw": "cpu"},
+    "cam-03": {"site": "lab", "hw": "cpu"},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--once", action="store_true", help="exit after the table instead of staying up")
+    parser.add_argument("--work-dir", type=Path, default=Path(".demo"), help="folder for every process's state (wiped first)")
+    parser.add_argument("--json", action="store_true", help="print the final table as JSON")
+    args = parser.parse_args(argv)
+    console = Console(stderr=args.json)
+    work: Path = args.work_dir.resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+    with console.status("training the digits CNN and signing bundles 1.0.0 and 2.0.0 …"):
+        trusted_key, bundles = build_digits_bundles(work)
+    console.print(f"[green]✓[/green] bundles: {', '.join(b.name for b in bundles)}")
+
+    with console.status("starting mosquitto, the fleet API and three agents …"):
+        fleet = Fleet(work, trusted_key, DEVICES).__enter__()
+    try:
+        console.print(f"[green]✓[/green] broker {fleet.broker.url}, fleet API {fleet.api.url}")
+        with fleet.api.client() as api:
+            for bundle in bundles:
+                upload(api, bundle)
+            for version, waves in (("1.0.0", "100%"), ("2.0.0", "1,100%")):
+                started = time.monotonic()
+                with console.status(f"rolling out digits {version} (waves {waves}) …"):
+                    rollout = roll_out(api, "digits", version, "site=lab", waves)
+                console.print(f"[green]✓[/green] rollout {rollout['id']} of digits {version}: {rollout['state']} "
+                              f"in {time.monotonic() - started:.1f}s")
+                if rollout["state"] != "succeeded":
+                    console.print(f"[red]rollout {rollout['state']}: {rollout.get('reason')}")
+                    return 1
+            from model_tools.zoo.digits import load_split
+
+            _, _, x_test, y_test = load_split()
+            rows = device_table(api)
+            for i, row in enumerate(rows):
+                agent = fleet.agents[row["device"]]
+                digit, p = infer_digit(agent.url, "digits", x_test[i])
+                row.update(prediction=digit, probability=round(p, 3), label=int(y_test[i]))
+        if args.json:
+            print(json.dumps(rows))
+        else:
+            table = Table(title="edgefleet demo: every device after the v2 rollout")
+            for col in ("device", "state", "version", "provider", "prediction", "label"):
+                table.add_column(col)
+            for r in rows:
+                table.add_row(r["device"], r["state"], r["version"], r["provider"], f"{r['prediction']} (p={r['probability']})", str(r["label"]))
+            console.print(table)
+        if args.once:
+            return 0
+        console.print(f"\nFleet API: {fleet.api.url}/docs   devices: " + "  ".join(a.url for a in fleet.agents.values()))
+        console.print("Running. Press Ctrl-C to stop every process.")
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        with console.status("stopping …"):
+            fleet.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

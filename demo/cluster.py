@@ -1,0 +1,220 @@
+"""Start the real parts on free loopback ports: a mosquitto broker, the fleet API, edge agents.
+
+Each part is a child process with its own folder for config, data and logs, stopped by `close()`.
+Used by `make demo` and by the end-to-end tests alike, so the demo path is what the tests prove.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the thing we wait for may not accept connections yet
+            last_exc = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+def find_mosquitto() -> str:
+    for candidate in MOSQUITTO_CANDIDATES:
+        path = shutil.which(candidate)
+        if path:
+            return path
+    raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
+
+
+@dataclass
+class Process:
+    name: str
+    args: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> "Process":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log.close()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 10) -> None:
+        if not self.alive:
+            return
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.alive:
+            assert self.proc is not None
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Broker:
+    """A private mosquitto: own config, own port, no persistence, anonymous access on loopback."""
+
+    def __init__(self, root: Path, port: int | None = None, extra_config: str = "") -> None:
+        self.root = root
+        self.port = port or free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        conf = root / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "log_dest stderr\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+            "max_inflight_messages 100\n"
+            "max_queued_messages 10000\n"
+            f"{extra_config}"
+        )
+        self.process = Process("mosquitto", [find_mosquitto(), "-c", str(conf)], root / "mosquitto.log")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> "Broker":
+        self.process.start()
+
+        def accepting() -> bool:
+            if not self.process.alive:
+                raise RuntimeError(f"mosquitto exited:\n{self.process.tail()}")
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+
+        wait_for(accepting, 10, f"mosquitto on port {self.port}")
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class FleetApi:
+    def __init__(self, root: Path, broker_url: str, trusted_key: Path, port: int | None = None,
+                 database_url: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.port = port or free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            "EDGEFLEET_API_DATABASE_URL": database_url or f"sqlite:///{root / 'fleet.db'}",
+            "EDGEFLEET_API_BROKER_URL": broker_url,
+            "EDGEFLEET_API_ARTIFACT_DIR": str(root / "artifacts"),
+            "EDGEFLEET_API_TRUSTED_KEYS": str(trusted_key),
+            "EDGEFLEET_API_PORT": str(self.port),
+            "EDGEFLEET_API_TICK_INTERVAL_S": "0.5",
+            **(env or {}),
+        }
+        self.process = self._process()
+
+    def _process(self) -> Process:
+        return Process("fleet-api", [sys.executable, "-m", "fleet_api.cli", "serve"], self.root / "fleet-api.log", self.env)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30)
+
+    def start(self) -> "FleetApi":
+        if self.process.proc is not None:
+            self.process = self._process()
+        self.process.start()
+
+        def ready() -> bool:
+            if not self.process.alive:
+                raise RuntimeError(f"fleet API exited:\n{self.process.tail()}")
+            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+
+        wait_for(ready, 30, "the fleet API to be ready")
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+class EdgeAgent:
+    def __init__(self, root: Path, device_id: str, broker_url: str, trusted_key: Path, http_port: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.device_id = device_id
+        self.root = root
+        self.http_port = http_port or free_port()
+        self.env = {
+            "EDGEFLEET_AGENT_DEVICE_ID": device_id,
+            "EDGEFLEET_AGENT_BROKER_URL": broker_url,
+            "EDGEFLEET_AGENT_DATA_DIR": str(root / "data"),
+            "EDGEFLEET_AGENT_TRUSTED_KEYS": str(trusted_key),
+            "EDGEFLEET_AGENT_HTTP_PORT": str(self.http_port),
+            "EDGEFLEET_AGENT_CHUNK_TIMEOUT_S": "1.0",
+            **(env or {}),
+        }
+        self.process = self._process()
+
+    def _process(self) -> Process:
+        return Process(self.device_id, [sys.executable, "-m", "edge_agent.cli", "run"], self.root / "agent.log", self.env)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self) -> "EdgeAgent":
+        if self.process.proc is not None:
+            self.process = self._process()
+        self.process.start()
+
+        def live() -> bool:
+            if not self.process.alive:
+                raise RuntimeError(f"agent {self.device_id} exited:\n{self.process.tail()}")
+            return httpx.get(f"{self.url}/v2/health/live", timeout=1).status_code == 200
+
+        wait_for(live, 30, f"agent {self.device_id} to listen")
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def kill(self) -> None:
+        self.process.kill()

@@ -1,0 +1,122 @@
+"""The demo's steps as functions: build and sign bundles, start the fleet, roll out, ask every device."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from .cluster import Broker, EdgeAgent, FleetApi, wait_for
+
+
+def model_tools(*args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "model_tools.cli", *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"model-tools {' '.join(args)} failed:\n{out.stderr}")
+    return out.stdout
+
+
+def build_digits_bundles(work: Path) -> tuple[Path, list[Path]]:
+    """A signing key and two real versions of the digits CNN: 1.0.0 (1 epoch) and 2.0.0 (20 epochs)."""
+    from model_tools.zoo import prepare
+
+    key = work / "signing"
+    model_tools("keygen", "--out", str(key))
+    bundles = []
+    for version, epochs in (("1.0.0", 1), ("2.0.0", 20)):
+        zoo = prepare("digits", variant=f"e{epochs}", epochs=epochs)
+        model_tools(
+            "bundle", str(zoo.onnx), "--name", "digits", "--version", version, "--golden", str(zoo.golden_inputs),
+            "--key", f"{key}.pem", "--out", str(work / "bundles"), "--task", "classification",
+        )
+        bundles.append(work / "bundles" / f"digits-{version}.bundle")
+    return Path(f"{key}.pub.pem"), bundles
+
+
+def upload(api: httpx.Client, bundle: Path) -> dict:
+    r = api.post("/v1/models", content=bundle.read_bytes(), headers={"content-type": "application/octet-stream"})
+    r.raise_for_status()
+    return r.json()
+
+
+def roll_out(api: httpx.Client, model: str, version: str, selector: str = "", waves: str = "100%",
+             gates: dict | None = None, timeout: float = 120) -> dict:
+    r = api.post("/v1/rollouts", json={"model": model, "version": version, "selector": selector, "waves": waves, "gates": gates or {}})
+    r.raise_for_status()
+    rollout_id = r.json()["id"]
+    return wait_for(lambda: _finished(api, rollout_id), timeout, f"rollout {rollout_id} of {model} {version}", interval=0.2)
+
+
+def _finished(api: httpx.Client, rollout_id: int) -> dict | None:
+    rollout = api.get(f"/v1/rollouts/{rollout_id}").json()
+    return rollout if rollout["state"] not in ("pending", "running", "paused") else None
+
+
+def infer_digit(agent_url: str, model: str, image: np.ndarray) -> tuple[int, float]:
+    """One KServe v2 request with a JSON tensor; → (predicted digit, probability)."""
+    body = {"inputs": [{"name": "image", "shape": [1, 1, 8, 8], "datatype": "FP32", "data": image.ravel().tolist()}]}
+    r = httpx.post(f"{agent_url}/v2/models/{model}/infer", json=body, timeout=10)
+    r.raise_for_status()
+    probs = np.asarray(r.json()["outputs"][0]["data"])
+    return int(probs.argmax()), float(probs.max())
+
+
+class Fleet:
+    """Broker + fleet API + N agents under one folder; a context manager that stops all of them."""
+
+    def __init__(self, work: Path, trusted_key: Path, devices: dict[str, dict[str, str]]) -> None:
+        self.work = work
+        self.broker = Broker(work / "broker")
+        self.api = FleetApi(work / "api", self.broker.url, trusted_key)
+        self.devices = devices
+        self.agents = {d: EdgeAgent(work / "devices" / d, d, self.broker.url, trusted_key) for d in devices}
+
+    def start(self) -> "Fleet":
+        self.broker.start()
+        self.api.start()
+        with self.api.client() as api:
+            for device_id, labels in self.devices.items():
+                api.post("/v1/devices", json={"id": device_id, "labels": labels}).raise_for_status()
+        for agent in self.agents.values():
+            agent.start()
+        with self.api.client() as api:
+            wait_for(lambda: all(d["online"] for d in api.get("/v1/devices").json()), 30, "every device online")
+        return self
+
+    def close(self) -> None:
+        for agent in self.agents.values():
+            agent.stop()
+        self.api.stop()
+        self.broker.stop()
+
+    def __enter__(self) -> "Fleet":
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def device_table(api: httpx.Client) -> list[dict]:
+    rows = []
+    for d in api.get("/v1/devices").json():
+        reported = d.get("reported") or {}
+        model = reported.get("model") or {}
+        rows.append({
+            "device": d["id"], "online": d["online"], "state": reported.get("state"), "model": model.get("name"),
+            "version": model.get("version"), "provider": reported.get("provider"),
+        })
+    return rows
+
+
+def wait_serving(api: httpx.Client, version: str, timeout: float = 60) -> None:
+    wait_for(lambda: all(r["state"] == "serving" and r["version"] == version for r in device_table(api)), timeout,
+             f"every device serving {version}")
+    time.sleep(0)

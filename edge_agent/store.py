@@ -1,0 +1,193 @@
+"""The model store on local disk.
+
+    DATA_DIR/models/{sha256}/     one verified, extracted bundle per folder (content-addressed)
+    DATA_DIR/downloads/{sha256}/  chunks of a download in progress, one file each (resume after restart)
+    DATA_DIR/state.json           {"current": sha, "previous": sha}, replaced atomically
+
+A model becomes `current` only after it loaded and passed its golden check, so whatever happens (kill -9
+included) the agent boots on a model that passed. A half-written download is never loaded: chunks are
+written to temporary names and renamed, the bundle is verified as a whole, and extraction is a rename too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleet_protocol.bundle import BundleError, VerifiedBundle, read_bundle
+from fleet_protocol.manifest import Manifest
+from fleet_protocol.messages import ModelRef
+from fleet_protocol.signing import sha256_file
+
+log = logging.getLogger(__name__)
+
+
+def _atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    sha256: str
+    directory: Path
+    manifest: Manifest
+
+    @property
+    def model_path(self) -> Path:
+        return self.directory / "model.onnx"
+
+    @property
+    def golden_path(self) -> Path:
+        return self.directory / "golden.npz"
+
+
+class DigestMismatch(BundleError):
+    """The assembled artifact is not the one asked for: some chunk was corrupt. Its chunks were discarded."""
+
+
+class PartialDownload:
+    """Chunks of one artifact received so far; survives restarts."""
+
+    def __init__(self, folder: Path, ref: ModelRef) -> None:
+        self.folder = folder
+        self.ref = ref
+        folder.mkdir(parents=True, exist_ok=True)
+        self._have = {int(p.name) for p in folder.iterdir() if p.name.isdigit()}
+
+    def expected_size(self, index: int) -> int:
+        last = self.ref.chunk_count - 1
+        return self.ref.size - last * self.ref.chunk_size if index == last else self.ref.chunk_size
+
+    def missing(self) -> list[int]:
+        return [i for i in range(self.ref.chunk_count) if i not in self._have]
+
+    def put(self, index: int, data: bytes) -> bool:
+        """Store one chunk; False (and nothing stored) when it cannot belong to this artifact."""
+        if not 0 <= index < self.ref.chunk_count or len(data) != self.expected_size(index):
+            return False
+        if index not in self._have:
+            # No fsync per chunk: a chunk torn by a power cut fails the whole-artifact digest and is fetched again.
+            _atomic_write(self.folder / str(index), data, durable=False)
+            self._have.add(index)
+        return True
+
+    @property
+    def complete(self) -> bool:
+        return len(self._have) == self.ref.chunk_count
+
+    @property
+    def progress(self) -> float:
+        return len(self._have) / self.ref.chunk_count
+
+    def assemble(self, dest: Path) -> None:
+        with open(dest, "wb") as out:
+            for i in range(self.ref.chunk_count):
+                out.write((self.folder / str(i)).read_bytes())
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+        self._have.clear()
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+
+class ModelStore:
+    def __init__(self, root: Path, keep: int = 3) -> None:
+        self.root = Path(root)
+        self.keep = max(2, keep)
+        self.models = self.root / "models"
+        self.downloads = self.root / "downloads"
+        for d in (self.models, self.downloads):
+            d.mkdir(parents=True, exist_ok=True)
+        self._state_path = self.root / "state.json"
+
+    # --- state ------------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, str | None]:
+        try:
+            return json.loads(self._state_path.read_text())
+        except (OSError, ValueError):
+            return {"current": None, "previous": None}
+
+    def current(self) -> StoredModel | None:
+        return self.get(self._state().get("current"))
+
+    def previous(self) -> StoredModel | None:
+        return self.get(self._state().get("previous"))
+
+    def promote(self, sha256: str) -> None:
+        """Make `sha256` current and the old current previous, in one atomic replace."""
+        state = self._state()
+        if state.get("current") == sha256:
+            return
+        new = {"current": sha256, "previous": state.get("current") or state.get("previous")}
+        _atomic_write(self._state_path, json.dumps(new).encode())
+        self.collect_garbage()
+
+    # --- models -----------------------------------------------------------------------------------------
+    def get(self, sha256: str | None) -> StoredModel | None:
+        if not sha256:
+            return None
+        folder = self.models / sha256
+        try:
+            manifest = Manifest.model_validate_json((folder / "manifest.json").read_bytes())
+        except (OSError, ValueError):
+            return None
+        return StoredModel(sha256, folder, manifest)
+
+    def partial(self, ref: ModelRef) -> PartialDownload:
+        return PartialDownload(self.downloads / ref.sha256, ref)
+
+    def install(self, partial: PartialDownload, trusted_keys: list) -> StoredModel:
+        """Assemble, check the digest, verify the signature and every file, extract. BundleError on any failure."""
+        ref = partial.ref
+        if (existing := self.get(ref.sha256)) is not None:
+            return existing
+        fd, tmp_name = tempfile.mkstemp(prefix=".bundle-", dir=self.downloads)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            partial.assemble(tmp)
+            digest = sha256_file(tmp)
+            if digest != ref.sha256:
+                partial.discard()  # some chunk was corrupt: start over rather than trust any of them
+                raise DigestMismatch(f"downloaded artifact has sha256 {digest[:12]}…, expected {ref.sha256[:12]}…")
+            verified: VerifiedBundle = read_bundle(tmp, trusted_keys, extract_to=self.models / ref.sha256)
+            if verified.manifest.name != ref.name or verified.manifest.version != ref.version:
+                shutil.rmtree(self.models / ref.sha256, ignore_errors=True)
+                raise BundleError(
+                    f"bundle is {verified.manifest.name} {verified.manifest.version}, desired state says {ref.name} {ref.version}"
+                )
+        finally:
+            tmp.unlink(missing_ok=True)
+        shutil.rmtree(partial.folder, ignore_errors=True)
+        stored = self.get(ref.sha256)
+        assert stored is not None
+        return stored
+
+    def collect_garbage(self) -> None:
+        """Keep current, previous and the newest others up to `keep`; remove the rest and stale downloads."""
+        state = self._state()
+        pinned = {state.get("current"), state.get("previous")}
+        folders = sorted((p for p in self.models.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+        kept = len([p for p in folders if p.name in pinned])
+        for folder in folders:
+            if folder.name in pinned:
+                continue
+            if folder.name.startswith(".") or kept >= self.keep:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                kept += 1

@@ -1,0 +1,139 @@
+"""The agent's one MQTT connection (paho-mqtt 2, MQTT 5): desired state in, chunks in, reports out.
+
+Reconnects by itself. A retained `status` with a last will tells the fleet when the device drops off.
+Payloads are parsed and validated here; the reconciler only ever sees valid messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import Counter
+
+from fleet_protocol.messages import Desired, Event, Fetch, ProtocolError, Reported, Status, Telemetry
+from fleet_protocol.topics import Topics
+
+from . import __version__
+from .reconcile import Reconciler
+from .settings import AgentSettings
+
+log = logging.getLogger(__name__)
+
+REJECTED = Counter("edgefleet_agent_messages_rejected_total", "MQTT messages the agent refused", ["reason"])
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    u = urlparse(url)
+    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
+    tls = u.scheme in ("mqtts", "ssl")
+    return u.hostname or "127.0.0.1", u.port or (8883 if tls else 1883), tls
+
+
+class AgentLink:
+    """Implements the reconciler's Transport over MQTT."""
+
+    def __init__(self, settings: AgentSettings, reconciler: Reconciler) -> None:
+        self.settings = settings
+        self.reconciler = reconciler
+        self.topics = Topics(settings.topic_prefix)
+        self.device_id = settings.device_id
+        self.host, self.port, tls = parse_broker_url(settings.broker_url)
+        self._watched: set[str] = set()
+        self._connected = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"device-{self.device_id}", protocol=mqtt.MQTTv5)
+        if settings.mqtt_username:
+            self.client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
+        if tls or settings.mqtt_tls_ca:
+            self.client.tls_set(ca_certs=str(settings.mqtt_tls_ca) if settings.mqtt_tls_ca else None, cert_reqs=ssl.CERT_REQUIRED)
+        self.client.will_set(
+            self.topics.status(self.device_id), Status(online=False, agent_version=__version__).to_bytes(), qos=1, retain=True
+        )
+        self.client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=True)
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        if self._connected.is_set():
+            info = self.client.publish(
+                self.topics.status(self.device_id), Status(online=False, agent_version=__version__).to_bytes(), qos=1, retain=True
+            )
+            try:
+                info.wait_for_publish(timeout=2)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # --- Transport ------------------------------------------------------------------------------------
+    def watch_artifact(self, sha256: str) -> None:
+        self._watched.add(sha256)
+        self.client.subscribe(self.topics.artifact_chunks(sha256), qos=1)
+
+    def unwatch_artifact(self, sha256: str) -> None:
+        self._watched.discard(sha256)
+        self.client.unsubscribe(self.topics.artifact_chunks(sha256))
+
+    def request_chunks(self, sha256: str, chunk_size: int, missing: list[int]) -> None:
+        self.client.publish(self.topics.fetch(self.device_id), Fetch(sha256=sha256, chunk_size=chunk_size, missing=missing).to_bytes(), qos=1)
+
+    def report(self, reported: Reported) -> None:
+        self.client.publish(self.topics.reported(self.device_id), reported.to_bytes(), qos=1, retain=True)
+
+    def send_telemetry(self, telemetry: Telemetry) -> None:
+        self.client.publish(self.topics.telemetry(self.device_id), telemetry.to_bytes(), qos=0)
+
+    def send_event(self, event: Event) -> None:
+        self.client.publish(self.topics.events(self.device_id), event.to_bytes(), qos=1)
+
+    # --- paho callbacks (network thread) ---------------------------------------------------------------
+    def _on_connect(self, client, _userdata, _flags, reason_code, _props) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
+            return
+        log.info("connected to broker %s:%d as %s", self.host, self.port, self.device_id)
+        client.subscribe(self.topics.desired(self.device_id), qos=1)
+        for sha in self._watched:
+            client.subscribe(self.topics.artifact_chunks(sha), qos=1)
+        client.publish(self.topics.status(self.device_id), Status(online=True, agent_version=__version__).to_bytes(), qos=1, retain=True)
+        if (last := self.reconciler.last_reported) is not None:
+            self.report(last)  # the fleet may have missed it while we were away
+        self._connected.set()
+
+    def _on_disconnect(self, _client, _userdata, _flags, reason_code, _props) -> None:
+        self._connected.clear()
+        log.warning("disconnected from broker (%s); reconnecting", reason_code)
+
+    def _on_message(self, _client, _userdata, msg: mqtt.MQTTMessage) -> None:
+        topic = msg.topic
+        if topic == self.topics.desired(self.device_id):
+            if not msg.payload:
+                return  # retained desired cleared: nothing asked of us
+            try:
+                self.reconciler.submit(Desired.parse(msg.payload))
+            except ProtocolError as exc:
+                REJECTED.labels("malformed_desired").inc()
+                log.error("refusing desired state: %s", exc)
+            return
+        try:
+            sha, index = self.topics.parse_artifact_chunk(topic)
+        except ValueError:
+            REJECTED.labels("unexpected_topic").inc()
+            log.warning("ignoring message on unexpected topic %r", topic)
+            return
+        self.reconciler.on_chunk(sha, index, msg.payload)
