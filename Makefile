@@ -23,9 +23,16 @@ demo: venv  ## run broker, fleet API and three agents; roll out a real model (AR
 	@bash scripts/ensure-mosquitto.sh
 	$(PY) -m demo $(ARGS)
 
-test: venv  ## run the whole test suite
+test: venv  ## run the whole test suite (and the offline k3s manifest checks)
 	@bash scripts/ensure-mosquitto.sh
 	$(PY) -m pytest $(ARGS)
+	@$(MAKE) --no-print-directory k8s-check
+
+k8s-check:  ## render, validate and lint the k3s manifests, offline
+	bash scripts/k8s-check.sh
+
+camera-demo: venv  ## the camera pipeline on a webcam, or on a generated video; prints the URL to open
+	$(PY) -m demo.camera $(ARGS)
 
 bench: venv  ## run the benchmarks (prints tables)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
