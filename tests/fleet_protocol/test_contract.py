@@ -1,0 +1,94 @@
+"""The contract: topics round-trip, messages refuse bad payloads, bundles refuse tampering."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from fleet_protocol.bundle import BundleError, read_bundle
+from fleet_protocol.messages import Desired, Fetch, ModelRef, ProtocolError, Reported
+from fleet_protocol.signing import generate_keypair, load_public_key
+from fleet_protocol.topics import Topics
+
+
+def test_topics_round_trip_and_refuse_foreign_topics():
+    t = Topics("edgefleet/v1")
+    assert t.parse_device(t.desired("cam-1")) == ("cam-1", "desired")
+    assert t.parse_artifact_chunk(t.artifact_chunk("ab" * 32, 7)) == ("ab" * 32, 7)
+    for bad in ("edgefleet/v1/devices/cam-1", "other/devices/a/desired", "edgefleet/v1/devices/a/b/desired",
+                "edgefleet/v1/devices/a/unknown"):
+        with pytest.raises(ValueError):
+            t.parse_device(bad)
+    with pytest.raises(ValueError):
+        t.parse_artifact_chunk("edgefleet/v1/artifacts/abc/x")
+
+
+@pytest.mark.parametrize("payload, where", [
+    (b"not json", "invalid Desired"),
+    (b'{"revision": -1}', "revision"),
+    (b'{"revision": 1, "model": {"name": "m", "version": "1", "sha256": "xyz", "size": 1}}', "sha256"),
+    (b'{"revision": 1, "surprise": true}', "surprise"),
+])
+def test_desired_refuses_malformed_payloads_with_a_clear_message(payload, where):
+    with pytest.raises(ProtocolError, match=where):
+        Desired.parse(payload)
+
+
+def test_messages_round_trip():
+    ref = ModelRef(name="digits", version="1.0.0", sha256="0" * 64, size=300_000, chunk_size=128 * 1024)
+    assert ref.chunk_count == 3
+    d = Desired(revision=3, model=ref)
+    assert Desired.parse(d.to_bytes()) == d
+    assert Fetch.parse(Fetch(sha256="0" * 64, missing=[0, 2]).to_bytes()).missing == [0, 2]
+    with pytest.raises(ProtocolError):
+        Fetch.parse(b'{"sha256": "' + b"0" * 64 + b'", "missing": []}')
+    with pytest.raises(ProtocolError, match="state"):
+        Reported.parse(b'{"revision": 1, "state": "exploded"}')
+
+
+def _rewrite(src, dst, mutate):
+    """Copy a bundle tar, letting `mutate(name, data)` change members."""
+    with tarfile.open(src) as tin, tarfile.open(dst, "w") as tout:
+        for m in tin.getmembers():
+            data = mutate(m.name, tin.extractfile(m).read())
+            if data is None:
+                continue
+            m.size = len(data)
+            tout.addfile(m, io.BytesIO(data))
+
+
+def test_bundle_verifies_and_extracts(keys, bundles, tmp_path):
+    verified = read_bundle(bundles["2.0.0"], [keys.public], extract_to=tmp_path / "x")
+    assert verified.manifest.name == "digits" and verified.manifest.version == "2.0.0"
+    assert (tmp_path / "x" / "model.onnx").stat().st_size == verified.manifest.files["model.onnx"].size
+    assert verified.manifest.inputs[0].name == "image" and verified.manifest.inputs[0].shape == ["batch", 1, 8, 8]
+
+
+def test_bundle_signed_by_another_key_is_refused(bundles, tmp_path):
+    other = load_public_key(generate_keypair()[1])
+    with pytest.raises(BundleError, match="signature"):
+        read_bundle(bundles["2.0.0"], [other], extract_to=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda n, d: d[:-1] + bytes([d[-1] ^ 1]) if n == "model.onnx" else d, "sha256 differs"),
+    (lambda n, d: d.replace(b'"2.0.0"', b'"2.0.1"') if n == "manifest.json" else d, "signature"),
+    (lambda n, d: None if n == "golden.npz" else d, "differ from the manifest"),
+    (lambda n, d: None if n == "signature" else d, "no signature"),
+])
+def test_tampered_bundle_is_refused_and_nothing_is_left(keys, bundles, tmp_path, mutate, message):
+    bad = tmp_path / "bad.bundle"
+    _rewrite(bundles["2.0.0"], bad, mutate)
+    with pytest.raises(BundleError, match=message):
+        read_bundle(bad, [keys.public], extract_to=tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.bundle"]
+
+
+def test_not_a_bundle(keys, tmp_path):
+    junk = tmp_path / "junk.bundle"
+    junk.write_bytes(b"PK\x03\x04 this is a zip, not a tar " * 40)
+    with pytest.raises(BundleError, match="not a bundle"):
+        read_bundle(junk, [keys.public])
