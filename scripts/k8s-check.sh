@@ -99,9 +99,11 @@ render_all() {
             failed=1
             say "cannot render k3s/$t:"
             sed -e "s#$WORK/##g" "$out/$name.err" >&2
-            if grep -q "k3s/secrets/" "$out/$name.err" 2>/dev/null || grep -q "/secrets/" "$out/$name.err"; then
-                say "a file of k3s/secrets/ is missing or unreadable: k3s/secrets/README.md lists each file and how to make it"
-            fi
+            local missing
+            missing=$(sed -e "s#$WORK/##g" "$out/$name.err" | grep -oE "lstat k3s/[^ :]+: no such file" | sed -e 's/^lstat //' -e 's/: no such file$//' | sort -u)
+            for f in $missing; do
+                say "missing file $f (k3s/secrets/README.md lists each file and how to make it)"
+            done
             rm -f "$out/$name.yaml"
         fi
         rm -f "$out/$name.err"
