@@ -46,7 +46,7 @@ def session(model: Path | bytes, provider: str = "CPUExecutionProvider", threads
         sess = ort.InferenceSession(str(model) if isinstance(model, Path) else model, so, providers=[provider])
     except Exception as exc:
         msg = first_line(exc)
-        op = re.search(r"implementation for (\w+)\((\d+)\)", msg)
+        op = re.search(r"implementation for (\w+)\((\d+)\)", msg) or re.search(r"([\w.]*:?\w+)\((-?\d+)\) is not a registered", msg)
         if op:
             raise UsageError(f"op {op.group(1)} (opset {op.group(2)}) is not supported by {provider}") from None
         raise UsageError(f"{model if isinstance(model, Path) else 'model'}: cannot be loaded by {provider}: {msg}") from None

@@ -10,6 +10,8 @@ Real exported models trip the quantizer in known ways, handled here rather than 
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -111,12 +113,14 @@ def static_int8(
         prepared = _prepared(model, Path(tmp))
         with atomic_path(dest) as out:
             try:
-                quantize_static(
-                    str(prepared), str(out), calib.Reader(data, progress), quant_format=QuantFormat.QDQ,
-                    per_channel=per_channel, reduce_range=not cpu_has_vnni(), activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, nodes_to_exclude=exclude or [],
-                    calibrate_method=getattr(CalibrationMethod, METHODS[method]), extra_options=extra,
-                )
+                # onnxruntime's calibrators print progress to stdout, which would spoil `--json` output.
+                with contextlib.redirect_stdout(sys.stderr):
+                    quantize_static(
+                        str(prepared), str(out), calib.Reader(data, progress), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, reduce_range=not cpu_has_vnni(), activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, nodes_to_exclude=exclude or [],
+                        calibrate_method=getattr(CalibrationMethod, METHODS[method]), extra_options=extra,
+                    )
             except UsageError:
                 raise
             except Exception as exc:

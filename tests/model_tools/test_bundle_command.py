@@ -1,0 +1,93 @@
+"""`model-tools keygen` and `model-tools bundle` as a user runs them, bad input included."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fleet_protocol.bundle import read_bundle
+from fleet_protocol.signing import load_public_key
+from tests.bundles import digits
+
+
+def tools(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "model_tools.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def keypair(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("k")
+    out = tools("keygen", "--out", folder / "sign", "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert oct((folder / "sign.pem").stat().st_mode & 0o777) == "0o600"
+    return folder / "sign.pem", folder / "sign.pub.pem", info["key_id"]
+
+
+def test_bundle_writes_a_verifiable_signed_bundle(tmp_path, keypair):
+    private, public, kid = keypair
+    zoo = digits(20)
+    out = tools("bundle", zoo.onnx, "--name", "digits", "--version", "3.1.4", "--golden", zoo.golden_inputs,
+                "--key", private, "--out", tmp_path, "--task", "classification", "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    verified = read_bundle(tmp_path / "digits-3.1.4.bundle", [load_public_key(public.read_bytes())])
+    assert verified.signed_by == kid
+    m = verified.manifest
+    assert (m.name, m.version, m.task) == ("digits", "3.1.4", "classification")
+    assert [(t.name, t.dtype, t.shape) for t in m.inputs] == [("image", "float32", ["batch", 1, 8, 8])]
+    assert [(t.name, t.shape) for t in m.outputs] == [("probabilities", ["batch", 10])]
+    assert set(m.files) == {"model.onnx", "golden.npz"} and info["manifest"]["files"]["model.onnx"]["size"] > 0
+
+    # immutable: the same version again is refused, and the file is untouched
+    before = (tmp_path / "digits-3.1.4.bundle").read_bytes()
+    again = tools("bundle", zoo.onnx, "--name", "digits", "--version", "3.1.4", "--golden", zoo.golden_inputs,
+                  "--key", private, "--out", tmp_path)
+    assert again.returncode == 2 and "immutable" in again.stderr
+    assert (tmp_path / "digits-3.1.4.bundle").read_bytes() == before
+
+
+@pytest.mark.parametrize("case, message", [
+    ("not-onnx", "not a valid ONNX model"),
+    ("bad-version", "semantic version"),
+    ("bad-key", "not a PEM private key"),
+    ("wrong-golden", "no array for model input"),
+    ("wrong-shape", "cannot run on the golden inputs"),
+])
+def test_bundle_bad_input_is_one_line_exit_2_and_no_file(tmp_path, keypair, case, message):
+    private, _, _ = keypair
+    zoo = digits(20)
+    model, version, key, golden = zoo.onnx, "1.0.0", private, zoo.golden_inputs
+    if case == "not-onnx":
+        model = tmp_path / "model.onnx"
+        model.write_text("definitely not protobuf")
+    elif case == "bad-version":
+        version = "v1"
+    elif case == "bad-key":
+        key = tmp_path / "key.pem"
+        key.write_text("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
+    elif case == "wrong-golden":
+        golden = tmp_path / "g.npz"
+        np.savez(golden, a=np.zeros((1, 1, 8, 8), np.float32), b=np.zeros(3))
+    elif case == "wrong-shape":
+        golden = tmp_path / "g.npz"
+        np.savez(golden, image=np.zeros((1, 3, 8, 8), np.float32))
+    out_dir = tmp_path / "out"
+    out = tools("bundle", model, "--name", "digits", "--version", version, "--golden", golden, "--key", key, "--out", out_dir)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_every_command_has_help():
+    for cmd in ([], ["keygen"], ["bundle"], ["zoo"]):
+        out = tools(*cmd, "--help")
+        assert out.returncode == 0 and "usage:" in out.stdout
+    for prog in ("edge_agent.cli", "fleet_api.cli"):
+        out = subprocess.run([sys.executable, "-m", prog, "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and "usage:" in out.stdout
