@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from fleet_protocol.bundle import GOLDEN, MODEL, bundle_filename, write_bundle
 from fleet_protocol.manifest import Golden, Manifest, Preprocessing, QuantizationInfo, TensorSpec
@@ -88,8 +89,10 @@ def pack_bundle(
             created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             extra=extra or {},
         )
-    except ValueError as exc:
-        raise UsageError(str(exc).splitlines()[-1].strip() if "\n" in str(exc) else str(exc)) from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise UsageError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
     files = {MODEL: model_bytes, GOLDEN: golden.to_npz(sample, expected)}
     manifest = write_bundle(out, manifest, files, key)
     return out, manifest
