@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from pathlib import Path
+from concurrent.futures import Future
 from typing import Protocol
 
 import onnxruntime as ort
@@ -57,7 +57,8 @@ class Reconciler:
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
         self._last: Reported | None = None
         self._hardware = hardware.facts()
-        self.runtime = RuntimeConfig(providers=settings.provider_list(), intra_op_threads=settings.intra_op_threads)
+        self._rollback: Future[str] | None = None
+        self.runtime = store.load_runtime() or settings.runtime()
 
     # --- called from other threads ------------------------------------------------------------------------
     def start(self) -> None:
@@ -86,9 +87,21 @@ class Reconciler:
     def last_reported(self) -> Reported | None:
         return self._last
 
+    def rollback(self, timeout: float = 60.0) -> str:
+        """Serve the previous model again, on the worker thread (so it never races a rollout). → what happened."""
+        future: Future[str] = Future()
+        self._rollback = future
+        self._wake.set()
+        if not self._thread.is_alive():
+            self._do_rollback()
+        return future.result(timeout=timeout)
+
     # --- boot: serve the last good model without any network ----------------------------------------------
     def boot(self) -> LoadedModel | None:
-        for stored in (self.store.current(), self.store.previous()):
+        self.store.collect_garbage()  # whatever a kill -9 left half-done
+        self.engine.configure_batching(self.runtime.batching)
+        current = self.store.current()
+        for stored in (current, self.store.previous()):
             if stored is None:
                 continue
             try:
@@ -97,7 +110,8 @@ class Reconciler:
                 log.error("stored model %s %s does not load: %s", stored.manifest.name, stored.manifest.version, exc)
                 continue
             self.engine.swap(model)
-            self.store.promote(stored.sha256)
+            if current is not None and stored.sha256 != current.sha256:
+                self.store.fall_back(stored.sha256, current.sha256)
             log.info("serving %s %s from disk on %s", model.name, model.version, model.provider)
             return model
         return None
@@ -108,6 +122,8 @@ class Reconciler:
         while not self._stop.is_set():
             self._wake.wait(timeout=1.0)
             self._wake.clear()
+            if self._rollback is not None:
+                self._do_rollback()
             desired = self._desired
             if desired is None or desired.revision == applied:
                 continue
@@ -121,20 +137,47 @@ class Reconciler:
                 self._report(desired.revision, DeviceState.failed, error=f"internal error: {exc}")
                 applied = desired.revision
 
+    def _do_rollback(self) -> None:
+        future, self._rollback = self._rollback, None
+        if future is None or not future.set_running_or_notify_cancel():
+            return
+        revision = self._desired.revision if self._desired is not None else 0
+        try:
+            previous = self.engine.previous
+            stored = previous.stored if previous is not None else self.store.previous()
+            if stored is None:
+                raise RuntimeError("no previous model to roll back to")
+            model = previous if previous is not None and _same_session(previous.runtime, self.runtime) else \
+                self._load_checked(stored, self.runtime)
+        except Exception as exc:
+            log.error("rollback failed: %s", exc)
+            future.set_exception(exc)
+            return
+        self.engine.swap(model)
+        self.store.promote(model.sha256)
+        log.info("rolled back to %s %s", model.name, model.version)
+        self._report(revision, DeviceState.rolled_back, golden_passed=True)
+        future.set_result(f"serving {model.name} {model.version}")
+
     def _apply(self, desired: Desired) -> None:
         self.runtime = desired.runtime
+        self.store.save_runtime(desired.runtime)
+        self.engine.configure_batching(desired.runtime.batching)
         ref = desired.model
         current = self.engine.current
         if ref is None:
             self._report(desired.revision, DeviceState.serving if current else DeviceState.idle)
             return
-        if current is not None and current.sha256 == ref.sha256:
+        if current is not None and current.sha256 == ref.sha256 and _same_session(current.runtime, desired.runtime):
             self._report(desired.revision, DeviceState.serving)
             return
         previous = self.engine.previous
         try:
-            if previous is not None and previous.sha256 == ref.sha256:
+            if previous is not None and previous.sha256 == ref.sha256 and _same_session(previous.runtime, desired.runtime):
                 model = previous  # rollback: still loaded and already checked
+            elif current is not None and current.sha256 == ref.sha256:
+                self._report(desired.revision, DeviceState.loading, progress=1.0)
+                model = self._load_checked(current.stored, desired.runtime)  # same model, new session settings
             else:
                 stored = self.store.get(ref.sha256) or self._download(desired, ref)
                 self._report(desired.revision, DeviceState.loading, progress=1.0)
@@ -152,7 +195,7 @@ class Reconciler:
         providers = resolve(runtime.providers, ort.get_available_providers(), runtime.require_provider)
         model = load(
             stored, providers, threads=runtime.intra_op_threads, optimization=self.settings.graph_optimization,
-            cache_dir=Path(self.settings.data_dir) / "cache", require=runtime.require_provider,
+            cache_dir=self.store.cache, require=runtime.require_provider, runtime=runtime,
         )
         golden_check(model)
         return model
@@ -219,3 +262,8 @@ class Reconciler:
         self._last = reported
         if self.transport is not None:
             self.transport.report(reported)
+
+
+def _same_session(a: RuntimeConfig, b: RuntimeConfig) -> bool:
+    """Whether a session built under `a` is what `b` asks for (batching is the engine's, not the session's)."""
+    return (a.providers, a.require_provider, a.intra_op_threads) == (b.providers, b.require_provider, b.intra_op_threads)

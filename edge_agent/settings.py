@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fleet_protocol.messages import DEVICE_ID_PATTERN
+from fleet_protocol.messages import DEVICE_ID_PATTERN, Batching, RuntimeConfig
 from fleet_protocol.signing import load_public_key
 from fleet_protocol.topics import DEFAULT_PREFIX
 
@@ -26,11 +27,19 @@ class AgentSettings(BaseSettings):
     trusted_keys: str = ""  # comma-separated PEM public keys; bundles signed by anything else are refused
     http_host: str = "127.0.0.1"
     http_port: int = 8080
-    max_request_mb: float = 64.0
+    max_request_mb: float = 64.0  # larger bodies get 413 before they are read
+    # Models whose warm run is shorter run on the HTTP event loop itself: a thread hop costs more than they do.
+    inline_below_ms: float = 2.0
     # Default preference when the desired state names none; the first one onnxruntime offers wins.
     providers: str = "TensorrtExecutionProvider,CUDAExecutionProvider,OpenVINOExecutionProvider,CPUExecutionProvider"
     intra_op_threads: int = 1
-    graph_optimization: str = "all"  # disable, basic, extended, all
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    # Defaults until the fleet's desired state says otherwise (it is remembered on disk once it did).
+    batching: bool = False
+    batch_max_size: int = 8
+    batch_max_delay_ms: float = 2.0
+    # Keep the replaced session in memory for an instant rollback; off: it is freed once its requests end.
+    keep_previous_loaded: bool = False
     keep_models: int = 3  # bundles kept on disk (current, previous and one more)
     telemetry_interval_s: float = 10.0
     chunk_timeout_s: float = 3.0  # no chunk for this long: ask again for what is still missing
@@ -41,3 +50,10 @@ class AgentSettings(BaseSettings):
 
     def provider_list(self) -> list[str]:
         return [p.strip() for p in self.providers.split(",") if p.strip()]
+
+    def runtime(self) -> RuntimeConfig:
+        """The runtime config this device uses before any desired state named one."""
+        return RuntimeConfig(
+            providers=self.provider_list(), intra_op_threads=self.intra_op_threads,
+            batching=Batching(enabled=self.batching, max_batch_size=self.batch_max_size, max_delay_ms=self.batch_max_delay_ms),
+        )

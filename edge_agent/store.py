@@ -3,6 +3,8 @@
     DATA_DIR/models/{sha256}/     one verified, extracted bundle per folder (content-addressed)
     DATA_DIR/downloads/{sha256}/  chunks of a download in progress, one file each (resume after restart)
     DATA_DIR/state.json           {"current": sha, "previous": sha}, replaced atomically
+    DATA_DIR/runtime.json         the runtime config of the last desired state (providers, threads, batching)
+    DATA_DIR/cache/optimized/     onnxruntime's optimized graphs, {sha256}-….onnx, so a restart does not re-optimize
 
 A model becomes `current` only after it loaded and passed its golden check, so whatever happens (kill -9
 included) the agent boots on a model that passed. A half-written download is never loaded: chunks are
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from fleet_protocol.bundle import BundleError, VerifiedBundle, read_bundle
 from fleet_protocol.manifest import Manifest
-from fleet_protocol.messages import ModelRef
+from fleet_protocol.messages import ModelRef, RuntimeConfig
 from fleet_protocol.signing import sha256_file
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,22 @@ def _atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if durable:
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is only durable once the directory entry is: without this a power cut may undo it.
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -114,6 +132,8 @@ class ModelStore:
         for d in (self.models, self.downloads):
             d.mkdir(parents=True, exist_ok=True)
         self._state_path = self.root / "state.json"
+        self._runtime_path = self.root / "runtime.json"
+        self.cache = self.root / "cache"
 
     # --- state ------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, str | None]:
@@ -134,8 +154,38 @@ class ModelStore:
         if state.get("current") == sha256:
             return
         new = {"current": sha256, "previous": state.get("current") or state.get("previous")}
-        _atomic_write(self._state_path, json.dumps(new).encode())
+        self._write_state(new)
+
+    def fall_back(self, sha256: str, broken: str | None) -> None:
+        """Boot found `broken` (the current) unusable and serves `sha256` (the previous): forget the broken one."""
+        self._write_state({"current": sha256, "previous": None})
+        if broken and broken != sha256:
+            shutil.rmtree(self.models / broken, ignore_errors=True)
+
+    def _write_state(self, state: dict[str, str | None]) -> None:
+        # The folder is touched so garbage collection sees the most recently served models as the newest.
+        for sha in state.values():
+            if sha and (self.models / sha).is_dir():
+                os.utime(self.models / sha)
+        _atomic_write(self._state_path, json.dumps(state).encode())
         self.collect_garbage()
+
+    # --- runtime config ---------------------------------------------------------------------------------
+    def save_runtime(self, runtime: RuntimeConfig) -> None:
+        """Remember the fleet's runtime config, so an offline boot keeps its provider rules."""
+        data = runtime.to_bytes()
+        try:
+            if self._runtime_path.read_bytes() == data:
+                return
+        except OSError:
+            pass
+        _atomic_write(self._runtime_path, data)
+
+    def load_runtime(self) -> RuntimeConfig | None:
+        try:
+            return RuntimeConfig.parse(self._runtime_path.read_bytes())
+        except (OSError, ValueError):
+            return None
 
     # --- models -----------------------------------------------------------------------------------------
     def get(self, sha256: str | None) -> StoredModel | None:
@@ -179,15 +229,29 @@ class ModelStore:
         return stored
 
     def collect_garbage(self) -> None:
-        """Keep current, previous and the newest others up to `keep`; remove the rest and stale downloads."""
+        """Keep current, previous and the newest others up to `keep`; remove the rest, with their optimized
+        graphs, and whatever a kill -9 left half-done (staging folders, temporary files)."""
         state = self._state()
         pinned = {state.get("current"), state.get("previous")}
         folders = sorted((p for p in self.models.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
         kept = len([p for p in folders if p.name in pinned])
+        alive: set[str] = set()
         for folder in folders:
             if folder.name in pinned:
+                alive.add(folder.name)
                 continue
             if folder.name.startswith(".") or kept >= self.keep:
                 shutil.rmtree(folder, ignore_errors=True)
             else:
                 kept += 1
+                alive.add(folder.name)
+        for stray in self.models.iterdir():
+            if stray.is_file():
+                stray.unlink(missing_ok=True)
+        for tmp in self.downloads.glob(".bundle-*"):
+            tmp.unlink(missing_ok=True)
+        optimized = self.cache / "optimized"
+        if optimized.is_dir():
+            for f in optimized.iterdir():
+                if f.name.startswith(".") or f.name.split("-", 1)[0] not in alive:
+                    f.unlink(missing_ok=True)
