@@ -7,6 +7,7 @@ Used by `make demo` and by the end-to-end tests alike, so the demo path is what 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -19,6 +20,12 @@ from pathlib import Path
 import httpx
 
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+DYNSEC_PLUGIN_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
 
 
 def free_port() -> int:
@@ -92,17 +99,46 @@ class Process:
             return ""
 
 
-class Broker:
-    """A private mosquitto: own config, own port, no persistence, anonymous access on loopback."""
+def find_dynsec_plugin() -> str:
+    for candidate in DYNSEC_PLUGIN_CANDIDATES:
+        if Path(candidate).is_file():
+            return candidate
+    raise FileNotFoundError("mosquitto's dynamic security plugin (mosquitto_dynamic_security.so) is not installed")
 
-    def __init__(self, root: Path, port: int | None = None, extra_config: str = "") -> None:
+
+class Broker:
+    """A private mosquitto: own config, own port, no persistence, anonymous access on loopback.
+
+    With `dynsec=True` it runs the dynamic security plugin instead: no anonymous access, one admin client
+    (`admin_username` / `admin_password`) that may use `$CONTROL/dynamic-security/#`; everything else is
+    created at runtime over that topic (what the fleet API does).
+    """
+
+    def __init__(self, root: Path, port: int | None = None, extra_config: str = "", dynsec: bool = False,
+                 admin_username: str = "admin", admin_password: str | None = None) -> None:
         self.root = root
         self.port = port or free_port()
+        self.dynsec = dynsec
+        self.admin_username = admin_username
+        self.admin_password = admin_password or secrets.token_urlsafe(16)
         root.mkdir(parents=True, exist_ok=True)
         conf = root / "mosquitto.conf"
+        access = "allow_anonymous true\n"
+        if dynsec:
+            dynsec_file = root / "dynamic-security.json"
+            dynsec_file.unlink(missing_ok=True)
+            subprocess.run(["mosquitto_ctrl", "dynsec", "init", str(dynsec_file), admin_username, self.admin_password],
+                           check=True, capture_output=True)
+            # As root mosquitto drops to user `mosquitto`, which cannot reach a private temp folder: stay root here.
+            access = (
+                "allow_anonymous false\n"
+                f"plugin {find_dynsec_plugin()}\n"
+                f"plugin_opt_config_file {dynsec_file}\n"
+                + ("user root\n" if os.geteuid() == 0 else "")
+            )
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+            f"{access}"
             "persistence false\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
@@ -133,12 +169,17 @@ class Broker:
 
 
 class FleetApi:
+    """The fleet API as a process. It is started with an admin token of its own (EDGEFLEET_API_ADMIN_TOKEN),
+    which `client()` sends, so demo and tests call the authenticated API without a set-up step."""
+
     def __init__(self, root: Path, broker_url: str, trusted_key: Path, port: int | None = None,
-                 database_url: str | None = None, env: dict[str, str] | None = None) -> None:
+                 database_url: str | None = None, env: dict[str, str] | None = None, admin_token: str | None = None) -> None:
         self.root = root
         self.port = port or free_port()
+        self.admin_token = admin_token or (env or {}).get("EDGEFLEET_API_ADMIN_TOKEN") or "eft_" + secrets.token_urlsafe(24)
         root.mkdir(parents=True, exist_ok=True)
         self.env = {
+            "EDGEFLEET_API_ADMIN_TOKEN": self.admin_token,
             "EDGEFLEET_API_DATABASE_URL": database_url or f"sqlite:///{root / 'fleet.db'}",
             "EDGEFLEET_API_BROKER_URL": broker_url,
             "EDGEFLEET_API_ARTIFACT_DIR": str(root / "artifacts"),
@@ -156,8 +197,8 @@ class FleetApi:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30)
+    def client(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {token or self.admin_token}"})
 
     def start(self) -> "FleetApi":
         if self.process.proc is not None:

@@ -1,19 +1,25 @@
-"""Wiring: database, broker connection, core service and HTTP routes in one FastAPI app."""
+"""Wiring: database, broker connection, core service, HTTP routes and the dashboard in one FastAPI app."""
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
 
+from . import web
 from .db.session import make_engine, make_sessions
-from .errors import FleetError
+from .errors import FleetError, Unauthorized
+from .metrics import FleetCollector
 from .mqtt import handlers
 from .mqtt.broker import Broker
-from .routes import devices, health, models, rollouts
+from .mqtt.dynsec import DynSec
+from .routes import devices, health, models, rollouts, security
 from .service import FleetService
 from .settings import ApiSettings
 
@@ -33,9 +39,23 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
         service = FleetService(settings, sessions, broker)
         broker.subscriptions = handlers.subscriptions(service.topics, settings.shared_subscription_group)
+        dynsec = DynSec(broker, service.topics, settings.mqtt_username) if settings.dynsec else None
+        service.broker_admin = dynsec
         broker.on_message = lambda topic, payload: handlers.handle(service, topic, payload)
-        broker.on_connected = service.flush_outbox  # anything committed while we were away goes out now
+
+        def on_connected() -> None:
+            if dynsec is not None:  # before the outbox: desired states need the API's publish rights
+                dynsec.ensure_api_role()
+            service.flush_outbox()  # anything committed while we were away goes out now
+
+        broker.on_connected = on_connected
+        first_token = service.bootstrap()
+        if first_token:
+            # Shown once, on the first start of an empty database; only its hash is kept.
+            print(f"fleet-api: first admin token (store it now, it is not shown again): {first_token}", file=sys.stderr, flush=True)
         app.state.service, app.state.broker = service, broker
+        app.state.metrics = CollectorRegistry()
+        app.state.metrics.register(FleetCollector(service))
         broker.start()
         stop = threading.Event()
 
@@ -61,8 +81,14 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @app.exception_handler(FleetError)
     async def _fleet_error(_request: Request, exc: FleetError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=headers)
 
-    for router in (health.router, models.router, devices.router, rollouts.router):
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
+        return JSONResponse({"error": "invalid request: " + "; ".join(problems), "detail": exc.errors()}, status_code=422)
+
+    for router in (health.router, security.router, models.router, devices.router, rollouts.router, web.router):
         app.include_router(router)
     return app

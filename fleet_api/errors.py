@@ -19,3 +19,17 @@ class Invalid(FleetError):
 
 class TooLarge(FleetError):
     status = 413
+
+
+class Unauthorized(FleetError):
+    status = 401
+
+
+class Forbidden(FleetError):
+    status = 403
+
+
+class Unavailable(FleetError):
+    """A dependency (the broker) cannot do its part now; nothing was changed."""
+
+    status = 503

@@ -24,8 +24,16 @@ class ApiSettings(BaseSettings):
     mqtt_password: str | None = None
     mqtt_tls_ca: Path | None = None
     mqtt_client_id: str = ""  # empty: a unique id per process, so replicas never kick each other off
-    # MQTT 5 shared subscription group; set it when several API replicas share the device messages.
-    shared_subscription_group: str = ""
+    # MQTT 5 shared subscription group for fetch/telemetry/events, so API replicas split them instead of each
+    # handling every message ("" subscribes plainly). reported/status stay plain: they are retained, and the
+    # broker sends no retained messages to shared subscriptions.
+    shared_subscription_group: str = "fleet-api"
+    # Per-device broker credentials through mosquitto's dynamic security plugin. The API's own MQTT user
+    # (mqtt_username) must then be allowed `$CONTROL/dynamic-security/#` (e.g. the admin of `dynsec init`).
+    dynsec: bool = False
+    # Bearer token registered as an admin on start (for bootstrapping and the demo). Without it, and with no
+    # token in the database yet, the API creates one on first start and logs it once.
+    admin_token: str | None = None
     topic_prefix: str = DEFAULT_PREFIX
     host: str = "127.0.0.1"
     port: int = 8000
@@ -36,6 +44,7 @@ class ApiSettings(BaseSettings):
     chunk_coalesce_ms: float = 100.0
     max_bundle_mb: float = 2048.0
     tick_interval_s: float = 1.0
+    outbox_batch: int = 500  # desired states published (and acknowledged) per outbox transaction
 
     def public_keys(self) -> list:
         return [load_public_key(Path(p.strip()).read_bytes()) for p in self.trusted_keys.split(",") if p.strip()]

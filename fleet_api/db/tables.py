@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -34,6 +34,8 @@ class Device(Base):
     online: Mapped[bool] = mapped_column(default=False)
     last_seen: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     revoked: Mapped[bool] = mapped_column(default=False)
+    # the device's broker username when the broker runs dynamic security (its password is never stored here)
+    broker_username: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class Bundle(Base):
@@ -66,6 +68,8 @@ class Rollout(Base):
     state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     current_wave: Mapped[int] = mapped_column(Integer, default=-1)
     wave_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # when the current wave reached its success ratio: the soak runs from here
+    soak_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
@@ -83,17 +87,55 @@ class RolloutDevice(Base):
     revision: Mapped[int | None] = mapped_column(Integer, nullable=True)  # desired revision that moved it
     state: Mapped[str] = mapped_column(String(16), default="waiting")  # waiting, notified, succeeded, failed, reverted
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    succeeded_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 
-class TelemetrySample(Base):
-    __tablename__ = "telemetry"
+class TelemetryMinute(Base):
+    """Telemetry rolled up per device, minute and model: raw messages are never stored (a fleet sends too many)."""
+
+    __tablename__ = "telemetry_minutes"
+    __table_args__ = (UniqueConstraint("device_id", "minute", "model_sha256"), Index("ix_telemetry_minutes_minute", "minute"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    device_id: Mapped[str] = mapped_column(String(64), index=True)
-    ts: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
-    model_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    requests: Mapped[int] = mapped_column(Integer, default=0)
-    errors: Mapped[int] = mapped_column(Integer, default=0)
-    latency_ms_p95: Mapped[float | None] = mapped_column(Float, nullable=True)
-    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
+    minute: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    model_sha256: Mapped[str] = mapped_column(String(64), default="")  # "" when no model was served
+    model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    provider: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    messages: Mapped[int] = mapped_column(Integer, default=0)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    errors: Mapped[int] = mapped_column(BigInteger, default=0)
+    # sums over the messages that carried latency (averages = sum / latency_messages); max of p95 for alerting
+    latency_messages: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms_p50_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_ms_p95_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_ms_p99_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_ms_p95_max: Mapped[float | None] = mapped_column(Float, nullable=True)
+    cpu_percent_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    memory_mb_max: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class ApiToken(Base):
+    """A bearer token; only its sha256 is stored, the token itself is shown once."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))  # viewer, operator, admin
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ts: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

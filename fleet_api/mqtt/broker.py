@@ -11,7 +11,8 @@ import queue
 import ssl
 import threading
 import uuid
-from typing import Callable
+import time
+from typing import Callable, Sequence
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
@@ -47,6 +48,9 @@ class Broker:
         self.subscriptions = list(subscriptions)
         self.on_message = on_message
         self.on_connected = on_connected
+        # `$CONTROL/...` replies (dynamic security) are handed over on the network thread, not queued behind
+        # thousands of device messages: an HTTP request is waiting for them.
+        self.on_control: Callable[[str, bytes], None] | None = None
         self._connected = threading.Event()
         self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=100_000)
         self.client = mqtt.Client(
@@ -97,14 +101,34 @@ class Broker:
             return info.is_published()
         return True
 
+    def publish_batch(self, messages: Sequence[tuple[str, bytes, int, bool]], timeout: float = 30.0) -> list[bool]:
+        if not self._connected.is_set():
+            return [False] * len(messages)
+        infos = []
+        for topic, payload, qos, retain in messages:
+            info = self.client.publish(topic, payload, qos=qos, retain=retain)
+            infos.append(info if info.rc == mqtt.MQTT_ERR_SUCCESS else None)
+        deadline = time.monotonic() + timeout
+        acks = []
+        for info in infos:
+            if info is None:
+                acks.append(False)
+                continue
+            try:
+                info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):
+                pass
+            acks.append(info.is_published())
+        return acks
+
     # paho callbacks (network thread) ------------------------------------------------------------------
     def _on_connect(self, client, _userdata, _flags, reason_code, _props) -> None:
         if reason_code.is_failure:
             log.error("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
             return
         log.info("connected to broker %s:%d", self.host, self.port)
-        for topic, qos in self.subscriptions:
-            client.subscribe(topic, qos=qos)
+        if self.subscriptions:
+            client.subscribe(list(self.subscriptions))
         self._connected.set()
         if self.on_connected:
             self._inbox.put(("", b""))  # run on_connected on the worker, where it may wait for acks
@@ -114,6 +138,10 @@ class Broker:
         log.warning("disconnected from broker (%s); reconnecting", reason_code)
 
     def _on_message(self, _client, _userdata, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.startswith("$CONTROL/"):
+            if self.on_control:
+                self.on_control(msg.topic, msg.payload)
+            return
         try:
             self._inbox.put_nowait((msg.topic, msg.payload))
         except queue.Full:

@@ -41,7 +41,11 @@ def handle(service: FleetService, topic: str, payload: bytes) -> None:
         REJECTED.labels("unknown", "topic").inc()
         log.warning("ignoring message on unexpected topic %r", topic)
         return
-    if channel == "status" and not payload:
+    if channel not in ROUTES:
+        REJECTED.labels(channel, "direction").inc()
+        log.warning("ignoring a device message on %r: that channel goes to devices, not from them", topic)
+        return
+    if channel in ("status", "reported") and not payload:
         return  # a cleared retained message
     message_type, method = ROUTES[channel]
     try:

@@ -19,7 +19,7 @@ def register_device(db: Session, device_id: str, labels: dict[str, str]) -> Devi
     if not re.match(DEVICE_ID_PATTERN, device_id):
         raise Invalid(f"device id {device_id!r} must match {DEVICE_ID_PATTERN}")
     if db.get(Device, device_id) is not None:
-        raise Conflict(f"device {device_id!r} is already registered")
+        raise Conflict(f"device {device_id!r} is already registered (a revoked id stays taken: its history is kept)")
     device = Device(id=device_id, labels={str(k): str(v) for k, v in labels.items()})
     db.add(device)
     db.flush()
@@ -50,14 +50,24 @@ def parse_selector(selector: str | dict[str, str]) -> dict[str, str]:
     return out
 
 
-def select_devices(db: Session, selector: dict[str, str]) -> list[Device]:
+def select_devices(db: Session, selector: dict[str, str], lock: bool = False) -> list[Device]:
     # Labels are JSON; filtering in Python keeps SQLite and PostgreSQL on the same code.
-    devices = db.scalars(select(Device).where(Device.revoked.is_(False)).order_by(Device.id))
-    return [d for d in devices if all(d.labels.get(k) == v for k, v in selector.items())]
+    q = select(Device).where(Device.revoked.is_(False)).order_by(Device.id)
+    if lock:  # two rollouts created at once for overlapping devices: the second waits, then sees the first
+        q = q.with_for_update()
+    return [d for d in db.scalars(q) if all(d.labels.get(k) == v for k, v in selector.items())]
+
+
+def get_active_device(db: Session, device_id: str) -> Device:
+    """A device that may talk to us: registered and not revoked."""
+    device = get_device(db, device_id)
+    if device.revoked:
+        raise NotFound(f"device {device_id!r} is revoked")
+    return device
 
 
 def record_reported(db: Session, device_id: str, reported: Reported) -> Device:
-    device = get_device(db, device_id)
+    device = get_active_device(db, device_id)
     device.reported = reported.model_dump(mode="json")
     device.reported_at = utcnow()
     device.last_seen = device.reported_at
@@ -65,7 +75,7 @@ def record_reported(db: Session, device_id: str, reported: Reported) -> Device:
 
 
 def record_status(db: Session, device_id: str, status: Status) -> Device:
-    device = get_device(db, device_id)
+    device = get_active_device(db, device_id)
     device.online = status.online
     device.last_seen = utcnow()
     return device

@@ -31,13 +31,17 @@ def current_model(device: Device) -> dict[str, Any] | None:
     return (device.desired or {}).get("model")
 
 
-def unpublished(db: Session, limit: int = 1000) -> list[tuple[str, int, bytes]]:
-    rows = db.execute(
-        select(Device.id, Device.desired_revision, Device.desired)
-        .where(Device.desired_revision > Device.published_revision)
-        .limit(limit)
-    ).all()
-    return [(dev, rev, Desired.model_validate(d).to_bytes()) for dev, rev, d in rows]
+def claim_unpublished(db: Session, limit: int = 500) -> list[tuple[str, int, bytes]]:
+    """Devices whose newest desired revision is not published yet, row-locked for this transaction.
+
+    The lock is held while the caller publishes and marks them: another API process skips these rows (or, on
+    SQLite, waits for the whole transaction) and then finds them published, so no revision goes out twice.
+    """
+    q = select(Device).where(Device.desired_revision > Device.published_revision).order_by(Device.id).limit(limit)
+    if db.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    rows = db.scalars(q).all()
+    return [(d.id, d.desired_revision, Desired.model_validate(d.desired).to_bytes() if d.desired else b"") for d in rows]
 
 
 def mark_published(db: Session, device_id: str, revision: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
 router = APIRouter(tags=["health"])
@@ -29,6 +29,8 @@ def readyz(request: Request, response: Response) -> dict:
     return {"ready": all(checks.values()), **checks}
 
 
-@router.get("/metrics", summary="Prometheus metrics")
-def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+@router.get("/metrics", summary="Prometheus metrics: process counters, fleet by state and version, rollout progress")
+def metrics(request: Request) -> Response:
+    # Unauthenticated like the probes: scrapers inside the cluster; it carries counts, not device data.
+    body = generate_latest(REGISTRY) + generate_latest(request.app.state.metrics)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

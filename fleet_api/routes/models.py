@@ -5,13 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from ..auth import Principal
 from ..errors import Invalid, TooLarge
+from .security import operator, viewer
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 @router.post("", status_code=201, summary="Upload a signed bundle (raw body, application/octet-stream)")
-async def upload(request: Request, response: Response) -> dict:
+async def upload(request: Request, response: Response, who: Principal = operator) -> dict:
     service = request.app.state.service
     limit = int(service.settings.max_bundle_mb * 1024 * 1024)
     declared = request.headers.get("content-length")
@@ -32,12 +34,12 @@ async def upload(request: Request, response: Response) -> dict:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    view, created = await run_in_threadpool(service.upload_bundle, tmp)
+    view, created = await run_in_threadpool(service.upload_bundle, tmp, who)
     if not created:
         response.status_code = 200
     return view
 
 
 @router.get("", summary="List bundles")
-def list_models(request: Request) -> list[dict]:
+def list_models(request: Request, _: Principal = viewer) -> list[dict]:
     return request.app.state.service.list_bundles()

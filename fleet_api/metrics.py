@@ -1,0 +1,44 @@
+"""Prometheus: fleet gauges computed from the database at scrape time (any replica gives the same answer)."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+
+class FleetCollector(Collector):
+    def __init__(self, service) -> None:
+        self.service = service
+
+    def collect(self):
+        try:
+            summary = self.service.fleet_summary()
+        except Exception:  # a scrape must not fail because the database is briefly away
+            log.exception("fleet metrics unavailable")
+            return
+        devices = GaugeMetricFamily("edgefleet_fleet_devices", "Devices by reported state and model version",
+                                    labels=["state", "model", "version"])
+        for (state, model, version), n in sorted(summary["devices"].items()):
+            devices.add_metric([state, model, version], n)
+        yield devices
+        online = GaugeMetricFamily("edgefleet_fleet_devices_online", "Devices whose broker status is online")
+        online.add_metric([], summary["online"])
+        yield online
+        progress = GaugeMetricFamily("edgefleet_rollout_devices", "Devices of active rollouts by their rollout state",
+                                     labels=["rollout", "model", "version", "state"])
+        wave = GaugeMetricFamily("edgefleet_rollout_wave", "Current wave (1-based) of active rollouts",
+                                 labels=["rollout", "model", "version", "state"])
+        waves = GaugeMetricFamily("edgefleet_rollout_waves", "Number of waves of active rollouts", labels=["rollout"])
+        for r in summary["active_rollouts"]:
+            rid = str(r["id"])
+            for state, n in sorted(r["devices"].items()):
+                progress.add_metric([rid, r["model"], r["version"], state], n)
+            wave.add_metric([rid, r["model"], r["version"], r["state"]], r["wave"])
+            waves.add_metric([rid], r["waves"])
+        yield progress
+        yield wave
+        yield waves
