@@ -21,7 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--username", dest="mqtt_username", help="broker user name (EDGEFLEET_AGENT_MQTT_USERNAME)")
     run.add_argument("--password", dest="mqtt_password", help="broker password (EDGEFLEET_AGENT_MQTT_PASSWORD)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    from .camera import cli as camera_cli
+
+    camera_cli.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "camera":
+        return camera_cli.run(args)
 
     from .agent import Agent
     from .settings import AgentSettings

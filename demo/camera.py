@@ -1,0 +1,105 @@
+"""`make camera-demo`: the camera pipeline on a real webcam when there is one, else on a video made here from
+`skimage.data` photos (faces moving over a background). Opens nothing: it prints the URL to open.
+
+    python -m demo.camera                   webcam 0 if it delivers frames, else the generated video
+    python -m demo.camera --source FILE     any SRC the agent takes (index, file, rtsp://, http:// MJPEG)
+    python -m demo.camera --seconds 10      exit after 10 s (otherwise: until Ctrl-C)
+
+The face detector is BlazeFace from model_tools' zoo, packed into a bundle signed with a throw-away key, so
+the demo loads it exactly the way a device does (signature and digests verified).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DEMO_DIR = Path(".demo/camera")
+WIDTH, HEIGHT = 640, 480
+
+# The astronaut's face in skimage.data.astronaut() (512×512), hand-labelled hairline to chin, cheek to cheek
+# (the same box model_tools' BlazeFace evaluation uses), and the patch around it that is pasted into frames.
+FACE_BOX = (180, 75, 275, 178)
+PATCH = (120, 30, 340, 250)  # x1, y1, x2, y2
+
+
+@dataclass(frozen=True)
+class VideoTruth:
+    path: Path
+    fps: float
+    boxes: list[list[tuple[float, float, float, float]]]  # per frame, the faces' boxes in pixels
+
+    @property
+    def face_frames(self) -> list[int]:
+        return [i for i, b in enumerate(self.boxes) if b]
+
+    @property
+    def empty_frames(self) -> list[int]:
+        return [i for i, b in enumerate(self.boxes) if not b]
+
+
+def _face_patch(mirror: bool) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    from skimage import data
+
+    x1, y1, x2, y2 = PATCH
+    patch = data.astronaut()[y1:y2, x1:x2, ::-1]  # RGB → BGR, as OpenCV writes
+    fx1, fy1, fx2, fy2 = FACE_BOX[0] - x1, FACE_BOX[1] - y1, FACE_BOX[2] - x1, FACE_BOX[3] - y1
+    if mirror:
+        w = x2 - x1
+        patch, (fx1, fx2) = patch[:, ::-1], (w - fx2, w - fx1)
+    side = x2 - x1
+    return np.ascontiguousarray(patch), (fx1 / side, fy1 / side, fx2 / side, fy2 / side)
+
+
+def _background(t: float) -> np.ndarray:
+    """A slow pan over skimage's coffee photo: the background moves too, as it would for a real camera."""
+    import cv2
+    from skimage import data
+
+    bg = data.coffee()[:, :, ::-1]  # 400×600
+    big = cv2.resize(bg, (int(WIDTH * 1.2), int(HEIGHT * 1.2)), interpolation=cv2.INTER_LINEAR)
+    dx = int((big.shape[1] - WIDTH) * (0.5 + 0.5 * np.sin(t)))
+    return big[(big.shape[0] - HEIGHT) // 2:(big.shape[0] - HEIGHT) // 2 + HEIGHT, dx:dx + WIDTH].copy()
+
+
+def make_video(path: Path, *, fps: float = 30.0, seconds: float = 4.0, empty_s: float = 0.5) -> VideoTruth:
+    """640×480 MJPEG/AVI: `empty_s` without a face, then one face crossing the frame while it grows, then two
+    (the second mirrored) moving apart, then `empty_s` without a face again. Returns each frame's true boxes."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".part.avi")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), fps, (WIDTH, HEIGHT))
+    if not writer.isOpened():
+        raise RuntimeError("OpenCV cannot write MJPEG/AVI here")
+    faces = [_face_patch(False), _face_patch(True)]
+    n = int(round(seconds * fps))
+    empty = int(round(empty_s * fps))
+    truth: list[list[tuple[float, float, float, float]]] = []
+    for i in range(n):
+        frame = _background(i / fps)
+        boxes = []
+        if empty <= i < n - empty:
+            u = (i - empty) / max(1, n - 2 * empty - 1)  # 0 → 1 over the face segment
+            if u < 0.5:  # one face crossing and growing
+                placements = [(40 + 720 * u, 30 + 340 * u, 200 + 80 * u)]  # x, y, side of the patch
+            else:  # two faces, apart, one moving down and one up
+                v = (u - 0.5) * 2
+                placements = [(30, 20 + 220 * v, 200), (400, 260 - 220 * v, 210)]
+            for (patch, rel), (x, y, side) in zip(faces, placements):
+                x, y, side = int(x), int(y), int(side)
+                side = min(side, WIDTH - x, HEIGHT - y)
+                frame[y:y + side, x:x + side] = cv2.resize(patch, (side, side), interpolation=cv2.INTER_AREA)
+                boxes.append((x + rel[0] * side, y + rel[1] * side, x + rel[2] * side, y + rel[3] * side))
+        writer.write(frame)
+        truth.append(boxes)
+    writer.release()
+    tmp.replace(path)
+    (path.with_suffix(".json")).write_text(json.dumps({"fps": fps, "boxes": truth}))
+    return VideoTruth(path, fps, truth)

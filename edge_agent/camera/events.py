@@ -1,0 +1,51 @@
+"""What the camera reports: detections above a minimum score, at most one event per interval, and nothing at
+all for frames without detections; plus lifecycle notes (source lost, back, model refused)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from fleet_protocol.messages import Detection, Event
+
+from .config import EventsConfig
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[Event], None]
+
+
+class EventGate:
+    def __init__(self, source: str, config: EventsConfig, sink: EventSink | None) -> None:
+        self.source = source
+        self.config = config
+        self.sink = sink
+        self._last = float("-inf")
+        self.sent = 0
+        self.suppressed = 0  # frames with detections that fell inside the rate limit
+
+    def offer(self, frame_ts: float, detections: list[Detection], detail: dict[str, Any] | None = None) -> Event | None:
+        hits = [d for d in detections if d.score >= self.config.min_score]
+        if not hits:
+            return None
+        now = time.monotonic()
+        if now - self._last < self.config.min_interval_s:
+            self.suppressed += 1
+            return None
+        self._last = now
+        return self._send(Event(kind="detections", source=self.source, frame_ts=frame_ts, detections=hits, detail=detail or {}))
+
+    def lifecycle(self, what: str, detail: dict[str, Any] | None = None) -> Event | None:
+        return self._send(Event(kind="lifecycle", source=self.source, detail={"event": what, **(detail or {})}))
+
+    def _send(self, event: Event) -> Event | None:
+        if self.sink is None:
+            return event
+        try:
+            self.sink(event)
+            self.sent += 1
+        except Exception:  # the broker being away must never stop the camera
+            log.exception("could not send a camera event")
+        return event

@@ -1,0 +1,82 @@
+"""Frames and the hand-over between capture and inference: a small queue where the newest frame wins."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: np.ndarray  # H×W×3 uint8 BGR, as OpenCV decodes
+    seq: int
+    ts: float  # wall-clock time the frame was taken off the source (for events)
+    t_grab: float  # perf_counter when reading it began: end-to-end latency is measured from here
+    t_ready: float  # perf_counter when it was decoded
+
+
+class LatestQueue:
+    """Bounded FIFO that drops the *oldest* frame when full, and counts what it dropped.
+
+    A slow consumer therefore always works on recent frames: the lag is bounded by the queue's length, and the
+    rest of the backlog is thrown away instead of growing without limit.
+    """
+
+    def __init__(self, maxsize: int = 1) -> None:
+        self._items: collections.deque[Frame] = collections.deque()
+        self._maxsize = maxsize
+        self._cond = threading.Condition()
+        self.dropped = 0
+
+    def put(self, item: Frame) -> None:
+        with self._cond:
+            if len(self._items) >= self._maxsize:
+                self._items.popleft()
+                self.dropped += 1
+            self._items.append(item)
+            self._cond.notify()
+
+    def get(self, timeout: float) -> Frame | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._items:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+            return self._items.popleft()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class RateMeter:
+    """Events per second over a sliding window (the last `window` seconds)."""
+
+    def __init__(self, window: float = 2.0) -> None:
+        self.window = window
+        self._times: collections.deque[float] = collections.deque()
+        self.total = 0
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._times.append(now)
+        self.total += 1
+        self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        while self._times and self._times[0] < now - self.window:
+            self._times.popleft()
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        times = list(self._times)
+        times = [t for t in times if t >= now - self.window]
+        if len(times) < 2:
+            return 0.0
+        span = max(now - times[0], times[-1] - times[0])
+        return (len(times) - 1) / span if span > 0 else 0.0

@@ -1,0 +1,87 @@
+"""Frame → model input, as the bundle's manifest describes it (size, layout, colour, x*scale then (x-mean)/std).
+
+The geometry of the resize is kept, so post-processing can map boxes from model-input space back to pixels
+of the source frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from fleet_protocol.manifest import Preprocessing
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a frame was placed in the model input: input = frame * scale + offset (per axis), in [0, 1] units."""
+
+    frame_w: int
+    frame_h: int
+    sx: float = 1.0
+    sy: float = 1.0
+    ox: float = 0.0
+    oy: float = 0.0
+
+    def to_frame(self, boxes: np.ndarray) -> np.ndarray:
+        """K×4 boxes (x1, y1, x2, y2) normalised to the model input → pixels of the frame, clipped to it."""
+        out = np.empty_like(boxes[:, :4], dtype=np.float32)
+        out[:, [0, 2]] = (boxes[:, [0, 2]] - self.ox) / self.sx * self.frame_w
+        out[:, [1, 3]] = (boxes[:, [1, 3]] - self.oy) / self.sy * self.frame_h
+        np.clip(out[:, [0, 2]], 0, self.frame_w, out=out[:, [0, 2]])
+        np.clip(out[:, [1, 3]], 0, self.frame_h, out=out[:, [1, 3]])
+        return out
+
+
+class Preprocessor:
+    def __init__(self, spec: Preprocessing | None, input_shape: tuple | None = None,
+                 resize: Literal["stretch", "letterbox"] = "stretch") -> None:
+        spec = spec or Preprocessing()
+        self.spec = spec
+        self.resize = resize
+        size = spec.size
+        if size is None and input_shape is not None and len(input_shape) == 4:
+            h, w = (input_shape[2], input_shape[3]) if spec.layout == "NCHW" else (input_shape[1], input_shape[2])
+            if isinstance(h, int) and isinstance(w, int):
+                size = (w, h)
+        if size is None:
+            raise ValueError("the model's preprocessing names no input size and its input shape has none either")
+        self.size = (int(size[0]), int(size[1]))
+        channels = 1 if spec.color == "GRAY" else 3
+        mean = np.asarray(spec.mean or [0.0], np.float32)
+        std = np.asarray(spec.std or [1.0], np.float32)
+        if mean.size not in (1, channels) or std.size not in (1, channels):
+            raise ValueError(f"mean/std need 1 or {channels} values, got {mean.size}/{std.size}")
+        # x*scale then (x-mean)/std, folded into one multiply-add per pixel.
+        self._mul = (spec.scale / std).astype(np.float32)
+        self._add = (-mean / std).astype(np.float32)
+
+    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, Geometry]:
+        if frame.ndim == 2:
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        elif frame.shape[2] == 4:
+            frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+        fh, fw = frame.shape[:2]
+        w, h = self.size
+        if self.resize == "letterbox":
+            s = min(w / fw, h / fh)
+            nw, nh = max(1, round(fw * s)), max(1, round(fh * s))
+            canvas = np.zeros((h, w, 3), np.uint8)
+            x0, y0 = (w - nw) // 2, (h - nh) // 2
+            canvas[y0:y0 + nh, x0:x0 + nw] = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA)
+            img, geo = canvas, Geometry(fw, fh, nw / w, nh / h, x0 / w, y0 / h)
+        else:
+            # Resize first: colour conversion and normalisation then touch the small image only.
+            img, geo = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA), Geometry(fw, fh)
+        if self.spec.color == "RGB":
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        elif self.spec.color == "GRAY":
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[..., None]
+        x = img.astype(np.float32)
+        x *= self._mul
+        x += self._add
+        x = x.transpose(2, 0, 1)[None] if self.spec.layout == "NCHW" else x[None]
+        return np.ascontiguousarray(x), geo
