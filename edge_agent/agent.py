@@ -7,6 +7,7 @@ import logging
 
 import uvicorn
 
+from .camera.agent_hook import attach as attach_cameras
 from .engine import Engine
 from .reconcile import Reconciler
 from .server import create_app
@@ -37,6 +38,7 @@ class Agent:
         self.telemetry = TelemetryLoop(self.engine, self.link.send_telemetry, settings.telemetry_interval_s)
         self.app = create_app(self.engine, int(settings.max_request_mb * 1024 * 1024), control=self.reconciler,
                               inline_below_ms=settings.inline_below_ms)
+        self.cameras = attach_cameras(self)  # runtime config `sources` → camera pipelines; view on self.app
 
     def run(self) -> None:
         """Serve until interrupted. The model on disk is served before the network is even tried."""
@@ -49,6 +51,7 @@ class Agent:
         try:
             server.run()
         finally:
+            self.cameras.stop()
             self.telemetry.stop()
             self.link.stop()
             self.reconciler.stop()
