@@ -259,3 +259,80 @@ class EdgeAgent:
 
     def kill(self) -> None:
         self.process.kill()
+
+
+def find_postgres_bin() -> Path:
+    """The folder with initdb and pg_ctl: PATH first, then the Debian layout (newest version)."""
+    found = shutil.which("initdb")
+    if found and shutil.which("pg_ctl"):
+        return Path(found).parent
+    for folder in sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+                         reverse=True):
+        if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
+            return folder
+    raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on a free loopback port (trust auth, no fsync), for tests and benchmarks.
+
+    PostgreSQL refuses to run as root: as root, the cluster runs as the `postgres` user in a folder it owns,
+    created under the system temp folder (a pytest tmp_path is private to root, so `postgres` could not enter it).
+    """
+
+    def __init__(self, port: int | None = None, user: str = "edgefleet", os_user: str = "postgres") -> None:
+        import tempfile
+
+        self.bin = find_postgres_bin()
+        self.port = port or free_port()
+        self.user = user
+        self.as_root = os.geteuid() == 0
+        self.os_user = os_user
+        self.root = Path(tempfile.mkdtemp(prefix="edgefleet-pg-"))
+        self.data = self.root / "data"
+        self.log_path = self.root / "postgres.log"
+        if self.as_root:
+            import pwd
+
+            pw = pwd.getpwnam(os_user)
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess:
+        cmd = [str(a) for a in args]
+        if self.as_root:
+            cmd = ["runuser", "-u", self.os_user, "--", *cmd]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=self.root)
+        if out.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}\n{self._log()}")
+        return out
+
+    def _log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    def start(self) -> "Postgres":
+        self._run(self.bin / "initdb", "-D", self.data, "-U", self.user, "--auth=trust", "-E", "UTF8", "--no-sync")
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off " \
+               "-c full_page_writes=off -c max_connections=200"
+        self._run(self.bin / "pg_ctl", "-D", self.data, "-o", opts, "-l", self.log_path, "-w", "-t", "30", "start")
+        return self
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def stop(self) -> None:
+        if self.data.exists():
+            try:
+                self._run(self.bin / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+            except RuntimeError:
+                pass
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -27,3 +27,26 @@ def broker(tmp_path) -> Broker:
     b = Broker(tmp_path / "broker").start()
     yield b
     b.stop()
+
+
+# --- fleet_api fixtures -------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL cluster per test session; each test makes its own database in it."""
+    from demo.cluster import Postgres, find_postgres_bin
+
+    try:
+        find_postgres_bin()
+    except FileNotFoundError as exc:
+        pytest.skip(f"PostgreSQL tests skipped: {exc}")
+    pg = Postgres().start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture
+def dynsec_broker(tmp_path) -> Broker:
+    """A mosquitto with the dynamic security plugin: no anonymous access, admin credentials on the object."""
+    b = Broker(tmp_path / "dynsec-broker", dynsec=True).start()
+    yield b
+    b.stop()

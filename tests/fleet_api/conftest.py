@@ -1,0 +1,63 @@
+"""Fleet API fixtures: the core service on a real SQLite file or a real PostgreSQL database."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+
+import pytest
+
+from fleet_api.db.session import make_engine, make_sessions
+from fleet_api.service import FleetService
+from fleet_api.settings import ApiSettings
+
+_db_counter = itertools.count()
+
+
+class RecordingPublisher:
+    """Stands in for the broker in core tests: records what would be published; can be told to fail."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[str, bytes, int, bool]] = []
+        self.fail = False
+        self._lock = threading.Lock()
+
+    def publish(self, topic, payload, qos=1, retain=False, wait=False) -> bool:
+        if self.fail:
+            return False
+        with self._lock:
+            self.messages.append((topic, payload, qos, retain))
+        return True
+
+    def publish_batch(self, messages, timeout=30.0):
+        return [self.publish(t, p, q, r) for t, p, q, r in messages]
+
+    def desired(self) -> list[tuple[str, bytes]]:
+        return [(t, p) for t, p, _, _ in self.messages if t.endswith("/desired")]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fleet.db'}"
+    pg = request.getfixturevalue("postgres")
+    return pg.create_database(f"t{next(_db_counter)}_{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def make_service(db_url, tmp_path, keys):
+    made = []
+
+    def make(publisher=None, **overrides) -> FleetService:
+        settings = ApiSettings(database_url=db_url, artifact_dir=tmp_path / "artifacts", trusted_keys=str(keys.public_path),
+                               **overrides)
+        engine = make_engine(settings.database_url)
+        service = FleetService(settings, make_sessions(engine), publisher or RecordingPublisher())
+        made.append((service, engine))
+        return service
+
+    yield make
+    for service, engine in made:
+        service.close()
+        engine.dispose()

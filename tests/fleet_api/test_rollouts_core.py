@@ -1,0 +1,293 @@
+"""The rollout engine and outbox through the core service, on real SQLite and real PostgreSQL.
+
+Devices are played by calling the service the way the MQTT shell does (reported / telemetry messages).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+
+import pytest
+
+from fleet_api.auth import Principal
+from fleet_api.db.tables import Rollout
+from fleet_api.errors import Conflict, Invalid
+from fleet_protocol.messages import Desired, DeviceState, Reported, ServingModel, Telemetry
+from tests.bundles import digits_bundle
+
+OPS = Principal(1, "ops", "operator")
+
+
+def upload(service, path):
+    tmp = service.store.new_upload()
+    tmp.write_bytes(path.read_bytes())
+    return service.upload_bundle(tmp)[0]
+
+
+def report(service, device_id, revision, bundle, state=DeviceState.serving, error=None):
+    model = ServingModel(name=bundle["name"], version=bundle["version"], sha256=bundle["sha256"]) if bundle else None
+    service.on_reported(device_id, Reported(revision=revision, state=state, model=model, error=error))
+
+
+def telemetry(service, device_id, bundle, p95, requests=100, errors=0):
+    service.on_telemetry(device_id, Telemetry(
+        model=ServingModel(name=bundle["name"], version=bundle["version"], sha256=bundle["sha256"]), window_s=10,
+        requests=requests, errors=errors, latency_ms_p50=p95 / 2, latency_ms_p95=p95, latency_ms_p99=p95 * 1.2,
+    ))
+
+
+def desired_of(service, device_id) -> dict:
+    return service.get_device(device_id)["desired"]
+
+
+def play_devices(service, rollout_id, outcome):
+    """Every notified device of the rollout answers: outcome(device_id, desired) → (state, bundle or None)."""
+    for d in service.get_rollout(rollout_id)["devices"]:
+        if d["state"] != "notified":
+            continue
+        state, bundle = outcome(d["device_id"], desired_of(service, d["device_id"]))
+        report(service, d["device_id"], d["revision"], bundle, state, error="GoldenCheckError: mismatch" if state == DeviceState.failed else None)
+
+
+@pytest.fixture
+def fleet(make_service, bundles):
+    """A service with six devices serving digits 1.0.0, and 2.0.0 uploaded."""
+    service = make_service()
+    v1, v2 = upload(service, bundles["1.0.0"]), upload(service, bundles["2.0.0"])
+    for i in range(6):
+        service.register_device(f"d{i}", {"site": "lab", "hw": "cpu"})
+    r = service.create_rollout("digits", "1.0.0", "site=lab", "100%", {})
+    play_devices(service, r["id"], lambda dev, des: (DeviceState.serving, v1))
+    assert service.get_rollout(r["id"])["state"] == "succeeded"
+    return service, v1, v2
+
+
+def test_waves_advance_only_when_devices_serve_the_new_version(fleet):
+    service, v1, v2 = fleet
+    r = service.create_rollout("digits", "2.0.0", "site=lab", "1,50%,100%", {}, OPS)
+    assert [d["wave"] for d in r["devices"]] == [0, 1, 1, 2, 2, 2]
+    assert [d["state"] for d in r["devices"]] == ["notified"] + ["waiting"] * 5
+    canary = r["devices"][0]["device_id"]
+    # Downloading and verifying are not success.
+    report(service, canary, r["devices"][0]["revision"], v1, DeviceState.downloading)
+    assert service.get_rollout(r["id"])["current_wave"] == 0
+    report(service, canary, r["devices"][0]["revision"], v2)
+    r = service.get_rollout(r["id"])
+    assert r["current_wave"] == 1 and [d["state"] for d in r["devices"]][:3] == ["succeeded", "notified", "notified"]
+    play_devices(service, r["id"], lambda dev, des: (DeviceState.serving, v2))
+    play_devices(service, r["id"], lambda dev, des: (DeviceState.serving, v2))
+    r = service.get_rollout(r["id"])
+    assert r["state"] == "succeeded" and {d["state"] for d in r["devices"]} == {"succeeded"}
+    actions = [a["action"] for a in service.audit_log()]
+    assert "rollout.create" in actions and "rollout.succeed" in actions
+
+
+def test_a_failing_canary_aborts_and_every_moved_device_gets_the_old_model_back(fleet):
+    service, v1, v2 = fleet
+    r = service.create_rollout("digits", "2.0.0", "site=lab", "2,50%,100%", {"max_failure_ratio": 0.0}, OPS)
+    first, second = r["devices"][0], r["devices"][1]
+    report(service, first["device_id"], first["revision"], v2)  # one canary fine …
+    report(service, second["device_id"], second["revision"], v1, DeviceState.failed, "GoldenCheckError: mismatch")  # … one not
+    r = service.get_rollout(r["id"])
+    assert r["state"] == "aborted" and r["current_wave"] == 0
+    assert "1/2 devices failed" in r["reason"] and "GoldenCheckError" in r["reason"]
+    states = {d["device_id"]: d["state"] for d in r["devices"]}
+    assert states == {"d0": "reverted", "d1": "reverted", "d2": "waiting", "d3": "waiting", "d4": "waiting", "d5": "waiting"}
+    for dev in ("d0", "d1"):
+        assert desired_of(service, dev)["model"]["sha256"] == v1["sha256"]
+        assert desired_of(service, dev)["rollout_id"] is None
+    # Devices of later waves were never told anything.
+    assert desired_of(service, "d4")["model"]["sha256"] == v1["sha256"] and desired_of(service, "d4")["revision"] == 1
+    # Each device's revisions went out once each, in order.
+    sent = [(t.split("/")[-2], Desired.parse(p).revision) for t, p in service.publisher.desired()]
+    assert len(sent) == len(set(sent))
+    assert [rev for dev, rev in sent if dev == "d0"] == [1, 2, 3]
+    assert any(a["action"] == "rollout.auto_abort" for a in service.audit_log())
+
+
+def test_soak_aborts_on_p95_latency_far_above_the_previous_version(fleet):
+    service, v1, v2 = fleet
+    for dev in ("d0", "d1", "d2"):
+        telemetry(service, dev, v1, p95=2.0)
+    service.tick()
+    r = service.create_rollout("digits", "2.0.0", "site=lab", "1,50%,100%",
+                               {"soak_s": 60, "max_p95_increase_pct": 50, "max_error_rate": 0.05}, OPS)
+    canary = r["devices"][0]
+    report(service, canary["device_id"], canary["revision"], v2)
+    assert service.get_rollout(r["id"])["state"] == "running"  # soaking, no telemetry yet
+    telemetry(service, canary["device_id"], v2, p95=9.0)
+    service.tick()
+    r = service.get_rollout(r["id"])
+    assert r["state"] == "aborted" and r["current_wave"] == 0, r
+    assert "p95 latency 9.00 ms" in r["reason"] and "2.00 ms" in r["reason"]
+    assert desired_of(service, canary["device_id"])["model"]["sha256"] == v1["sha256"]
+    assert desired_of(service, "d1")["revision"] == 1  # wave 2 never started
+
+
+def test_soak_passes_with_healthy_telemetry_and_aborts_on_errors(fleet):
+    service, v1, v2 = fleet
+    telemetry(service, "d0", v1, p95=2.0)
+    r = service.create_rollout("digits", "2.0.0", "d0=".replace("d0=", "site=lab"), "1,100%",
+                               {"soak_s": 0.5, "max_p95_increase_pct": 50, "max_error_rate": 0.05}, OPS)
+    canary = r["devices"][0]
+    report(service, canary["device_id"], canary["revision"], v2)
+    telemetry(service, canary["device_id"], v2, p95=2.4)
+    time.sleep(0.6)
+    service.tick()
+    r = service.get_rollout(r["id"])
+    assert r["current_wave"] == 1 and r["state"] == "running", r
+    for d in r["devices"][1:]:
+        report(service, d["device_id"], d["revision"], v2)
+        telemetry(service, d["device_id"], v2, p95=2.0, requests=100, errors=20)
+    service.tick()
+    r = service.get_rollout(r["id"])
+    assert r["state"] == "aborted" and "error rate" in r["reason"], r
+    assert {d["state"] for d in r["devices"]} == {"reverted"}
+
+
+def test_pause_resume_abort_and_rollback(fleet):
+    service, v1, v2 = fleet
+    r = service.create_rollout("digits", "2.0.0", "site=lab", "1,100%", {}, OPS)
+    assert service.control_rollout(r["id"], "pause", OPS, "look at it")["state"] == "paused"
+    canary = r["devices"][0]
+    report(service, canary["device_id"], canary["revision"], v2)
+    assert service.get_rollout(r["id"])["current_wave"] == 0  # paused: no advance
+    with pytest.raises(Conflict):
+        service.control_rollout(r["id"], "pause", OPS)
+    r = service.control_rollout(r["id"], "resume", OPS)
+    assert r["state"] == "running" and r["current_wave"] == 1
+    play_devices(service, r["id"], lambda dev, des: (DeviceState.serving, v2))
+    assert service.get_rollout(r["id"])["state"] == "succeeded"
+    r = service.control_rollout(r["id"], "rollback", OPS, "customer complaint")
+    assert r["state"] == "rolled_back"
+    assert {desired_of(service, f"d{i}")["model"]["version"] for i in range(6)} == {"1.0.0"}
+    with pytest.raises(Conflict):
+        service.control_rollout(r["id"], "rollback", OPS)
+    # A rollout aborted by hand sends its devices back too.
+    r2 = service.create_rollout("digits", "2.0.0", "site=lab", "3,100%", {}, OPS)
+    r2 = service.control_rollout(r2["id"], "abort", OPS)
+    assert r2["state"] == "aborted" and [d["state"] for d in r2["devices"]][:3] == ["reverted"] * 3
+    assert [a["action"] for a in service.audit_log(action="rollout.")][:5] == [
+        "rollout.abort", "rollout.create", "rollout.rollback", "rollout.succeed", "rollout.resume"]
+
+
+def test_one_active_rollout_per_device_and_clear_errors(fleet):
+    service, v1, v2 = fleet
+    service.create_rollout("digits", "2.0.0", "site=lab", "1,100%", {}, OPS)
+    with pytest.raises(Conflict, match="already in an active rollout"):
+        service.create_rollout("digits", "2.0.0", "site=lab", "100%", {}, OPS)
+    with pytest.raises(Invalid, match="unknown gate"):
+        service.create_rollout("digits", "2.0.0", "site=lab", "100%", {"max_fail": 1}, OPS)
+    with pytest.raises(Invalid, match="no registered device"):
+        service.create_rollout("digits", "2.0.0", "site=nowhere", "100%", {}, OPS)
+
+
+def test_variants_follow_the_hardware_class_label(make_service, keys, tmp_path):
+    service = make_service()
+    out = tmp_path / "variants"
+    paths = {hw: digits_bundle(keys, out / hw, "3.0.0", epochs=1, hardware_class=hw) for hw in ("generic", "jetson-int8")}
+    bundles = {hw: upload(service, p) for hw, p in paths.items()}
+    service.register_device("cpu-1", {"hw": "x86"})
+    service.register_device("jet-1", {"hw": "jetson-int8"})
+    r = service.create_rollout("digits", "3.0.0", "", "100%", {}, OPS)
+    by_dev = {d["device_id"]: d["bundle_sha256"] for d in r["devices"]}
+    assert by_dev == {"cpu-1": bundles["generic"]["sha256"], "jet-1": bundles["jetson-int8"]["sha256"]}
+
+
+def test_state_lives_in_the_database_and_two_processes_advance_a_rollout_once(fleet, make_service):
+    service, v1, v2 = fleet
+    r = service.create_rollout("digits", "2.0.0", "site=lab", "1,3,100%", {}, OPS)
+    service.close()
+    # Two API processes on the one database: both hear every report (plain subscription to retained reported).
+    a, b = make_service(), make_service()
+    canary = r["devices"][0]
+    barrier = threading.Barrier(2)
+
+    def both(fn):
+        def run(svc):
+            barrier.wait()
+            fn(svc)
+        threads = [threading.Thread(target=run, args=(s,)) for s in (a, b)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+
+    both(lambda svc: report(svc, canary["device_id"], canary["revision"], v2))
+    r = a.get_rollout(r["id"])
+    assert r["current_wave"] == 1
+    both(lambda svc: svc.tick())
+    for d in r["devices"]:
+        if d["state"] == "notified":
+            both(lambda svc, d=d: report(svc, d["device_id"], d["revision"], v2))
+    both(lambda svc: svc.tick())
+    for d in a.get_rollout(r["id"])["devices"]:
+        if d["state"] == "notified":
+            both(lambda svc, d=d: report(svc, d["device_id"], d["revision"], v2))
+    final = b.get_rollout(r["id"])
+    assert final["state"] == "succeeded"
+    # Every device was moved exactly once (revision 2), and that revision was published exactly once in all.
+    assert {desired_of(a, f"d{i}")["revision"] for i in range(6)} == {2}
+    sent = [(t, Desired.parse(p).revision) for svc in (service, a, b) for t, p in svc.publisher.desired() if Desired.parse(p).revision == 2]
+    assert len(sent) == 6 and len(set(sent)) == 6
+
+
+def test_outbox_retries_what_the_broker_did_not_acknowledge(fleet):
+    service, v1, v2 = fleet
+    service.publisher.fail = True
+    r = service.create_rollout("digits", "2.0.0", "site=lab", "100%", {}, OPS)
+    assert service.get_device("d0")["published_revision"] == 1  # committed, not yet out
+    service.publisher.fail = False
+    assert service.flush_outbox() == 6
+    assert service.flush_outbox() == 0
+    assert all(service.get_device(f"d{i}")["published_revision"] == 2 for i in range(6))
+
+
+def test_telemetry_is_rolled_up_per_device_and_minute(fleet):
+    service, v1, v2 = fleet
+    for p95 in (2.0, 4.0):
+        telemetry(service, "d0", v1, p95=p95, requests=50, errors=1)
+    rows = service.device_telemetry("d0")["minutes"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["messages"] == 2 and row["requests"] == 100 and row["errors"] == 2
+    assert row["latency_ms_p95"] == pytest.approx(3.0) and row["latency_ms_p95_max"] == 4.0
+    assert row["model_version"] == "1.0.0" and row["error_rate"] == pytest.approx(0.02)
+    # A second flush adds into the same minute row.
+    telemetry(service, "d0", v1, p95=6.0)
+    assert service.device_telemetry("d0")["minutes"][0]["messages"] == 3
+    since = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=5)).isoformat()
+    assert service.device_telemetry("d0", since=dt.datetime.fromisoformat(since))["minutes"] == []
+
+
+def test_revoked_device_leaves_its_rollout_and_the_wave_passes_without_it(fleet):
+    service, v1, v2 = fleet
+    r = service.create_rollout("digits", "2.0.0", "site=lab", "2,100%", {}, OPS)
+    first, second = r["devices"][0], r["devices"][1]
+    report(service, first["device_id"], first["revision"], v2)
+    assert service.get_rollout(r["id"])["current_wave"] == 0
+    service.revoke_device(second["device_id"], Principal(2, "root", "admin"))
+    r = service.get_rollout(r["id"])
+    assert r["current_wave"] == 1 and r["devices"][1]["state"] == "removed"
+    assert (f"edgefleet/v1/devices/{second['device_id']}/desired", b"", 1, True) in service.publisher.messages
+    from fleet_api.errors import NotFound
+
+    with pytest.raises(NotFound, match="revoked"):
+        report(service, second["device_id"], 9, v2)
+
+
+def test_schema_matches_the_models(make_service):
+    """The Alembic migrations create exactly what the SQLAlchemy tables describe."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from fleet_api.db.tables import Base
+
+    service = make_service()
+    with service.sessions() as db:
+        diff = compare_metadata(MigrationContext.configure(db.connection()), Base.metadata)
+    assert diff == []
+    with service.transaction() as db:
+        assert db.query(Rollout).count() == 0
+    json.dumps(diff)
