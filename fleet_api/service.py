@@ -196,6 +196,7 @@ class FleetService:
                        {"model": model, "version": version, "selector": rollout.selector, "waves": rollout.waves,
                         "gates": rollout.gates})
             rollout_id = rollout.id
+        self.evaluate(rollout_id)  # devices already serving the bundle may pass the first wave at once
         self.flush_outbox()
         return self.get_rollout(rollout_id)
 

@@ -1,0 +1,125 @@
+"""The HTTP shell on a real broker and database: auth, tokens, audit, bad input, telemetry, /metrics, dashboard,
+and bad MQTT input (malformed payloads, unknown devices) that is refused without losing what comes next."""
+
+from __future__ import annotations
+
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from fastapi.testclient import TestClient
+from paho.mqtt.enums import CallbackAPIVersion
+
+from demo.cluster import wait_for
+from fleet_api.app import create_app
+from fleet_api.settings import ApiSettings
+from fleet_protocol.messages import DeviceState, Reported, ServingModel, Status, Telemetry
+from fleet_protocol.topics import Topics
+
+ADMIN = "eft_admin-token-for-tests"
+TOPICS = Topics()
+
+
+@pytest.fixture
+def api(broker, tmp_path, keys):
+    settings = ApiSettings(database_url=f"sqlite:///{tmp_path / 'api.db'}", broker_url=broker.url,
+                           artifact_dir=tmp_path / "artifacts", trusted_keys=str(keys.public_path), admin_token=ADMIN,
+                           tick_interval_s=0.2)
+    with TestClient(create_app(settings)) as client:
+        client.headers["Authorization"] = f"Bearer {ADMIN}"
+        wait_for(lambda: client.get("/readyz").status_code == 200, 10, "the API to connect")
+        yield client
+
+
+@pytest.fixture
+def device_client(broker):
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-device", protocol=mqtt.MQTTv5)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    yield c
+    c.disconnect()
+    c.loop_stop()
+
+
+def as_token(client, token):
+    return {"Authorization": f"Bearer {token}"} if token else {"Authorization": ""}
+
+
+def test_roles_and_tokens(api):
+    assert api.get("/healthz").status_code == 200 and api.get("/metrics", headers=as_token(api, None)).status_code == 200
+    r = api.get("/v1/devices", headers=as_token(api, None))
+    assert r.status_code == 401 and "missing API token" in r.json()["error"] and r.headers["www-authenticate"] == "Bearer"
+    assert api.get("/v1/devices", headers=as_token(api, "eft_wrong")).status_code == 401
+    assert api.post("/v1/tokens", json={"name": "x", "role": "root"}).status_code == 400
+    viewer = api.post("/v1/tokens", json={"name": "grafana", "role": "viewer"}).json()
+    operator = api.post("/v1/tokens", json={"name": "ci", "role": "operator"}).json()
+    assert viewer["token"].startswith("eft_") and "token" not in api.get("/v1/tokens").json()[0]
+    assert api.get("/v1/devices", headers=as_token(api, viewer["token"])).status_code == 200
+    r = api.post("/v1/rollouts", json={"model": "digits", "version": "9.9.9"}, headers=as_token(api, viewer["token"]))
+    assert r.status_code == 403 and "needs 'operator'" in r.json()["error"]
+    r = api.post("/v1/devices", json={"id": "cam-1"}, headers=as_token(api, operator["token"]))
+    assert r.status_code == 403
+    assert api.post("/v1/rollouts", json={"model": "digits", "version": "9.9.9"},
+                    headers=as_token(api, operator["token"])).status_code == 404  # allowed, but no such model
+    assert api.get("/v1/whoami", headers=as_token(api, operator["token"])).json()["role"] == "operator"
+    assert api.delete(f"/v1/tokens/{viewer['id']}").status_code == 200
+    assert api.get("/v1/devices", headers=as_token(api, viewer["token"])).status_code == 401
+    audit = api.get("/v1/audit").json()
+    assert [a["action"] for a in audit[:3]] == ["token.revoke", "token.create", "token.create"]
+    assert audit[0]["actor"].endswith(":bootstrap-admin")
+
+
+def test_bad_input_gets_a_clear_error_and_changes_nothing(api, bundles):
+    r = api.post("/v1/devices", json={"id": "bad id!"})
+    assert r.status_code == 400 and "must match" in r.json()["error"]
+    r = api.post("/v1/devices", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"].startswith("invalid request")
+    assert api.post("/v1/devices", json={"id": "cam-1", "labels": {"site": "a"}}).status_code == 201
+    assert api.post("/v1/devices", json={"id": "cam-1"}).status_code == 409
+    assert api.get("/v1/devices/nope").status_code == 404
+    assert api.get("/v1/devices/nope/telemetry").status_code == 404
+    assert api.post("/v1/models", content=b"not a tar").status_code == 400
+    assert api.post("/v1/models", content=bundles["1.0.0"].read_bytes()).status_code == 201
+    r = api.post("/v1/rollouts", json={"model": "digits", "version": "1.0.0", "waves": "1,ten%"})
+    assert r.status_code == 400 and "neither a count nor a percentage" in r.json()["error"]
+    assert api.post("/v1/rollouts/999/pause").status_code == 404
+    assert api.post("/v1/rollouts/1/explode").status_code == 422
+    assert api.get("/v1/rollouts").json() == []
+    assert [d["id"] for d in api.get("/v1/devices").json()] == ["cam-1"]
+
+
+def test_device_messages_telemetry_metrics_and_dashboard(api, device_client, bundles):
+    api.post("/v1/devices", json={"id": "cam-1", "labels": {"site": "a"}}).raise_for_status()
+    v1 = api.post("/v1/models", content=bundles["1.0.0"].read_bytes()).json()
+    served = ServingModel(name="digits", version="1.0.0", sha256=v1["sha256"])
+    pub = lambda dev, ch, payload: device_client.publish(TOPICS.device(dev, ch), payload, qos=1).wait_for_publish(5)
+    # Garbage, wrong schema, unknown device: each refused and counted …
+    pub("cam-1", "reported", b"\xff\xfe not json")
+    pub("cam-1", "telemetry", b'{"window_s": -1, "requests": 1, "errors": 0}')
+    pub("ghost", "telemetry", Telemetry(window_s=10, requests=1, errors=0).to_bytes())
+    # … and the valid messages right after them all arrive.
+    pub("cam-1", "status", Status(online=True).to_bytes())
+    pub("cam-1", "reported", Reported(revision=0, state=DeviceState.serving, model=served, provider="CPUExecutionProvider").to_bytes())
+    for p95 in (1.0, 3.0):
+        pub("cam-1", "telemetry", Telemetry(model=served, window_s=10, requests=10, errors=1, latency_ms_p95=p95).to_bytes())
+    wait_for(lambda: api.get("/v1/devices/cam-1").json()["online"], 10, "status")
+    wait_for(lambda: (api.get("/v1/devices/cam-1").json()["reported"] or {}).get("state") == "serving", 10, "reported")
+    rows = wait_for(lambda: (m := api.get("/v1/devices/cam-1/telemetry").json()["minutes"]) and m[0]["messages"] == 2 and m,
+                    10, "telemetry rollup")
+    assert rows[0]["requests"] == 20 and rows[0]["latency_ms_p95"] == pytest.approx(2.0) and rows[0]["model_version"] == "1.0.0"
+    metrics = api.get("/metrics", headers=as_token(api, None)).text
+    assert 'edgefleet_fleet_devices{model="digits",state="serving",version="1.0.0"} 1.0' in metrics
+    assert "edgefleet_fleet_devices_online 1.0" in metrics
+    assert 'edgefleet_api_messages_rejected_total{channel="reported",reason="malformed"}' in metrics
+    assert 'edgefleet_api_messages_rejected_total{channel="telemetry",reason="notfound"}' in metrics
+    r = api.post("/v1/rollouts", json={"model": "digits", "version": "1.0.0", "selector": "site=a", "waves": "100%"})
+    assert r.status_code == 201 and r.json()["state"] == "succeeded"  # already serving it
+    # Dashboard: sign-in form without a token, the fleet with one (kept in a cookie).
+    anon = TestClient(api.app)
+    page = anon.get("/")
+    assert page.status_code == 401 and "<form" in page.text
+    assert anon.post("/login", data={"token": "eft_nope"}).status_code == 401
+    assert anon.post("/login", data={"token": ADMIN}, follow_redirects=False).status_code == 303
+    page = anon.get("/")
+    assert page.status_code == 200 and "cam-1" in page.text and "digits 1.0.0" in page.text and "succeeded" in page.text
+    assert "<script" not in page.text
