@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 
 class _Strict(BaseModel):
@@ -82,7 +82,8 @@ class CameraConfig(_Strict):
 
     name: str = Field(default="cam0", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     source: SourceConfig
-    queue_size: int = Field(default=1, ge=1, le=64)
+    # 1: the detector always gets the newest frame. Longer only to score a file frame by frame.
+    queue_size: int = Field(default=1, ge=1, le=4096)
     resize: Literal["stretch", "letterbox"] | None = None  # None: the model's own (manifest extra), else stretch
     postprocess: dict[str, Any] = Field(default_factory=dict)  # overrides of the plug-in's settings
     events: EventsConfig = Field(default_factory=EventsConfig)
@@ -125,9 +126,16 @@ def parse_cameras(entries: list[dict[str, Any]]) -> list[CameraConfig]:
     """Validate a runtime config's `sources`; names default to cam0, cam1 … and must be unique."""
     cameras = []
     for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"sources[{i}]: expected an object, got {type(entry).__name__}")
         entry = dict(entry)
         entry.setdefault("name", f"cam{i}")
-        cameras.append(CameraConfig.model_validate(entry))
+        try:
+            cameras.append(CameraConfig.model_validate(entry))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ValueError(f"sources[{i}] ({entry['name']}): {where}: {first['msg']}") from None
     names = [c.name for c in cameras]
     if len(set(names)) != len(names):
         raise ValueError(f"camera names must be unique, got {names}")

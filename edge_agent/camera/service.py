@@ -61,7 +61,8 @@ class CameraService:
             wanted = {c.name: c for c in configs}
             for name, pipeline in list(self.pipelines.items()):
                 if wanted.get(name) != pipeline.config:
-                    self.pipelines.pop(name).stop()
+                    pipeline.stop()
+                    del self.pipelines[name]
             for config in configs:
                 if config.name not in self.pipelines:
                     self.pipelines[config.name] = Pipeline(config, detectors.get(config.name), self.on_event).start()

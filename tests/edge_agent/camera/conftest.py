@@ -1,0 +1,36 @@
+"""Fixtures: the generated face video with its true boxes, real BlazeFace (zoo and signed bundle)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from demo.camera import VideoTruth, make_video
+from edge_agent.camera.model import load
+from model_tools.pack import pack_bundle
+from model_tools.zoo import prepare
+
+
+@pytest.fixture(scope="session")
+def face_video(tmp_path_factory) -> VideoTruth:
+    return make_video(tmp_path_factory.mktemp("video") / "faces.avi", fps=30.0, seconds=4.0)
+
+
+@pytest.fixture(scope="session")
+def blazeface():
+    """(ModelSpec, onnxruntime session) of the real pretrained BlazeFace."""
+    return load("blazeface", [])
+
+
+def pack_zoo(name: str, keys, out: Path, version: str = "1.0.0") -> Path:
+    zoo = prepare(name)
+    path, _ = pack_bundle(zoo.onnx, name=name, version=version, golden_inputs=zoo.golden_inputs,
+                          private_key_pem=keys.private_path.read_bytes(), out_dir=out, task=zoo.task, labels=zoo.labels,
+                          preprocessing=zoo.preprocessing, extra=zoo.extra, force=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def blazeface_bundle(keys, tmp_path_factory) -> Path:
+    return pack_zoo("blazeface", keys, tmp_path_factory.mktemp("camera-bundles"))
