@@ -25,7 +25,7 @@ CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
 API_ROLE = "edgefleet-api"
 DEVICE_SEND = ("reported", "fetch", "telemetry", "events", "status")
-TOLERATED = ("already exists", "not found", "already has")  # idempotent re-runs
+TOLERATED = ("already exists", "not found", "already has", "internal error")  # idempotent re-runs
 
 
 def device_role(device_id: str) -> str:
@@ -85,9 +85,17 @@ class DynSec:
         """Give the API's own client the right to publish desired states and chunks (idempotent)."""
         commands: list[dict[str, Any]] = [{"command": "createRole", "rolename": API_ROLE, "textname": "edgefleet fleet API"}]
         commands += [{"command": "addRoleACL", "rolename": API_ROLE, **acl} for acl in api_acls(self.topics)]
-        if self.api_username:
-            commands.append({"command": "addClientRole", "username": self.api_username, "rolename": API_ROLE, "priority": 10})
         self.call(commands, tolerate=True)
+        if not self.api_username:
+            return
+        client = self.call([{"command": "getClient", "username": self.api_username}])[0].get("data", {}).get("client", {})
+        if API_ROLE not in {r.get("rolename") for r in client.get("roles", [])}:
+            # The broker cuts our session to apply the new role; we reconnect and come through here again.
+            # mosquitto 2.0 may answer "Internal error" here although the role was added (it kicked the asking
+            # client); the check above, on the next connection, tells.
+            log.info("adding role %s to the API's broker client %s", API_ROLE, self.api_username)
+            self.call([{"command": "addClientRole", "username": self.api_username, "rolename": API_ROLE, "priority": 10}],
+                      tolerate=True)
 
     # --- the request/response exchange ------------------------------------------------------------------
     def call(self, commands: list[dict[str, Any]], tolerate: bool = False) -> list[dict[str, Any]]:
