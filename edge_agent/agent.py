@@ -31,13 +31,13 @@ class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.store = ModelStore(settings.data_dir, keep=settings.keep_models)
-        self.engine = Engine(keep_previous_loaded=settings.keep_previous_loaded)
+        self.engine = Engine(keep_previous_loaded=settings.keep_previous_loaded, batch_workers=settings.batch_workers)
         self.reconciler = Reconciler(settings, self.store, self.engine)
         self.link = AgentLink(settings, self.reconciler)
         self.reconciler.transport = self.link
         self.telemetry = TelemetryLoop(self.engine, self.link.send_telemetry, settings.telemetry_interval_s)
         self.app = create_app(self.engine, int(settings.max_request_mb * 1024 * 1024), control=self.reconciler,
-                              inline_below_ms=settings.inline_below_ms)
+                              inline_below_ms=settings.inline_below_ms, workers=settings.infer_workers or None)
         self.cameras = attach_cameras(self)  # runtime config `sources` → camera pipelines; view on self.app
 
     def run(self) -> None:

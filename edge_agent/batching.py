@@ -38,14 +38,16 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, config: Batching, on_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(self, config: Batching, on_batch: Callable[[int], None] | None = None, workers: int = 1) -> None:
         self.config = config
         self.on_batch = on_batch
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="batcher", daemon=True)
-        self._thread.start()
+        # More than one worker lets batches run on several cores at once (each session run uses one thread).
+        self._threads = [threading.Thread(target=self._run, name=f"batcher-{i}", daemon=True) for i in range(workers)]
+        for t in self._threads:
+            t.start()
 
     def submit(self, model: "LoadedModel", inputs: dict[str, np.ndarray], done: Done) -> None:
         item = _Item(model, inputs, done)
@@ -59,8 +61,10 @@ class Batcher:
         """Finish what is queued, then stop."""
         with self._lock:
             self._closed = True
-            self._queue.put(None)
-        self._thread.join(timeout=10)
+            for _ in self._threads:
+                self._queue.put(None)
+        for t in self._threads:
+            t.join(timeout=10)
 
     def _collect(self, first: _Item) -> tuple[list[_Item], bool]:
         batch, limit = [first], self.config.max_batch_size
@@ -73,6 +77,7 @@ class Batcher:
             except queue.Empty:
                 break
             if item is None:
+                self._queue.put(None)  # the stop mark of another worker: hand it on after this batch
                 return batch, True
             batch.append(item)
             rows += item.rows

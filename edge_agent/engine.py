@@ -267,9 +267,10 @@ class _Waiter:
 class Engine:
     """Serves one model at a time; swaps it without dropping a request."""
 
-    def __init__(self, stats: Stats | None = None, keep_previous_loaded: bool = False) -> None:
+    def __init__(self, stats: Stats | None = None, keep_previous_loaded: bool = False, batch_workers: int = 1) -> None:
         self.stats = stats or Stats()
         self.keep_previous_loaded = keep_previous_loaded
+        self.batch_workers = batch_workers
         self._current: LoadedModel | None = None
         self._previous: LoadedModel | None = None
         self._swap_lock = threading.Lock()
@@ -359,7 +360,7 @@ class Engine:
                 return
             old = self._batcher
             self._batching = config
-            self._batcher = Batcher(config, on_batch=self.stats.batch_size.observe) if config.enabled else None
+            self._batcher = Batcher(config, on_batch=self.stats.batch_size.observe, workers=self.batch_workers) if config.enabled else None
         if old is not None:
             old.close()
 

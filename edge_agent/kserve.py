@@ -7,11 +7,34 @@ header followed by the raw bytes of each tensor, which spares both sides buildin
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
 
 from .engine import InputError
+
+try:  # ~10× faster both ways than the json module (24 → 2 µs for a digits request); optional
+    import orjson
+
+    def _loads(data: bytes | memoryview) -> Any:
+        return orjson.loads(data)
+
+    def _dumps(obj: Any) -> bytes:
+        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def _json_values(array: np.ndarray) -> Any:
+        # orjson writes numpy arrays natively; float32 values keep their shortest float32 spelling.
+        return array.ravel() if array.dtype != np.float16 else array.ravel().tolist()
+except ImportError:  # pragma: no cover - the agent extra installs orjson
+    def _loads(data: bytes | memoryview) -> Any:
+        return json.loads(bytes(data))
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    def _json_values(array: np.ndarray) -> Any:
+        return array.ravel().tolist()
 
 DATATYPES = {
     "BOOL": np.bool_, "UINT8": np.uint8, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
@@ -33,7 +56,7 @@ def parse_request(body: bytes, header_length: int | None) -> tuple[dict[str, Any
     else:
         head, binary = body, memoryview(b"")
     try:
-        request = json.loads(head)
+        request = _loads(head)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"request is not JSON: {exc}") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
@@ -49,7 +72,7 @@ def parse_request(body: bytes, header_length: int | None) -> tuple[dict[str, Any
         if datatype not in DATATYPES:
             raise InputError(f"input {name!r}: datatype {datatype!r} is not one of {sorted(DATATYPES)}")
         dtype = np.dtype(DATATYPES[datatype])
-        count = int(np.prod(shape)) if shape else 1
+        count = math.prod(shape)
         size = (spec.get("parameters") or {}).get("binary_data_size")
         try:
             if size is not None:
@@ -89,12 +112,12 @@ def encode_response(
             spec["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            spec["data"] = array.ravel().tolist()
+            spec["data"] = _json_values(array)
         out_specs.append(spec)
     response = {"model_name": model_name, "model_version": model_version, "outputs": out_specs}
     if "id" in request:
         response["id"] = request["id"]
-    head = json.dumps(response, separators=(",", ":")).encode()
+    head = _dumps(response)
     if blobs:
         return head + b"".join(blobs), len(head)
     return head, None

@@ -29,7 +29,9 @@ class AgentSettings(BaseSettings):
     http_port: int = 8080
     max_request_mb: float = 64.0  # larger bodies get 413 before they are read
     # Models whose warm run is shorter run on the HTTP event loop itself: a thread hop costs more than they do.
-    inline_below_ms: float = 2.0
+    inline_below_ms: float = 0.25
+    # Above that, session runs go to this many worker threads (default: one per core; more only thrash caches).
+    infer_workers: int = 0
     # Default preference when the desired state names none; the first one onnxruntime offers wins.
     providers: str = "TensorrtExecutionProvider,CUDAExecutionProvider,OpenVINOExecutionProvider,CPUExecutionProvider"
     intra_op_threads: int = 1
@@ -38,6 +40,7 @@ class AgentSettings(BaseSettings):
     batching: bool = False
     batch_max_size: int = 8
     batch_max_delay_ms: float = 2.0
+    batch_workers: int = 1  # batches run at once; with one intra-op thread each, up to one per core pays
     # Keep the replaced session in memory for an instant rollback; off: it is freed once its requests end.
     keep_previous_loaded: bool = False
     keep_models: int = 3  # bundles kept on disk (current, previous and one more)

@@ -66,8 +66,6 @@ class Stats:
                                  LABELS, buckets=LATENCY_BUCKETS, registry=r)
         self.queue = Histogram("edgefleet_agent_queue_seconds", "Time a request waited before its session run (batching)",
                                LABELS, buckets=LATENCY_BUCKETS, registry=r)
-        self.http_latency = Histogram("edgefleet_agent_http_request_seconds", "Local HTTP inference requests, body read to response",
-                                      buckets=LATENCY_BUCKETS, registry=r)
         self.model_info = Gauge("edgefleet_agent_model_info", "The model served now (1) with its version and execution provider",
                                 ["model", "version", "sha256", "provider", "providers"], registry=r)
         self.batch_size = Histogram("edgefleet_agent_batch_size", "Requests per session run when dynamic batching is on",

@@ -53,3 +53,59 @@ def images() -> np.ndarray:
     from model_tools.zoo.digits import load_split
 
     return np.ascontiguousarray(load_split()[2][:64], dtype=np.float32).reshape(-1, 1, 8, 8)
+
+
+class LocalServer:
+    """The agent's HTTP app on real uvicorn (httptools, uvloop) on a free port, in a thread."""
+
+    def __init__(self, app) -> None:
+        import threading
+
+        import uvicorn
+
+        from demo.cluster import free_port
+        from edge_agent.agent import uvicorn_config
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", self.port))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "LocalServer":
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("local server did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def binary_request(name: str, array: np.ndarray, datatype: str = "FP32") -> tuple[bytes, dict[str, str]]:
+    """A KServe v2 request with the binary tensor data extension."""
+    import json
+
+    head = json.dumps({"inputs": [{"name": name, "shape": list(array.shape), "datatype": datatype,
+                                   "parameters": {"binary_data_size": array.nbytes}}]}).encode()
+    return head + array.tobytes(), {"Inference-Header-Content-Length": str(len(head)),
+                                    "Content-Type": "application/octet-stream"}
+
+
+def binary_outputs(body: bytes, header_length: int) -> dict[str, np.ndarray]:
+    import json
+
+    from edge_agent.kserve import DATATYPES
+
+    head = json.loads(body[:header_length])
+    out, offset = {}, header_length
+    for spec in head["outputs"]:
+        size = spec["parameters"]["binary_data_size"]
+        out[spec["name"]] = np.frombuffer(body[offset:offset + size], dtype=DATATYPES[spec["datatype"]]).reshape(spec["shape"])
+        offset += size
+    return out
