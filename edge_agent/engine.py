@@ -51,6 +51,10 @@ class InferenceError(RuntimeError):
     """The session failed on inputs that passed validation."""
 
 
+class ModelLoadError(RuntimeError):
+    """onnxruntime refused to build a session for the model (corrupt file, unsupported operator, …)."""
+
+
 class NotReady(RuntimeError):
     """No model is loaded yet."""
 
@@ -173,10 +177,13 @@ def optimized_cache_path(cache_dir: Path, stored: StoredModel, threads: int, opt
 
 
 def _create(path: Path, options: ort.SessionOptions, providers: list[Provider], cache_dir: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(
-        str(path), sess_options=options,
-        providers=[(p.name, o) if (o := p.options(cache_dir)) else p.name for p in providers],
-    )
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=options,
+            providers=[(p.name, o) if (o := p.options(cache_dir)) else p.name for p in providers],
+        )
+    except Exception as exc:  # onnxruntime's errors share no base class beyond Exception
+        raise ModelLoadError(f"onnxruntime cannot load {path.name}: {_first_line(exc)}") from None
 
 
 def load(stored: StoredModel, providers: list[Provider], *, threads: int, optimization: str, cache_dir: Path,

@@ -20,7 +20,7 @@ from fleet_protocol.bundle import BundleError
 from fleet_protocol.messages import Desired, DeviceState, ModelRef, Reported, RuntimeConfig, ServingModel
 
 from . import __version__, hardware
-from .engine import Engine, GoldenCheckError, LoadedModel, golden_check, load
+from .engine import Engine, GoldenCheckError, LoadedModel, ModelLoadError, golden_check, load
 from .providers import ProviderError, resolve
 from .settings import AgentSettings
 from .store import DigestMismatch, ModelStore, PartialDownload, StoredModel
@@ -182,7 +182,7 @@ class Reconciler:
                 stored = self.store.get(ref.sha256) or self._download(desired, ref)
                 self._report(desired.revision, DeviceState.loading, progress=1.0)
                 model = self._load_checked(stored, desired.runtime)
-        except (BundleError, GoldenCheckError, ProviderError, TimeoutError, OSError) as exc:
+        except (BundleError, GoldenCheckError, ModelLoadError, ProviderError, TimeoutError, OSError) as exc:
             log.error("%s %s rejected: %s", ref.name, ref.version, exc)
             self._report(desired.revision, DeviceState.failed, error=f"{type(exc).__name__}: {exc}")
             return

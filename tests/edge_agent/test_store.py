@@ -1,0 +1,96 @@
+"""The model store: content-addressed, atomic current/previous, keeps K, survives kill -9 anywhere."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+
+from edge_agent.engine import Engine
+from edge_agent.reconcile import Reconciler
+from edge_agent.settings import AgentSettings
+from edge_agent.store import ModelStore
+from tests.bundles import digits_bundle
+from tests.edge_agent.conftest import install, load_checked
+
+
+def test_keeps_current_previous_and_the_newest_up_to_k(tmp_path, keys, bundles):
+    store = ModelStore(tmp_path / "data", keep=3)
+    paths = [bundles["1.0.0"], bundles["2.0.0"]] + [digits_bundle(keys, tmp_path / "b", f"{v}.0.0", epochs=1) for v in (3, 4, 5)]
+    shas = []
+    for path in paths:
+        stored = install(store, path, keys)
+        load_checked(stored, store.cache)  # leaves an optimized graph in the cache, to be collected with it
+        store.promote(stored.sha256)
+        shas.append(stored.sha256)
+        time.sleep(0.01)
+    assert store.current().sha256 == shas[-1] and store.previous().sha256 == shas[-2]
+    assert sorted(p.name for p in store.models.iterdir()) == sorted(shas[-3:])
+    assert {f.name.split("-")[0] for f in (store.cache / "optimized").iterdir()} <= set(shas[-3:])
+
+
+def test_optimized_graph_is_cached_so_a_restart_does_not_reoptimize(store, digits, images):
+    first = load_checked(digits["2.0.0"], store.cache)
+    assert not first.from_cache and list((store.cache / "optimized").glob(f"{digits['2.0.0'].sha256}-*.onnx"))
+    again = load_checked(digits["2.0.0"], store.cache)  # golden check passes on the cached graph too
+    assert again.from_cache
+    np.testing.assert_array_equal(first.run({"image": images})["probabilities"], again.run({"image": images})["probabilities"])
+    for f in (store.cache / "optimized").iterdir():
+        f.write_bytes(b"garbage")  # a damaged cache is rebuilt, never trusted
+    assert not load_checked(digits["2.0.0"], store.cache).from_cache
+
+
+CHURN = textwrap.dedent("""
+    import sys, itertools
+    from pathlib import Path
+    sys.path.insert(0, {root!r})
+    from edge_agent.store import ModelStore
+    from fleet_protocol.bundle import read_bundle
+    from fleet_protocol.signing import load_public_key, sha256_file
+    from tests.edge_agent.conftest import load_checked
+    import shutil
+    key = load_public_key(Path({key!r}).read_bytes())
+    store = ModelStore(Path({data!r}), keep=2)
+    bundles = [Path(p) for p in {bundles!r}]
+    for n, path in enumerate(itertools.cycle(bundles)):
+        sha = sha256_file(path)
+        if store.get(sha) is None:
+            read_bundle(path, [key], extract_to=store.models / sha)
+        for cached in (store.cache / "optimized").glob(sha + "-*"):
+            cached.unlink()  # so the optimized graph is written again, and can be torn by the kill
+        stored = store.get(sha)
+        load_checked(stored, store.cache)
+        store.promote(sha)
+        if n == 0:
+            print("ready", flush=True)  # one model has passed: from here on a kill may land anywhere
+""")
+
+
+def test_kill_9_at_any_point_boots_on_a_model_that_passed(tmp_path, keys, bundles):
+    """A process installs, loads, checks and promotes models in a loop and is killed at random moments."""
+    paths = [bundles["1.0.0"], bundles["2.0.0"], digits_bundle(keys, tmp_path / "b", "3.0.0", epochs=1)]
+    data = tmp_path / "data"
+    script = CHURN.format(root=os.getcwd(), key=str(keys.public_path), data=str(data), bundles=[str(p) for p in paths])
+    rng = random.Random(7)
+    settings = AgentSettings(device_id="dev-k", data_dir=data, trusted_keys=str(keys.public_path))
+    booted = set()
+    for _ in range(6):
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout.readline().strip() == b"ready", proc.stderr.read().decode()[-2000:]
+        time.sleep(rng.uniform(0.05, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        store = ModelStore(data, keep=2)
+        engine = Engine()
+        model = Reconciler(settings, store, engine).boot()  # golden-checks what it serves
+        assert model is not None
+        assert model.sha256 == store.current().sha256
+        assert not [p for p in store.models.iterdir() if p.name.startswith(".")]  # half-extracted bundles gone
+        booted.add(model.version)
+    assert len(booted) >= 2  # the kills landed at different points of the churn
