@@ -21,8 +21,10 @@ log = logging.getLogger(__name__)
 
 class Capture:
     def __init__(self, source_config, queue: LatestQueue, on_lifecycle: Callable[[str, dict[str, Any]], None] | None = None,
-                 source: Source | None = None) -> None:
+                 source: Source | None = None, prepare: Callable[[Any], Any] | None = None) -> None:
         self.config = source_config
+        # Preprocessing on this thread, overlapped with inference on the worker: it balances the two threads.
+        self.prepare = prepare
         self.source = source or create(source_config)
         self.queue = queue
         self.on_lifecycle = on_lifecycle or (lambda _kind, _detail: None)
@@ -117,4 +119,7 @@ class Capture:
             self.grab_s += t1 - t0
             self._seq += 1
             self.meter.tick()
-            self.queue.put(Frame(image=image, seq=self._seq, ts=time.time(), t_grab=t0, t_ready=t1))
+            ts = time.time()
+            prepared = self.prepare(image) if self.prepare is not None else None
+            frame = Frame(image=image, seq=self._seq, ts=ts, t_grab=t0, t_ready=t1, prepared=prepared)
+            self.queue.put(frame, wait=self._stop if self.source.waits_for_reader else None)

@@ -6,6 +6,7 @@ import collections
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,7 @@ class Frame:
     ts: float  # wall-clock time the frame was taken off the source (for events)
     t_grab: float  # perf_counter when reading it began: end-to-end latency is measured from here
     t_ready: float  # perf_counter when it was decoded
+    prepared: Any = None  # (detector, model input, geometry) when preprocessed on the capture thread
 
 
 class LatestQueue:
@@ -32,8 +34,12 @@ class LatestQueue:
         self._cond = threading.Condition()
         self.dropped = 0
 
-    def put(self, item: Frame) -> None:
+    def put(self, item: Frame, wait: threading.Event | None = None) -> None:
+        """With `wait` (a stop flag), block while full instead of dropping: for a file read as fast as the
+        detector goes, where every frame is worth processing and none is ever stale."""
         with self._cond:
+            while wait is not None and len(self._items) >= self._maxsize and not wait.is_set():
+                self._cond.wait(0.1)
             if len(self._items) >= self._maxsize:
                 self._items.popleft()
                 self.dropped += 1
@@ -48,7 +54,9 @@ class LatestQueue:
                 if left <= 0:
                     return None
                 self._cond.wait(left)
-            return self._items.popleft()
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
 
     def __len__(self) -> int:
         return len(self._items)

@@ -71,7 +71,7 @@ class Pipeline:
         self.detector = detector
         self.events = EventGate(config.name, config.events, on_event)
         self.queue = LatestQueue(config.queue_size)
-        self.capture = Capture(config.source, self.queue, self.events.lifecycle, source=source)
+        self.capture = Capture(config.source, self.queue, self.events.lifecycle, source=source, prepare=self._prepare)
         self.meter = RateMeter()
         self.times = StageTimes()
         self.latency = LatencyStats()
@@ -150,16 +150,32 @@ class Pipeline:
             if detections:
                 self.events.offer(frame.ts, detections, {"frame": frame.seq, "model": result.model})
 
+    def _prepare(self, image):
+        """Runs on the capture thread; a failure here is left for the worker to meet (and count)."""
+        detector = self.detector
+        if detector is None:
+            return None
+        t0 = time.perf_counter()
+        try:
+            x, geo = detector.preprocess(image)
+        except Exception:
+            return None
+        self.times.preprocess += time.perf_counter() - t0
+        return detector, x, geo
+
     def _detect(self, detector: Detector, frame: Frame) -> list[Detection]:
         t0 = time.perf_counter()
-        x, geo = detector.preprocess(frame.image)
+        if frame.prepared is not None and frame.prepared[0] is detector:
+            _, x, geo = frame.prepared
+        else:  # the detector was swapped since (or preprocessing failed): do it here
+            x, geo = detector.preprocess(frame.image)
+            self.times.preprocess += time.perf_counter() - t0
         t1 = time.perf_counter()
         outputs = detector.infer(x)
         t2 = time.perf_counter()
         detections = detector.postprocess(outputs, geo)
         t3 = time.perf_counter()
         t = self.times
-        t.preprocess += t1 - t0
         t.inference += t2 - t1
         t.postprocess += t3 - t2
         t.frames += 1

@@ -36,6 +36,11 @@ class CorruptFrame(Exception):
 class Source:
     kind: ClassVar[str]
     live: ClassVar[bool] = True  # a live source drops what we do not take; a file waits for us
+
+    @property
+    def waits_for_reader(self) -> bool:
+        """True when frames are not tied to a clock: the reader may take its time, nothing goes stale."""
+        return False
     registry: ClassVar[dict[str, type["Source"]]] = {}
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -132,6 +137,10 @@ class FileSource(_OpenCvSource):
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.period = 1.0 / fps if fps and 1 <= fps <= 240 else 1 / 25
         self._due = time.monotonic()
+
+    @property
+    def waits_for_reader(self) -> bool:
+        return not self.config.realtime
 
     def pace(self) -> None:
         if self.config.realtime:

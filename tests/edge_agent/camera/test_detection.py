@@ -99,7 +99,7 @@ def test_preprocessing_follows_the_manifest():
     frame[..., 0] = 255  # blue in BGR
     x, geo = Preprocessor(spec)(frame)
     assert x.shape == (1, 3, 2, 4) and x.dtype == np.float32
-    np.testing.assert_allclose(x[0, :, 0, 0], [-1.0, -2.0, 1.0])  # R, G, B after (x*scale - mean) / std
+    np.testing.assert_allclose(x[0, :, 0, 0], [-1.0, -2.0, 1.0], atol=1e-5)  # R, G, B after (x*scale - mean) / std
     box = Geometry(40, 20, 0.5, 1.0, 0.25, 0.0).to_frame(np.array([[0.25, 0, 0.75, 1.0]], np.float32))
     np.testing.assert_allclose(box, [[0, 0, 40, 20]])
 

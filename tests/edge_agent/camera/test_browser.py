@@ -1,0 +1,115 @@
+"""The local page in headless Chromium (Debian's, driven by Playwright): the stream's frames update and the
+numbers are live. Also the plain HTTP view: MJPEG parts are JPEGs, /camera/stats and the metrics."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+
+import cv2
+import numpy as np
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from edge_agent.camera.config import CameraConfig
+from edge_agent.camera.metrics import register
+from edge_agent.camera.service import CameraService
+from edge_agent.camera.view import create_router
+
+from .helpers import free_port, wait_for
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str:
+    """Debian's chromium: Playwright's own browser download does not work here. Installed when missing and we
+    are root (a fresh machine); otherwise the test says what to install."""
+    for candidate in (os.environ.get("EDGEFLEET_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, timeout=600, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env, timeout=900, capture_output=True)
+        if os.access("/usr/bin/chromium", os.X_OK):
+            return "/usr/bin/chromium"
+    pytest.fail("chromium is not installed: `sudo apt-get install -y chromium` (or set EDGEFLEET_CHROMIUM)")
+
+
+@pytest.fixture
+def view(face_video, blazeface):
+    service = CameraService()
+    register(service)
+    service.set_model(*blazeface)
+    service.apply([CameraConfig(name="demo", source={"type": "file", "path": str(face_video.path), "loop": True})])
+    app = FastAPI()
+    app.include_router(create_router(service))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                           timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 10, "the view server")
+    yield f"http://127.0.0.1:{port}", service
+    server.should_exit = True
+    service.stop()
+    thread.join(10)
+
+
+def test_page_in_headless_chromium_shows_a_live_stream(view):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = view
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 700})
+            page.goto(url + "/")
+            page.wait_for_function("document.getElementById('stream').naturalWidth === 640", timeout=15000)
+            img = page.locator("#stream")
+            shots = []
+            for _ in range(3):
+                shots.append(cv2.imdecode(np.frombuffer(img.screenshot(), np.uint8), cv2.IMREAD_COLOR))
+                page.wait_for_timeout(400)
+            # The video moves (background pan, faces): consecutive pictures in the browser must differ.
+            changes = [float(np.abs(a.astype(int) - b.astype(int)).mean()) for a, b in zip(shots, shots[1:])]
+            assert all(c > 1.0 for c in changes), f"the stream did not update in the browser: {changes}"
+            page.wait_for_function("Number(document.getElementById('v-inference_fps')?.textContent) > 5", timeout=10000)
+            first = int(page.inner_text("#v-frames_processed"))
+            page.wait_for_function(f"Number(document.getElementById('v-frames_processed').textContent) > {first}", timeout=10000)
+            assert page.inner_text("#v-model").startswith("blazeface")
+            assert float(page.inner_text("#v-latency_ms_p50")) > 0
+        finally:
+            browser.close()
+
+
+def test_stream_stats_and_metrics_over_http(view):
+    import httpx
+
+    url, service = view
+    wait_for(lambda: service.stats()[0]["frames_processed"] > 10, 10, "frames")
+    with httpx.Client(timeout=10) as client:
+        with client.stream("GET", url + "/stream") as r:
+            assert r.headers["content-type"].startswith("multipart/x-mixed-replace")
+            buf = b""
+            for chunk in r.iter_bytes():
+                buf += chunk
+                if buf.count(b"--frame") >= 3:
+                    break
+        part = buf.split(b"--frame")[1]
+        jpeg = part.split(b"\r\n\r\n", 1)[1]
+        frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert frame.shape == (480, 640, 3)
+        stats = client.get(url + "/camera/stats").json()
+        assert stats[0]["name"] == "demo" and stats[0]["capture_fps"] > 5
+        assert client.get(url + "/stream?camera=nope").status_code == 404
+    from prometheus_client import REGISTRY, generate_latest
+
+    text = generate_latest(REGISTRY).decode()
+    for name in ("edgefleet_camera_capture_fps", "edgefleet_camera_inference_fps", "edgefleet_camera_frames_dropped_total",
+                 "edgefleet_camera_latency_seconds_bucket"):
+        assert f'{name}{{camera="demo"' in text, name
