@@ -103,3 +103,75 @@ def make_video(path: Path, *, fps: float = 30.0, seconds: float = 4.0, empty_s: 
     tmp.replace(path)
     (path.with_suffix(".json")).write_text(json.dumps({"fps": fps, "boxes": truth}))
     return VideoTruth(path, fps, truth)
+
+
+def webcam_works(index: int = 0) -> bool:
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    cap = cv2.VideoCapture(index)
+    try:
+        return bool(cap.isOpened() and cap.read()[0])
+    finally:
+        cap.release()
+
+
+def demo_bundle(folder: Path) -> tuple[Path, Path]:
+    """BlazeFace from the zoo, packed and signed with a key made for the demo: (bundle, public key)."""
+    from fleet_protocol.signing import generate_keypair
+    from model_tools.pack import pack_bundle
+    from model_tools.zoo import prepare
+
+    folder.mkdir(parents=True, exist_ok=True)
+    private, public = folder / "demo-signing.pem", folder / "demo-signing.pub.pem"
+    if not private.exists():
+        priv, pub = generate_keypair()
+        public.write_bytes(pub)
+        private.write_bytes(priv)
+    zoo = prepare("blazeface")
+    bundle, _ = pack_bundle(zoo.onnx, name="blazeface", version="1.0.0", golden_inputs=zoo.golden_inputs,
+                            private_key_pem=private.read_bytes(), out_dir=folder, task=zoo.task, labels=zoo.labels,
+                            preprocessing=zoo.preprocessing, extra=zoo.extra, force=True)
+    return bundle, public
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make camera-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", help="SRC instead of webcam-or-generated-video")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--seconds", type=float, default=None, help="exit after this long")
+    parser.add_argument("--broker", default=None, help="also send events to this MQTT broker")
+    args = parser.parse_args(argv)
+
+    from edge_agent import cli
+
+    source = args.source
+    if source is None:
+        if webcam_works(0):
+            source = "0"
+            print("webcam 0 delivers frames: using it")
+        else:
+            video = DEMO_DIR / "faces.avi"
+            if not video.exists():
+                print("no webcam here: making a video from skimage.data photos (faces moving over a background) …")
+                make_video(video, fps=30.0, seconds=12.0, empty_s=1.0)
+            source = str(video)
+            print(f"no webcam here: using {video} (looped)")
+    bundle, public = demo_bundle(DEMO_DIR)
+    command = ["camera", "--source", source, "--model", str(bundle), "--trusted-key", str(public),
+               "--http-host", args.host, "--http-port", str(args.port), "--log-level", "warning"]
+    if Path(source).is_file():
+        command.append("--loop")
+    if args.seconds:
+        command += ["--seconds", str(args.seconds)]
+    if args.broker:
+        command += ["--broker", args.broker, "--device-id", "camera-demo"]
+    else:
+        command.append("--print-events")
+    print("Ctrl-C to stop.")
+    return cli.main(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
