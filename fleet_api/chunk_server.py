@@ -3,6 +3,12 @@
 Devices of a wave ask for the same chunks at about the same time. Requests for one artifact that arrive
 within a short window are merged, and each chunk is published once on `artifacts/{sha256}/{index}`, which
 every downloading device subscribes to: a wave costs about one copy of the model, not one per device.
+
+A request is also merged into a publish still on its way: a device subscribes before it asks, and the broker
+handles one connection's packets in order, so a chunk whose acknowledgement has not yet reached us when we
+handle the request reaches the broker after the device's subscription, and the device gets it. Only chunks
+the broker already acknowledged are sent again. Devices of a wave that ask over a few seconds thus share one
+pass instead of one per window.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from prometheus_client import Counter
 
 from fleet_protocol.topics import Topics
 
-from .publisher import Publisher
+from .publisher import Delivery, Publisher
 from .registry.artifacts import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -35,6 +41,7 @@ class ChunkServer:
         self._pending: dict[tuple[str, int], set[int]] = defaultdict(set)
         self._cond = threading.Condition()
         self._first_request: dict[tuple[str, int], float] = {}
+        self._in_flight: dict[tuple[str, int], dict[int, Delivery]] = defaultdict(dict)
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="chunk-server", daemon=True)
         self._thread.start()
@@ -48,6 +55,12 @@ class ChunkServer:
         CHUNKS_REQUESTED.inc(len(valid))
         key = (sha256, chunk_size)
         with self._cond:
+            in_flight = self._in_flight[key]
+            for i in [i for i, d in in_flight.items() if d.is_published()]:
+                del in_flight[i]
+            valid -= in_flight.keys()
+            if not valid:
+                return 0
             self._pending[key] |= valid
             self._first_request.setdefault(key, time.monotonic())
             self._cond.notify()
@@ -85,10 +98,14 @@ class ChunkServer:
                 self._send(sha256, chunk_size, sorted(indices))
 
     def _send(self, sha256: str, chunk_size: int, indices: list[int]) -> None:
+        key = (sha256, chunk_size)
         try:
             for i in indices:
                 data = self.store.read_chunk(sha256, i, chunk_size)
-                self.publisher.publish(self.topics.artifact_chunk(sha256, i), data, qos=1)
+                delivery = self.publisher.publish_tracked(self.topics.artifact_chunk(sha256, i), data, qos=1)
+                if delivery is not None:
+                    with self._cond:
+                        self._in_flight[key][i] = delivery
                 CHUNKS_SENT.inc()
                 CHUNK_BYTES.inc(len(data))
         except OSError as exc:

@@ -5,7 +5,17 @@ from __future__ import annotations
 from typing import Protocol, Sequence
 
 
+class Delivery(Protocol):
+    def is_published(self) -> bool:
+        """True once the broker acknowledged the message."""
+        ...
+
+
 class Publisher(Protocol):
+    def publish_tracked(self, topic: str, payload: bytes, qos: int = 1) -> Delivery | None:
+        """Queue a publish without waiting; the handle tells when the broker has it. None when not connected."""
+        ...
+
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, wait: bool = False) -> bool:
         """Publish; with `wait`, block until the broker acknowledged (QoS ≥ 1). False when not delivered."""
         ...

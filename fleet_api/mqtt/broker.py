@@ -101,6 +101,12 @@ class Broker:
             return info.is_published()
         return True
 
+    def publish_tracked(self, topic: str, payload: bytes, qos: int = 1) -> mqtt.MQTTMessageInfo | None:
+        if not self._connected.is_set():
+            return None
+        info = self.client.publish(topic, payload, qos=qos)
+        return info if info.rc == mqtt.MQTT_ERR_SUCCESS else None
+
     def publish_batch(self, messages: Sequence[tuple[str, bytes, int, bool]], timeout: float = 30.0) -> list[bool]:
         if not self._connected.is_set():
             return [False] * len(messages)

@@ -15,6 +15,13 @@ from fleet_api.settings import ApiSettings
 _db_counter = itertools.count()
 
 
+class Acked:
+    """A delivery the broker has already acknowledged."""
+
+    def is_published(self) -> bool:
+        return True
+
+
 class RecordingPublisher:
     """Stands in for the broker in core tests: records what would be published; can be told to fail."""
 
@@ -32,6 +39,9 @@ class RecordingPublisher:
 
     def publish_batch(self, messages, timeout=30.0):
         return [self.publish(t, p, q, r) for t, p, q, r in messages]
+
+    def publish_tracked(self, topic, payload, qos=1):
+        return Acked() if self.publish(topic, payload, qos) else None
 
     def desired(self) -> list[tuple[str, bytes]]:
         return [(t, p) for t, p, _, _ in self.messages if t.endswith("/desired")]

@@ -1,0 +1,72 @@
+"""Chunk requests are merged within the window and into publishes the broker has not acknowledged yet."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from fleet_api.chunk_server import ChunkServer
+from fleet_api.registry.artifacts import ArtifactStore
+from fleet_protocol.topics import Topics
+
+
+class Held:
+    def __init__(self) -> None:
+        self.acked = threading.Event()
+
+    def is_published(self) -> bool:
+        return self.acked.is_set()
+
+
+class HoldingPublisher:
+    """Records chunk publishes and holds their acknowledgements until the test releases them."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.deliveries: list[Held] = []
+
+    def publish_tracked(self, topic, payload, qos=1):
+        self.sent.append(int(topic.rsplit("/", 1)[1]))
+        held = Held()
+        self.deliveries.append(held)
+        return held
+
+    def ack_all(self) -> None:
+        for d in self.deliveries:
+            d.acked.set()
+
+
+def wait_sent(pub: HoldingPublisher, n: int) -> None:
+    deadline = time.monotonic() + 5
+    while len(pub.sent) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # and nothing more after it
+
+
+def test_requests_merge_into_unacknowledged_publishes_and_acknowledged_chunks_are_sent_again(tmp_path):
+    store = ArtifactStore(tmp_path)
+    blob = tmp_path / "blob"
+    blob.write_bytes(bytes(range(256)) * 40)  # 10,240 bytes = 10 chunks of 1,024
+    sha = store.add(blob)
+    pub = HoldingPublisher()
+    server = ChunkServer(store, pub, Topics(), window_s=0.05)
+    try:
+        # three devices within one window: one pass
+        for _ in range(3):
+            server.request(sha, 10_240, 1024, list(range(10)))
+        wait_sent(pub, 10)
+        assert sorted(pub.sent) == list(range(10))
+
+        # a fourth device asks while those publishes are still unacknowledged: nothing new is sent
+        assert server.request(sha, 10_240, 1024, list(range(10))) == 0
+        wait_sent(pub, 10)
+        assert len(pub.sent) == 10
+
+        # once the broker acknowledged them, a late device gets its own copy of what it misses
+        pub.ack_all()
+        assert server.request(sha, 10_240, 1024, [3, 7, 99]) == 2  # 99 is not a chunk of this artifact
+        wait_sent(pub, 12)
+        assert pub.sent[10:] == [3, 7]
+        assert store.read_chunk(sha, 9, 1024) == (bytes(range(256)) * 40)[9216:]
+    finally:
+        server.close()
