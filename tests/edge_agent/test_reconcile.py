@@ -117,3 +117,19 @@ def test_boot_serves_previous_when_current_is_broken_and_keeps_runtime_rules(tmp
     # The fleet's last runtime rules survive a restart: a device told to require CUDA stays off the CPU offline.
     store.save_runtime(RuntimeConfig(require_provider="CUDAExecutionProvider"))
     assert Reconciler(settings, store, Engine()).boot() is None
+
+
+def test_rollback_command_over_the_local_api(agent, bundles):
+    import httpx
+
+    from edge_agent.server import create_app
+    from tests.edge_agent.conftest import LocalServer
+
+    reconciler, engine, reports = agent
+    with LocalServer(create_app(engine, control=reconciler)) as server:
+        assert httpx.post(f"{server.url}/admin/rollback").status_code == 409  # nothing to roll back to yet
+        apply(reconciler, Desired(revision=1, model=ref(bundles["1.0.0"], "1.0.0")))
+        apply(reconciler, Desired(revision=2, model=ref(bundles["2.0.0"], "2.0.0")))
+        r = httpx.post(f"{server.url}/admin/rollback", timeout=30)
+        assert r.status_code == 200 and r.json() == {"result": "serving digits 1.0.0"}
+        assert httpx.get(f"{server.url}/v2/health/ready").json()["version"] == "1.0.0"
