@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     from edge_agent.camera.detector import Detector
     from edge_agent.camera.model import load
     from edge_agent.camera.pipeline import Pipeline
-    from edge_agent.camera.sources import FileSource
     from edge_agent.camera.config import FileSourceConfig
+    from edge_agent.camera.sources import FileSource
 
     logging.basicConfig(level=logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="camera-bench-"))
@@ -99,8 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     slowest = min(stages, key=stages.get)
     ratio = pipeline_fps / stages[slowest]
 
+    import os
+
     print(f"camera pipeline benchmark: {args.model} on 640×480 ({video.path.name}), onnxruntime {ort.__version__}, "
-          f"{ort.get_device()}, 1 intra-op thread")
+          f"{ort.get_device()}, 1 intra-op thread, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} "
+          "(other work on the machine takes cores from both threads)")
     print()
     print(f"{'stage':<12} {'alone (fps)':>12} {'in pipeline (ms/frame)':>24} {'share of time':>14}")
     for name in stages:
