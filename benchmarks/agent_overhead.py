@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from fastapi import Request  # module level: FastAPI resolves the route's string annotations here
+from fastapi.responses import JSONResponse
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -64,8 +66,7 @@ def serve_plain_fastapi(store_dir: str, sha: str, port: int) -> None:
     """The yardstick of DESIGN.md's table: a plain FastAPI route, JSON tensors, session in the threadpool."""
     import onnxruntime as ort
     import uvicorn
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi import FastAPI
     from starlette.concurrency import run_in_threadpool
 
     from edge_agent.agent import uvicorn_config
