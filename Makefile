@@ -20,11 +20,11 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)  ## create or update .venv with everything the project needs
 
 demo: venv  ## run broker, fleet API and three agents; roll out a real model (ARGS=--once to exit after the table)
-	@bash scripts/ensure-mosquitto.sh
+	@bash scripts/ensure-system.sh mosquitto
 	$(PY) -m demo $(ARGS)
 
 test: venv  ## run the whole test suite (and the offline k3s manifest checks)
-	@bash scripts/ensure-mosquitto.sh
+	@bash scripts/ensure-system.sh mosquitto chromium
 	$(PY) -m pytest $(ARGS)
 	@$(MAKE) --no-print-directory k8s-check
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import threading
 
 import cv2
@@ -26,18 +25,12 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 def chromium() -> str:
-    """Debian's chromium: Playwright's own browser download does not work here. Installed when missing and we
-    are root (a fresh machine); otherwise the test says what to install."""
+    """Debian's chromium: Playwright's own browser download does not work here. `make test` installs it
+    (scripts/ensure-system.sh); run directly, the test says what to install."""
     for candidate in (os.environ.get("EDGEFLEET_CHROMIUM"), shutil.which("chromium"), "/usr/bin/chromium"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, timeout=600, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env, timeout=900, capture_output=True)
-        if os.access("/usr/bin/chromium", os.X_OK):
-            return "/usr/bin/chromium"
-    pytest.fail("chromium is not installed: `sudo apt-get install -y chromium` (or set EDGEFLEET_CHROMIUM)")
+    pytest.fail("chromium is not installed: `bash scripts/ensure-system.sh chromium` (or set EDGEFLEET_CHROMIUM)")
 
 
 @pytest.fixture
