@@ -24,7 +24,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 import psutil  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402

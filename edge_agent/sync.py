@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import Counter
 
+from fleet_protocol.broker import parse_broker_url
 from fleet_protocol.messages import Desired, Event, Fetch, ProtocolError, Reported, Status, Telemetry
 from fleet_protocol.topics import Topics
 
@@ -27,29 +27,23 @@ log = logging.getLogger(__name__)
 REJECTED = Counter("edgefleet_agent_messages_rejected_total", "MQTT messages the agent refused", ["reason"])
 
 
-def parse_broker_url(url: str) -> tuple[str, int, bool]:
-    u = urlparse(url)
-    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
-    tls = u.scheme in ("mqtts", "ssl")
-    return u.hostname or "127.0.0.1", u.port or (8883 if tls else 1883), tls
-
-
 class AgentLink:
-    """Implements the reconciler's Transport over MQTT."""
+    """Implements the reconciler's Transport over MQTT. Without a reconciler (the stand-alone camera command)
+    it only keeps the device's status and sends telemetry and events."""
 
-    def __init__(self, settings: AgentSettings, reconciler: Reconciler) -> None:
+    def __init__(self, settings: AgentSettings, reconciler: Reconciler | None) -> None:
         self.settings = settings
         self.reconciler = reconciler
         self.topics = Topics(settings.topic_prefix)
         self.device_id = settings.device_id
-        self.host, self.port, tls = parse_broker_url(settings.broker_url)
+        address = parse_broker_url(settings.broker_url)
+        self.host, self.port = address.host, address.port
         self._watched: set[str] = set()
         self._connected = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"device-{self.device_id}", protocol=mqtt.MQTTv5)
         if settings.mqtt_username:
             self.client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
-        if tls or settings.mqtt_tls_ca:
+        if address.tls or settings.mqtt_tls_ca:
             self.client.tls_set(ca_certs=str(settings.mqtt_tls_ca) if settings.mqtt_tls_ca else None, cert_reqs=ssl.CERT_REQUIRED)
         self.client.will_set(
             self.topics.status(self.device_id), Status(online=False, agent_version=__version__).to_bytes(), qos=1, retain=True
@@ -107,12 +101,13 @@ class AgentLink:
             log.error("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
             return
         log.info("connected to broker %s:%d as %s", self.host, self.port, self.device_id)
-        client.subscribe(self.topics.desired(self.device_id), qos=1)
-        for sha in self._watched:
-            client.subscribe(self.topics.artifact_chunks(sha), qos=1)
         client.publish(self.topics.status(self.device_id), Status(online=True, agent_version=__version__).to_bytes(), qos=1, retain=True)
-        if (last := self.reconciler.last_reported) is not None:
-            self.report(last)  # the fleet may have missed it while we were away
+        if self.reconciler is not None:
+            client.subscribe(self.topics.desired(self.device_id), qos=1)
+            for sha in self._watched:
+                client.subscribe(self.topics.artifact_chunks(sha), qos=1)
+            if (last := self.reconciler.last_reported) is not None:
+                self.report(last)  # the fleet may have missed it while we were away
         self._connected.set()
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _props) -> None:
@@ -120,6 +115,8 @@ class AgentLink:
         log.warning("disconnected from broker (%s); reconnecting", reason_code)
 
     def _on_message(self, _client, _userdata, msg: mqtt.MQTTMessage) -> None:
+        if self.reconciler is None:
+            return
         topic = msg.topic
         if topic == self.topics.desired(self.device_id):
             if not msg.payload:

@@ -26,7 +26,7 @@ from fleet_protocol.topics import Topics
 from . import auth, telemetry
 from .auth import SYSTEM, Principal
 from .chunk_server import ChunkServer
-from .db.tables import Bundle, Device, Rollout, RolloutDevice, utcnow
+from .db.tables import Bundle, Device, Rollout, RolloutDevice
 from .errors import Conflict, NotFound
 from .publisher import BrokerAdmin, Publisher
 from .registry import bundles as bundle_registry

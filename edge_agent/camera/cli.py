@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 import threading
-import time
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -37,37 +36,6 @@ def add_parser(sub) -> None:
     p.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
     p.add_argument("--print-events", action="store_true", help="print each event as a JSON line")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-
-
-class MqttEvents:
-    """Events to `devices/{id}/events` over one paho connection that reconnects by itself."""
-
-    def __init__(self, url: str, device_id: str) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        from fleet_protocol.topics import Topics
-
-        from ..settings import AgentSettings
-        from ..sync import parse_broker_url
-
-        settings = AgentSettings(device_id=device_id, broker_url=url)
-        host, port, tls = parse_broker_url(url)
-        self.topic = Topics(settings.topic_prefix).events(device_id)
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"camera-{device_id}", protocol=mqtt.MQTTv5)
-        if settings.mqtt_username:
-            self.client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
-        if tls:
-            self.client.tls_set()
-        self.client.connect_async(host, port, keepalive=30)
-        self.client.loop_start()
-
-    def __call__(self, event) -> None:
-        self.client.publish(self.topic, event.to_bytes(), qos=1)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def probe(config) -> None:
@@ -121,8 +89,6 @@ def run(args: argparse.Namespace) -> int:
     except (ModelError, UnsupportedModel, OSError, ValueError) as exc:
         return fail(f"model {args.model!r}: {exc}")
 
-    import socket
-
     import uvicorn
     from fastapi import FastAPI
     from fastapi.responses import Response
@@ -132,10 +98,16 @@ def run(args: argparse.Namespace) -> int:
     from .service import CameraService
     from .view import create_router
 
+    from ..settings import AgentSettings
+    from ..sync import AgentLink
+
     sinks = []
-    mqtt_events = MqttEvents(args.broker, args.device_id or socket.gethostname()) if args.broker else None
-    if mqtt_events:
-        sinks.append(mqtt_events)
+    link = None
+    if args.broker:
+        overrides = {"broker_url": args.broker, **({"device_id": args.device_id} if args.device_id else {})}
+        link = AgentLink(AgentSettings(**overrides), reconciler=None)  # the device's connection, events only
+        link.start()
+        sinks.append(link.send_event)
     if args.print_events:
         sinks.append(lambda e: print(json.dumps(e.model_dump(mode="json")), flush=True))
 
@@ -167,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         stats = service.stats()
         service.stop()
-        if mqtt_events:
-            mqtt_events.close()
+        if link:
+            link.stop()
     if not server.started:
         return fail(f"cannot serve on {args.http_host}:{args.http_port} (port in use?)")
     for s in stats:

@@ -13,22 +13,13 @@ import threading
 import uuid
 import time
 from typing import Callable, Sequence
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
-from paho.mqtt.packettypes import PacketTypes
+
+from fleet_protocol.broker import parse_broker_url
 
 log = logging.getLogger(__name__)
-
-
-def parse_broker_url(url: str) -> tuple[str, int, bool]:
-    u = urlparse(url)
-    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise ValueError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
-    tls = u.scheme in ("mqtts", "ssl")
-    return u.hostname or "127.0.0.1", u.port or (8883 if tls else 1883), tls
 
 
 class Broker:
@@ -44,7 +35,8 @@ class Broker:
         on_message: Callable[[str, bytes], None] | None = None,
         on_connected: Callable[[], None] | None = None,
     ) -> None:
-        self.host, self.port, tls = parse_broker_url(url)
+        address = parse_broker_url(url)
+        self.host, self.port = address.host, address.port
         self.subscriptions = list(subscriptions)
         self.on_message = on_message
         self.on_connected = on_connected
@@ -58,7 +50,7 @@ class Broker:
         )
         if username:
             self.client.username_pw_set(username, password)
-        if tls or tls_ca:
+        if address.tls or tls_ca:
             self.client.tls_set(ca_certs=tls_ca, cert_reqs=ssl.CERT_REQUIRED)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.max_inflight_messages_set(100)

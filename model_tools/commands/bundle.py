@@ -9,6 +9,7 @@ from pathlib import Path
 from fleet_protocol.signing import sha256_file
 
 from ..errors import UsageError
+from .arguments import json_object
 from ..pack import pack_bundle
 
 
@@ -27,7 +28,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("."), help="output folder (default: .)")
     p.add_argument("--task", default="other", help="classification, detection, ocr-recognition, … (default: other)")
     p.add_argument("--labels", type=Path, help="text file, one label per line")
-    p.add_argument("--preprocessing", help="JSON object: size, layout, color, scale, mean, std")
+    p.add_argument("--preprocessing", type=json_object, help="JSON object: size, layout, color, scale, mean, std")
     p.add_argument("--hardware-class", default="generic", help="hardware class this variant is for (default: generic)")
     p.add_argument("--atol", type=float, default=1e-4, help="golden check absolute tolerance")
     p.add_argument("--rtol", type=float, default=1e-3, help="golden check relative tolerance")
@@ -46,15 +47,9 @@ def run(args: argparse.Namespace) -> int:
             labels = [line.strip() for line in args.labels.read_text().splitlines() if line.strip()]
         except OSError as exc:
             raise UsageError(f"cannot read labels {args.labels}: {exc.strerror}") from None
-    pre = None
-    if args.preprocessing:
-        try:
-            pre = json.loads(args.preprocessing)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--preprocessing is not JSON: {exc}") from None
     path, manifest = pack_bundle(
         args.model, name=args.name, version=args.version, golden_inputs=args.golden, private_key_pem=key,
-        out_dir=args.out, task=args.task, labels=labels, preprocessing=pre, hardware_class=args.hardware_class,
+        out_dir=args.out, task=args.task, labels=labels, preprocessing=args.preprocessing, hardware_class=args.hardware_class,
         tolerance=(args.atol, args.rtol),
     )
     if args.json:

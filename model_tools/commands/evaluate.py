@@ -14,6 +14,7 @@ from rich.table import Table
 from .. import calibration
 from .. import evaluate as ev
 from ..errors import UsageError
+from .arguments import json_object
 from ..optimize import load_model
 
 TASKS = ["classification", "detection", "ocr-recognition", "ocr-detection", "ocr-orientation", "other"]
@@ -25,7 +26,7 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
                    "('y' class ids, 'text' strings, 'boxes' N×K×4 in [0,1], NaN-padded), or a folder of images")
     p.add_argument("--task", choices=TASKS, help="how outputs are scored (default: from --zoo, else other)")
     p.add_argument("--labels", type=Path, help="class names / characters, one per line")
-    p.add_argument("--preprocessing", help="JSON preprocessing for an image folder")
+    p.add_argument("--preprocessing", type=json_object, help="JSON preprocessing for an image folder")
     p.add_argument("--limit", type=int, help="use at most this many samples")
 
 
@@ -48,10 +49,7 @@ def context(args: argparse.Namespace, model_path: Path) -> dict[str, Any]:
         except OSError as exc:
             raise UsageError(f"cannot read labels {args.labels}: {exc.strerror}") from None
     if args.preprocessing:
-        try:
-            pre = json.loads(args.preprocessing)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--preprocessing is not JSON: {exc}") from None
+        pre = args.preprocessing
     model = load_model(model_path)
     data = calibration.load(data_path, model, preprocessing=pre, limit=args.limit)
     truth = None

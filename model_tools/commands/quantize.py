@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import calibration, quantize
 from ..errors import UsageError
+from .arguments import json_object
 from ..optimize import load_model
 
 MODES = {"dynamic": "dynamic-int8", "static": "static-qdq-int8", "fp16": "fp16"}
@@ -24,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--mode", choices=list(MODES), default="static", help="dynamic int8, static int8 QDQ (default) or fp16")
     p.add_argument("-o", "--out", type=Path, help="output .onnx (default: MODEL.MODE.onnx)")
     p.add_argument("--calibration", type=Path, help="static: .npz keyed by input name, or a folder of images")
-    p.add_argument("--preprocessing", help='static with images: JSON, e.g. {"size":[128,128],"scale":0.0078,"mean":[1,1,1]}')
+    p.add_argument("--preprocessing", type=json_object, help='static with images: JSON, e.g. {"size":[128,128],"scale":0.0078,"mean":[1,1,1]}')
     p.add_argument("--limit", type=int, default=128, help="at most this many calibration samples (default: 128)")
     p.add_argument("--method", choices=list(quantize.METHODS), default="minmax", help="calibration method (default: minmax)")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
@@ -46,13 +47,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.calibration:
             raise UsageError("static quantization needs --calibration (.npz or a folder of images)")
-        pre = None
-        if args.preprocessing:
-            try:
-                pre = json.loads(args.preprocessing)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"--preprocessing is not JSON: {exc}") from None
-        data = calibration.load(args.calibration, load_model(args.model), preprocessing=pre, limit=args.limit)
+        data = calibration.load(args.calibration, load_model(args.model), preprocessing=args.preprocessing, limit=args.limit)
         n = len(next(iter(data.values())))
         with Progress(TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=True) as bar:

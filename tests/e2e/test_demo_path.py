@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from demo.cluster import EdgeAgent, wait_for
+from demo.cluster import wait_for
 from demo.fleet import Fleet, device_table, infer_digit, roll_out, upload, wait_serving
 from model_tools.zoo.digits import load_split
 

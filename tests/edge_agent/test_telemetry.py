@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import queue
 
 import numpy as np

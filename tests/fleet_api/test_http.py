@@ -3,7 +3,6 @@ and bad MQTT input (malformed payloads, unknown devices) that is refused without
 
 from __future__ import annotations
 
-import time
 
 import paho.mqtt.client as mqtt
 import pytest

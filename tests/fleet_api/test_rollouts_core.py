@@ -236,7 +236,7 @@ def test_state_lives_in_the_database_and_two_processes_advance_a_rollout_once(fl
 def test_outbox_retries_what_the_broker_did_not_acknowledge(fleet):
     service, v1, v2 = fleet
     service.publisher.fail = True
-    r = service.create_rollout("digits", "2.0.0", "site=lab", "100%", {}, OPS)
+    service.create_rollout("digits", "2.0.0", "site=lab", "100%", {}, OPS)
     assert service.get_device("d0")["published_revision"] == 1  # committed, not yet out
     service.publisher.fail = False
     assert service.flush_outbox() == 6

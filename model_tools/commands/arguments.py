@@ -1,0 +1,17 @@
+"""Argument types shared by the sub-commands; argparse turns their errors into `error: argument …`, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
