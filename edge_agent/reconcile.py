@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from collections.abc import Callable
 from typing import Protocol
 
 import onnxruntime as ort
@@ -43,6 +44,14 @@ class Superseded(Exception):
     """A newer desired state arrived while we worked on an older one."""
 
 
+class ModelRejected(RuntimeError):
+    """An admission check refused a model that loaded and passed its golden check (e.g. no camera plug-in)."""
+
+
+# Called with the new model and its runtime config before it is swapped in; raises ModelRejected to refuse it.
+AdmissionCheck = Callable[[LoadedModel, RuntimeConfig], None]
+
+
 class Reconciler:
     def __init__(self, settings: AgentSettings, store: ModelStore, engine: Engine, transport: Transport | None = None) -> None:
         self.settings = settings
@@ -59,6 +68,7 @@ class Reconciler:
         self._hardware = hardware.facts()
         self._rollback: Future[str] | None = None
         self.runtime = store.load_runtime() or settings.runtime()
+        self.admission_checks: list[AdmissionCheck] = []
 
     # --- called from other threads ------------------------------------------------------------------------
     def start(self) -> None:
@@ -182,7 +192,9 @@ class Reconciler:
                 stored = self.store.get(ref.sha256) or self._download(desired, ref)
                 self._report(desired.revision, DeviceState.loading, progress=1.0)
                 model = self._load_checked(stored, desired.runtime)
-        except (BundleError, GoldenCheckError, ModelLoadError, ProviderError, TimeoutError, OSError) as exc:
+            for check in self.admission_checks:
+                check(model, desired.runtime)
+        except (BundleError, GoldenCheckError, ModelLoadError, ModelRejected, ProviderError, TimeoutError, OSError) as exc:
             log.error("%s %s rejected: %s", ref.name, ref.version, exc)
             self._report(desired.revision, DeviceState.failed, error=f"{type(exc).__name__}: {exc}")
             return

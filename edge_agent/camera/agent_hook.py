@@ -1,10 +1,10 @@
 """Wiring the cameras into the agent: one call from Agent.__init__.
 
 The cameras follow the desired state: the runtime config's `sources` say which cameras run, and the model
-the engine serves is the one they detect with. Both are watched (a cheap poll of two references) instead of
-hooked into the reconciler, so the runtime needs no knowledge of cameras. A model whose task has no
-post-processing plug-in is refused here and reported on the events topic; the cameras keep the old model,
-whose session stays alive because they still hold it.
+the engine serves is the one they detect with. Both are watched (a cheap poll of two references), so the
+runtime needs no knowledge of cameras. One hook goes the other way: an admission check the reconciler runs
+before a swap, so a model whose task has no post-processing plug-in for the configured cameras is refused
+there (reported `failed`, the old model keeps serving) instead of reaching the cameras.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from ..reconcile import ModelRejected
+from .config import parse_cameras
 from .detector import ModelSpec
 from .detectors import UnsupportedModel
 from .metrics import register
@@ -57,6 +59,17 @@ class AgentWatcher:
             except ValueError:
                 pass  # reported by the service
 
+    def admit(self, model, runtime) -> None:
+        """Reconciler admission check: the configured cameras must be able to decode the new model."""
+        if not runtime.sources:
+            return
+        spec = ModelSpec.from_manifest(model.stored.manifest, model.sha256)
+        try:
+            for config in parse_cameras(list(runtime.sources)):
+                CameraService.detector(config, (spec, model.session, model))
+        except (UnsupportedModel, ValueError) as exc:
+            raise ModelRejected(f"the cameras cannot use {spec.describe()}: {exc}") from None
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
@@ -70,4 +83,6 @@ def attach(agent) -> AgentWatcher:
     service = CameraService(on_event=agent.link.send_event)
     register(service)
     agent.app.include_router(create_router(service))
-    return AgentWatcher(service, lambda: agent.reconciler.runtime, agent.engine).start()
+    watcher = AgentWatcher(service, lambda: agent.reconciler.runtime, agent.engine)
+    agent.reconciler.admission_checks.append(watcher.admit)
+    return watcher.start()

@@ -36,7 +36,7 @@ class CameraService:
         """Use this model on every camera, or raise UnsupportedModel (reported) and keep the old one."""
         with self._lock:
             try:
-                detectors = {c.name: self._detector(c, (spec, session, owner)) for c in self.configs}
+                detectors = {c.name: self.detector(c, (spec, session, owner)) for c in self.configs}
             except (UnsupportedModel, ValueError) as exc:
                 self._refuse("camera_model_refused", f"{spec.describe()}: {exc}", model=spec.describe())
                 raise UnsupportedModel(str(exc)) from None
@@ -54,7 +54,7 @@ class CameraService:
         with self._lock:
             try:
                 configs = parse_cameras([e.model_dump(mode="json") if isinstance(e, CameraConfig) else e for e in entries])
-                detectors = {c.name: self._detector(c, self.model) for c in configs} if self.model else {}
+                detectors = {c.name: self.detector(c, self.model) for c in configs} if self.model else {}
             except (UnsupportedModel, ValueError) as exc:
                 self._refuse("camera_config_refused", str(exc))
                 raise ValueError(str(exc)) from None
@@ -82,7 +82,7 @@ class CameraService:
 
     # --- internals -------------------------------------------------------------------------------------
     @staticmethod
-    def _detector(config: CameraConfig, model: tuple[ModelSpec, Any, Any] | None) -> Detector | None:
+    def detector(config: CameraConfig, model: tuple[ModelSpec, Any, Any] | None) -> Detector | None:
         if model is None:
             return None
         spec, session, owner = model

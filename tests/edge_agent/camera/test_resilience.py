@@ -131,3 +131,43 @@ def test_desired_state_drives_cameras_and_bad_models_are_refused(face_video, bla
         assert not door.running
     finally:
         watcher.stop()
+
+
+def test_reconciler_refuses_a_model_the_configured_cameras_cannot_decode(face_video, blazeface_bundle, bundles, keys, tmp_path):
+    """The admission check: with cameras configured, a classification model is reported failed, not served."""
+    from edge_agent.reconcile import Reconciler
+    from edge_agent.settings import AgentSettings
+    from edge_agent.store import ModelStore
+    from fleet_protocol.messages import Desired, DeviceState, ModelRef
+    from fleet_protocol.signing import sha256_file
+
+    store = ModelStore(tmp_path / "store")
+    engine = Engine()
+    reports = []
+    transport = SimpleNamespace(report=reports.append, watch_artifact=lambda s: None, unwatch_artifact=lambda s: None,
+                                request_chunks=lambda *a: None)
+    reconciler = Reconciler(AgentSettings(device_id="cam-x", data_dir=store.root, trusted_keys=str(keys.public_path)),
+                            store, engine, transport)
+    watcher = AgentWatcher(CameraService(), lambda: reconciler.runtime, engine)
+    reconciler.admission_checks.append(watcher.admit)
+    cameras = RuntimeConfig(sources=[{"name": "door", "source": {"type": "file", "path": str(face_video.path), "loop": True}}])
+
+    def offer(revision: int, bundle, name: str, version: str) -> None:
+        from tests.edge_agent.conftest import install
+
+        install(store, bundle, keys)  # already on disk: no download needed for this test
+        ref = ModelRef(name=name, version=version, sha256=sha256_file(bundle), size=bundle.stat().st_size)
+        desired = Desired(revision=revision, model=ref, runtime=cameras)
+        reconciler.submit(desired)
+        reconciler._apply(desired)
+
+    try:
+        offer(1, blazeface_bundle, "blazeface", "1.0.0")
+        assert reports[-1].state == DeviceState.serving and engine.current.name == "blazeface"
+        offer(2, bundles["2.0.0"], "digits", "2.0.0")
+        assert reports[-1].state == DeviceState.failed
+        assert "ModelRejected" in reports[-1].error and "classification" in reports[-1].error
+        assert engine.current.name == "blazeface"  # the old model keeps serving
+    finally:
+        watcher.service.stop()
+        engine.close()
