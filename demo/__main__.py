@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .fleet import Fleet, build_digits_bundles, device_table, infer_digit, roll_out, upload
+from .fleet import Fleet, build_digits_bundles, device_table, infer_digit, roll_out, upload, wait_serving
 
 DEVICES = {
     "cam-01": {"site": "lab", "hw": "cpu"},
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
 
-    with console.status("training the digits CNN and signing bundles 1.0.0 and 2.0.0 …"):
+    with console.status("training the digits CNN and signing bundles 1.0.0, 2.0.0 and a mixed-up 3.0.0 …"):
         trusted_key, bundles = build_digits_bundles(work)
     console.print(f"[green]✓[/green] bundles: {', '.join(b.name for b in bundles)}")
 
@@ -47,15 +47,19 @@ def main(argv: list[str] | None = None) -> int:
         with fleet.api.client() as api:
             for bundle in bundles:
                 upload(api, bundle)
-            for version, waves in (("1.0.0", "100%"), ("2.0.0", "1,100%")):
+            # 3.0.0 ships other weights than its golden outputs: the canary refuses it, the rollout aborts
+            # by itself after wave 1 and the canary is sent back to 2.0.0. Nobody steps in.
+            for version, waves, expected in (("1.0.0", "100%", "succeeded"), ("2.0.0", "1,100%", "succeeded"),
+                                             ("3.0.0", "1,2,100%", "aborted")):
                 started = time.monotonic()
                 with console.status(f"rolling out digits {version} (waves {waves}) …"):
                     rollout = roll_out(api, "digits", version, "site=lab", waves)
-                console.print(f"[green]✓[/green] rollout {rollout['id']} of digits {version}: {rollout['state']} "
-                              f"in {time.monotonic() - started:.1f}s")
-                if rollout["state"] != "succeeded":
-                    console.print(f"[red]rollout {rollout['state']}: {rollout.get('reason')}")
+                mark = "[green]✓[/green]" if rollout["state"] == expected else "[red]✗[/red]"
+                console.print(f"{mark} rollout {rollout['id']} of digits {version}: {rollout['state']} "
+                              f"in {time.monotonic() - started:.1f}s" + (f" — {rollout['reason']}" if rollout.get("reason") else ""))
+                if rollout["state"] != expected:
                     return 1
+            wait_serving(api, "2.0.0")
             from model_tools.zoo.digits import load_split
 
             _, _, x_test, y_test = load_split()
@@ -67,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             print(json.dumps(rows))
         else:
-            table = Table(title="edgefleet demo: every device after the v2 rollout")
+            table = Table(title="edgefleet demo: every device after v2 rolled out and the bad v3 was stopped")
             for col in ("device", "state", "version", "provider", "prediction", "label"):
                 table.add_column(col)
             for r in rows:

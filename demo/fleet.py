@@ -21,7 +21,7 @@ def model_tools(*args: str) -> str:
 
 
 def build_digits_bundles(work: Path) -> tuple[Path, list[Path]]:
-    """A signing key and two real versions of the digits CNN: 1.0.0 (1 epoch) and 2.0.0 (20 epochs)."""
+    """A signing key, two real versions of the digits CNN, 1.0.0 (1 epoch) and 2.0.0 (20 epochs), and a bad 3.0.0."""
     from model_tools.zoo import prepare
 
     key = work / "signing"
@@ -34,7 +34,28 @@ def build_digits_bundles(work: Path) -> tuple[Path, list[Path]]:
             "--key", f"{key}.pem", "--out", str(work / "bundles"), "--task", "classification",
         )
         bundles.append(work / "bundles" / f"digits-{version}.bundle")
+    bundles.append(build_mixed_up_bundle(work, key))
     return Path(f"{key}.pub.pem"), bundles
+
+
+def build_mixed_up_bundle(work: Path, key: Path, version: str = "3.0.0") -> Path:
+    """A release gone wrong: properly signed, but its golden outputs were recorded from another training run
+    (1 epoch) than the weights it ships (20 epochs). Every device's golden check catches it."""
+    from fleet_protocol.bundle import GOLDEN, MODEL, read_bundle, write_bundle
+    from fleet_protocol.signing import load_private_key, load_public_key
+    from model_tools import golden
+    from model_tools.zoo import prepare
+
+    shipped, recorded = prepare("digits", variant="e20", epochs=20), prepare("digits", variant="e1", epochs=1)
+    inputs = golden.load_inputs(recorded.golden_inputs, ["image"])
+    wrong_outputs = golden.compute(recorded.onnx.read_bytes(), inputs)
+    good = work / "bundles" / "digits-2.0.0.bundle"
+    manifest = read_bundle(good, [load_public_key(Path(f"{key}.pub.pem").read_bytes())]).manifest
+    manifest = manifest.model_copy(update={"version": version})
+    out = work / "bundles" / f"digits-{version}.bundle"
+    write_bundle(out, manifest, {MODEL: shipped.onnx.read_bytes(), GOLDEN: golden.to_npz(inputs, wrong_outputs)},
+                 load_private_key(Path(f"{key}.pem").read_bytes()))
+    return out
 
 
 def upload(api: httpx.Client, bundle: Path) -> dict:

@@ -73,3 +73,37 @@ def test_device_resumes_after_restart_midway_and_rollout_survives_api_restart(tm
         assert rollout["devices"][0]["state"] == "succeeded"
         wait_serving(api, "2.0.0")
         assert np.isfinite(infer_digit(agent.url, "digits", load_split()[2][0])[1])
+
+
+def test_make_demo_once_prints_every_device_on_v2_after_the_bad_v3_was_stopped(tmp_path):
+    """`make demo ARGS=--once` itself (as `python -m demo`), so the command a new user runs cannot rot."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "demo", "--once", "--json", "--work-dir", str(tmp_path / "demo")],
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = json.loads(out.stdout)
+    assert [(r["device"], r["state"], r["version"]) for r in rows] == [
+        ("cam-01", "serving", "2.0.0"), ("cam-02", "serving", "2.0.0"), ("cam-03", "serving", "2.0.0")]
+    assert sum(r["prediction"] == r["label"] for r in rows) >= 2
+    assert "3.0.0: aborted" in out.stderr and "GoldenCheckError" in out.stderr
+    assert processes_mentioning(str(tmp_path / "demo")) == []  # every process it started is gone
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line or environment names `text` (the broker's config, the agents' data dirs)."""
+    import os
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if text.encode() in (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
