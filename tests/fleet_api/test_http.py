@@ -81,6 +81,12 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(api, bundles):
     assert api.post("/v1/models", content=bundles["1.0.0"].read_bytes()).status_code == 201
     r = api.post("/v1/rollouts", json={"model": "digits", "version": "1.0.0", "waves": "1,ten%"})
     assert r.status_code == 400 and "neither a count nor a percentage" in r.json()["error"]
+    r = api.post("/v1/rollouts", json={"model": "digits", "version": "1.0.0", "selector": "site=mars"})
+    assert r.status_code == 400 and "no registered device matches" in r.json()["error"]
+    r = api.post("/v1/rollouts", json={"model": "digits", "version": "1.0.0", "selector": "site"})
+    assert r.status_code == 400 and "not key=value" in r.json()["error"]
+    r = api.post("/v1/rollouts", json={"model": "nope", "version": "1.0.0"})
+    assert r.status_code == 404 and "no bundle for model 'nope'" in r.json()["error"]
     assert api.post("/v1/rollouts/999/pause").status_code == 404
     assert api.post("/v1/rollouts/1/explode").status_code == 422
     assert api.get("/v1/rollouts").json() == []
