@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     def password() -> str:
         return secrets.token_urlsafe(24)
 
+    write("api-admin-token", secrets.token_hex(32))
     write("mqtt-api-username", "fleet-api")
     write("mqtt-api-password", password())
     nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]

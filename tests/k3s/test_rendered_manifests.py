@@ -189,6 +189,58 @@ def test_api_reaches_database_and_broker_through_secret_files(docs):
     assert env["EDGEFLEET_API_MQTT_TLS_CA"]["value"]
 
 
+def mounted_secret_key(docs: list[dict], workload: dict, container: dict, path: str) -> tuple[dict, str]:
+    """The rendered Secret, and its key, that a container sees at `path` (a file of a mounted secret volume)."""
+    pod = workload["spec"]["template"]["spec"]
+    mount = next((m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")), None)
+    assert mount is not None, f"{path} is in no volume mount"
+    assert mount.get("readOnly") is True, mount
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert "secret" in volume, f"{path} is not in a Secret volume"
+    file = path[len(mount["mountPath"]) + 1:]
+    items = {i["path"]: i["key"] for i in volume["secret"].get("items", [])}
+    key = items.get(file, file) if items else file
+    secret = find(docs, "Secret", volume["secret"]["secretName"], workload["metadata"]["namespace"])
+    assert key in secret.get("data", {}), (secret["metadata"]["name"], key)
+    return secret, key
+
+
+def test_api_provisions_device_broker_clients_through_dynamic_security(docs):
+    env = env_of(api(docs)["spec"]["template"]["spec"]["containers"][0])
+    assert env["EDGEFLEET_API_DYNSEC"]["value"] == "true"
+    # The API's broker login must be the dynamic-security admin: the broker's init container makes it so.
+    init = broker(docs)["spec"]["template"]["spec"]["initContainers"][0]
+    assert "init-dynsec.sh" in " ".join(init["command"])
+
+
+def test_api_admin_token_comes_from_a_mounted_secret_file(docs):
+    deployment = api(docs)
+    c = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(c)
+    assert "EDGEFLEET_API_ADMIN_TOKEN" not in env
+    entry = env["EDGEFLEET_API_ADMIN_TOKEN_FILE"]
+    assert set(entry) == {"name", "value"}, entry  # a plain path, not a valueFrom
+    secret, key = mounted_secret_key(docs, deployment, c, entry["value"])
+    token = base64.b64decode(secret["data"][key]).decode()
+    assert len(token) >= 32 and token == token.strip()
+    # Only the API mounts it (the broker mounts the API's broker login, not its admin token).
+    mounters = [w["metadata"]["name"] for w in docs if w["kind"] in WORKLOADS
+                for v in w["spec"]["template"]["spec"].get("volumes", [])
+                if v.get("secret", {}).get("secretName") == secret["metadata"]["name"]]
+    assert mounters == ["edgefleet-api"]
+
+
+def test_api_admin_token_value_appears_only_in_its_secret(docs):
+    deployment = api(docs)
+    c = deployment["spec"]["template"]["spec"]["containers"][0]
+    secret, key = mounted_secret_key(docs, deployment, c, env_of(c)["EDGEFLEET_API_ADMIN_TOKEN_FILE"]["value"])
+    token = base64.b64decode(secret["data"][key]).decode()
+    encoded = secret["data"][key]
+    elsewhere = json.dumps([d for d in docs if d is not secret])
+    assert token not in elsewhere
+    assert encoded not in elsewhere
+
+
 def test_api_is_published_through_traefik(docs):
     ingress = find(docs, "Ingress", "edgefleet-api", "edgefleet")
     assert ingress["spec"]["ingressClassName"] == "traefik"
@@ -342,15 +394,32 @@ def test_images_are_pinned(docs):
             assert name and tag and tag != "latest", c["image"]
 
 
-# --- bad input ---------------------------------------------------------------------------------------
+# --- first deployment --------------------------------------------------------------------------------
 
-def test_a_missing_secret_file_fails_the_render_naming_it(tmp_path):
+def test_it_renders_before_any_edge_node_is_registered(tmp_path):
+    """k3s/README.md: agent-mqtt-passwords.env is empty until the nodes are registered through the API."""
     secrets = tmp_path / "secrets"
     made = _run("example-secrets", str(secrets))
     assert made.returncode == 0, made.stderr
-    (secrets / "broker-tls.key").unlink()
+    (secrets / "agent-mqtt-passwords.env").write_text("")
+    proc = _run("render", str(tmp_path / "out"), "--secrets", str(secrets))
+    assert proc.returncode == 0, proc.stderr
+    docs = json.loads((tmp_path / "out" / "overlays-cpu.json").read_text())
+    pod = agent(docs)["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "mqtt-credentials")
+    assert not find(docs, "Secret", volume["secret"]["secretName"], "edgefleet-edge").get("data")
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["broker-tls.key", "api-admin-token"])
+def test_a_missing_secret_file_fails_the_render_naming_it(tmp_path, name):
+    secrets = tmp_path / "secrets"
+    made = _run("example-secrets", str(secrets))
+    assert made.returncode == 0, made.stderr
+    (secrets / name).unlink()
     proc = _run("render", str(tmp_path / "out"), "--secrets", str(secrets))
     assert proc.returncode != 0
-    assert "k3s/secrets/broker-tls.key" in proc.stderr
-    assert "missing file k3s/secrets/broker-tls.key" in proc.stderr
+    assert f"k3s/secrets/{name}" in proc.stderr
+    assert f"missing file k3s/secrets/{name}" in proc.stderr
     assert not list((tmp_path / "out").glob("overlays-*.yaml"))
