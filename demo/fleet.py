@@ -89,12 +89,13 @@ def infer_digit(agent_url: str, model: str, image: np.ndarray) -> tuple[int, flo
 class Fleet:
     """Broker + fleet API + N agents under one folder; a context manager that stops all of them."""
 
-    def __init__(self, work: Path, trusted_key: Path, devices: dict[str, dict[str, str]]) -> None:
+    def __init__(self, work: Path, trusted_key: Path, devices: dict[str, dict[str, str]],
+                 agent_env: dict[str, str] | None = None) -> None:
         self.work = work
         self.broker = Broker(work / "broker")
         self.api = FleetApi(work / "api", self.broker.url, trusted_key)
         self.devices = devices
-        self.agents = {d: EdgeAgent(work / "devices" / d, d, self.broker.url, trusted_key) for d in devices}
+        self.agents = {d: EdgeAgent(work / "devices" / d, d, self.broker.url, trusted_key, env=agent_env) for d in devices}
 
     def start(self) -> "Fleet":
         self.broker.start()

@@ -50,3 +50,46 @@ def bad_golden_bundle(keys: Keys, out: Path, version: str, epochs: int = 20) -> 
     path = out / f"digits-{version}.bundle"
     write_bundle(path, manifest, {MODEL: model_bytes, GOLDEN: golden.to_npz(inputs, outputs)}, keys.private)
     return path
+
+
+def slow_digits_bundle(keys: Keys, out: Path, version: str, matmuls: int = 24) -> Path:
+    """The 20-epoch digits CNN with the same answers but ~100× the latency: a chain of 512×512 MatMuls whose
+    result is added times zero, so it passes its golden check and only its telemetry can give it away."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(digits(20).onnx)
+    g = model.graph
+    rng = np.random.default_rng(0)
+    g.initializer.extend([
+        numpy_helper.from_array((rng.standard_normal((512, 512)) / 32).astype(np.float32), "slow_w"),  # shrinks: never inf
+        numpy_helper.from_array(np.array([1, 8], np.int64), "slow_tiles"),
+        numpy_helper.from_array(np.zeros(1, np.float32), "slow_zero"),
+    ])
+    nodes = [helper.make_node("Tile", ["flat", "slow_tiles"], ["slow_0"])]  # N×128 → N×1024
+    nodes.append(helper.make_node("Slice", ["slow_0", "slow_start", "slow_end", "slow_axis"], ["slow_x0"]))
+    g.initializer.extend([numpy_helper.from_array(np.array([v], np.int64), n)
+                          for n, v in (("slow_start", 0), ("slow_end", 512), ("slow_axis", 1))])
+    for i in range(matmuls):
+        nodes.append(helper.make_node("MatMul", [f"slow_x{i}", "slow_w"], [f"slow_x{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceSum", [f"slow_x{matmuls}"], ["slow_sum"], keepdims=1),
+        helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_nothing"]),
+    ]
+    # logits + 0 × (the heavy chain): same outputs, a real data dependency onnxruntime cannot prune
+    for node in g.node:
+        if node.op_type == "Softmax":
+            node.input[0] = "slow_logits"
+    nodes.append(helper.make_node("Add", ["logits", "slow_nothing"], ["slow_logits"]))
+    softmax_at = [i for i, n in enumerate(g.node) if n.op_type == "Softmax"][0]
+    for offset, node in enumerate(nodes):
+        g.node.insert(softmax_at + offset, node)
+    onnx.checker.check_model(model)
+    path = out / "slow.onnx"
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    bundle, _ = pack_bundle(
+        path, name="digits", version=version, golden_inputs=digits(20).golden_inputs, private_key_pem=keys.private_path.read_bytes(),
+        out_dir=out, task="classification", labels=digits(20).labels, preprocessing=digits(20).preprocessing,
+    )
+    return bundle
