@@ -2,7 +2,8 @@
 
     python benchmarks/camera.py [--model blazeface|ppocr-det] [--seconds 8] [--strict]
 
-Each stage is first timed alone on the same frames: capture (reading and decoding the video file), preprocess,
+Each stage is first timed alone on the same frames: capture (reading and decoding the video file, at the size
+the model needs, as the pipeline does), preprocess,
 raw inference (session.run and nothing else), postprocess. Then the whole pipeline runs on the file as fast
 as it can (capture on its own thread, the newest frame wins). Capture and inference overlap, so the pipeline
 should reach at least 80 % of its slowest stage's rate; the share of time per stage comes from the
@@ -60,13 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     detector = Detector(spec, session)
 
     # --- each stage alone ------------------------------------------------------------------------------
+    # Each stage does what it does in the pipeline: the capture thread decodes a JPEG source only as large as
+    # the model needs (the view decodes whole frames itself) and preprocesses that.
     source = FileSource(FileSourceConfig(path=video.path, loop=True, realtime=False))
     source.open()
-    frames = [source.read() for _ in range(60)]
-    capture_fps = rate(lambda _: source.read(), range(50))
+    source.read()
+    size = source.frame_size
+    scale = detector.decode_scale(size)
+    frames = [source.read(scale) for _ in range(60)]
+    capture_fps = rate(lambda _: source.read(scale), range(50))
     source.close()
-    prepared = [detector.preprocess(f) for f in frames]
-    pre_fps = rate(detector.preprocess, frames)
+    prepared = [detector.preprocess(f, size) for f in frames]
+    pre_fps = rate(lambda f: detector.preprocess(f, size), frames)
     tensors = [x for x, _ in prepared]
     raw_fps = rate(detector.infer, tensors)
     outputs = [(detector.infer(x), geo) for x, geo in prepared]
@@ -84,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     times1 = (pipeline.times.preprocess, pipeline.times.inference, pipeline.times.postprocess)
     pipeline.stop()
     raw_after = rate(detector.infer, tensors)  # the same run: inference alone again, after the pipeline
+    # This machine's CPUs speed up over the first seconds of work, so one of the two is often low; the
+    # better one is the detector's real rate, and the pipeline is held to that (the stricter comparison).
+    stages["inference"] = max(raw_fps, raw_after)
 
     elapsed = t1 - t0
     processed = s1["frames_processed"] - s0["frames_processed"]
@@ -104,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"camera pipeline benchmark: {args.model} on 640×480 ({video.path.name}), onnxruntime {ort.__version__}, "
           f"{ort.get_device()}, 1 intra-op thread, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} "
           "(other work on the machine takes cores from both threads)")
+    print(f"frames {size[0]}×{size[1]}, decoded for the detector at {frames[0].shape[1]}×{frames[0].shape[0]}"
+          + (" (JPEG scaled in the decoder)" if scale > 1 else ""))
     print()
     print(f"{'stage':<12} {'alone (fps)':>12} {'in pipeline (ms/frame)':>24} {'share of time':>14}")
     for name in stages:
@@ -115,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"end-to-end latency:                p50 {s1['latency_ms_p50']} ms, p95 {s1['latency_ms_p95']} ms")
     print(f"pipeline / slowest stage ({slowest}, {stages[slowest]:.1f} fps): {ratio:.0%} (target ≥ {TARGET:.0%}) "
           f"→ {'OK' if ratio >= TARGET else 'BELOW TARGET'}")
-    print(f"pipeline / raw inference: {pipeline_fps / raw_fps:.0%}")
+    print(f"pipeline / raw inference: {pipeline_fps / stages['inference']:.0%} (the better of the two raw rates)")
     return 1 if args.strict and ratio < TARGET else 0
 
 

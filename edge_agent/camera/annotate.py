@@ -11,7 +11,7 @@ COLOURS = [(0, 220, 0), (0, 160, 255), (255, 120, 0), (200, 0, 200), (0, 220, 22
 
 
 def draw(result: Result, caption: str | None = None) -> np.ndarray:
-    img = result.frame.image.copy()
+    img = result.frame.full().copy()
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
     thick = max(1, round(img.shape[1] / 320))

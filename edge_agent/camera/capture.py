@@ -21,10 +21,13 @@ log = logging.getLogger(__name__)
 
 class Capture:
     def __init__(self, source_config, queue: LatestQueue, on_lifecycle: Callable[[str, dict[str, Any]], None] | None = None,
-                 source: Source | None = None, prepare: Callable[[Any], Any] | None = None) -> None:
+                 source: Source | None = None, prepare: Callable[[Any, tuple[int, int]], Any] | None = None,
+                 scale: Callable[[tuple[int, int]], int] | None = None) -> None:
         self.config = source_config
         # Preprocessing on this thread, overlapped with inference on the worker: it balances the two threads.
         self.prepare = prepare
+        # How much smaller a JPEG frame may be decoded, given its full size: the detector needs far fewer pixels.
+        self.scale = scale
         self.source = source or create(source_config)
         self.queue = queue
         self.on_lifecycle = on_lifecycle or (lambda _kind, _detail: None)
@@ -109,8 +112,9 @@ class Capture:
                 due = max(due + period, time.monotonic() - period)
             self.source.pace()
             t0 = time.perf_counter()
+            size = self.source.frame_size
             try:
-                image = self.source.read()
+                image = self.source.read(self.scale(size) if self.scale is not None and size else 1)
             except CorruptFrame as exc:
                 self.corrupt += 1
                 log.debug("%s", exc)
@@ -120,6 +124,8 @@ class Capture:
             self._seq += 1
             self.meter.tick()
             ts = time.time()
-            prepared = self.prepare(image) if self.prepare is not None else None
-            frame = Frame(image=image, seq=self._seq, ts=ts, t_grab=t0, t_ready=t1, prepared=prepared)
+            size = self.source.frame_size or (image.shape[1], image.shape[0])
+            prepared = self.prepare(image, size) if self.prepare is not None else None
+            frame = Frame(image=image, seq=self._seq, ts=ts, t_grab=t0, t_ready=t1, prepared=prepared,
+                          jpeg=self.source.jpeg, size=size)
             self.queue.put(frame, wait=self._stop if self.source.waits_for_reader else None)

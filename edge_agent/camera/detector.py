@@ -52,8 +52,16 @@ class Detector:
         self.pre = Preprocessor(spec.preprocessing, tuple(first.shape), resize or spec.extra.get("resize") or "stretch")
         self.labels = self.post.labels
 
-    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Geometry]:
-        return self.pre(image)
+    def preprocess(self, image: np.ndarray, frame_size: tuple[int, int] | None = None) -> tuple[np.ndarray, Geometry]:
+        """`frame_size` (w, h): the source frame's size when `image` was decoded smaller, so boxes come out
+        in pixels of the source frame all the same."""
+        return self.pre(image, frame_size)
+
+    def decode_scale(self, frame_size: tuple[int, int]) -> int:
+        """The largest JPEG decode reduction (1, 2, 4, 8) that still leaves the model's input resolution."""
+        w, h = self.pre.size
+        fw, fh = frame_size
+        return next((s for s in (8, 4, 2) if -(-fw // s) >= w and -(-fh // s) >= h), 1)
 
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: x})))

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 
@@ -19,6 +20,21 @@ class Frame:
     t_grab: float  # perf_counter when reading it began: end-to-end latency is measured from here
     t_ready: float  # perf_counter when it was decoded
     prepared: Any = None  # (detector, model input, geometry) when preprocessed on the capture thread
+    jpeg: np.ndarray | None = None  # the encoded frame when `image` was decoded at reduced size
+    size: tuple[int, int] | None = None  # (w, h) at the source's full size, which boxes are given in
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return self.size or (self.image.shape[1], self.image.shape[0])
+
+    def full(self) -> np.ndarray:
+        """The frame at full size, for people to look at: decoded again from `jpeg` when the detector only
+        needed it smaller (the view does this at most a few times a second, and only while someone watches)."""
+        if self.jpeg is not None:
+            image = cv2.imdecode(self.jpeg, cv2.IMREAD_COLOR)
+            if image is not None:
+                return image
+        return self.image
 
 
 class LatestQueue:

@@ -71,7 +71,8 @@ class Pipeline:
         self.detector = detector
         self.events = EventGate(config.name, config.events, on_event)
         self.queue = LatestQueue(config.queue_size)
-        self.capture = Capture(config.source, self.queue, self.events.lifecycle, source=source, prepare=self._prepare)
+        self.capture = Capture(config.source, self.queue, self.events.lifecycle, source=source, prepare=self._prepare,
+                               scale=self._decode_scale)
         self.meter = RateMeter()
         self.times = StageTimes()
         self.latency = LatencyStats()
@@ -150,14 +151,18 @@ class Pipeline:
             if detections:
                 self.events.offer(frame.ts, detections, {"frame": frame.seq, "model": result.model})
 
-    def _prepare(self, image):
+    def _decode_scale(self, frame_size: tuple[int, int]) -> int:
+        detector = self.detector
+        return detector.decode_scale(frame_size) if detector is not None else 1
+
+    def _prepare(self, image, frame_size: tuple[int, int]):
         """Runs on the capture thread; a failure here is left for the worker to meet (and count)."""
         detector = self.detector
         if detector is None:
             return None
         t0 = time.perf_counter()
         try:
-            x, geo = detector.preprocess(image)
+            x, geo = detector.preprocess(image, frame_size)
         except Exception:
             return None
         self.times.preprocess += time.perf_counter() - t0
@@ -167,8 +172,8 @@ class Pipeline:
         t0 = time.perf_counter()
         if frame.prepared is not None and frame.prepared[0] is detector:
             _, x, geo = frame.prepared
-        else:  # the detector was swapped since (or preprocessing failed): do it here
-            x, geo = detector.preprocess(frame.image)
+        else:  # the detector was swapped since (or preprocessing failed): do it here, from the whole frame
+            x, geo = detector.preprocess(frame.full())
             self.times.preprocess += time.perf_counter() - t0
         t1 = time.perf_counter()
         outputs = detector.infer(x)
@@ -204,5 +209,5 @@ class Pipeline:
             "latency_ms_p95": round(p95 * 1000, 2) if p95 is not None else None,
             "detections": len(latest.detections) if latest else 0,
             "events_sent": self.events.sent,
-            "frame_size": list(latest.frame.image.shape[1::-1]) if latest else None,
+            "frame_size": list(latest.frame.frame_size) if latest else None,
         }

@@ -6,7 +6,6 @@ of the source frame.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,15 +37,17 @@ class Geometry:
 
 
 def shrink(img: np.ndarray, w: int, h: int) -> np.ndarray:
-    """Resize with area averaging, fast: a bilinear step to an integer multiple of the target (never shrinking
-    by more than 2× at once, so it does not alias), then OpenCV's integer-factor area path. INTER_AREA straight
-    from 640×480 to 128×128 costs ~1 ms, this ~0.15 ms, with the same picture to the detector."""
+    """Resize for the model, fast and without aliasing: halve with OpenCV's 2×2 area path (a true box filter,
+    and its fastest resize) while the result still has at least the target's resolution, then one bilinear step.
+    640×480 → 128×128: ~0.16 ms, against ~0.45 ms for a bilinear step to 3× the target and an area step, and
+    ~1 ms for INTER_AREA straight; BlazeFace finds the same boxes (mean IoU with the truth 0.706 vs 0.705)."""
     ih, iw = img.shape[:2]
-    kx, ky = max(1, math.ceil(iw / w / 2)), max(1, math.ceil(ih / h / 2))
-    if kx == 1 and ky == 1:
-        return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if iw > w or ih > h else cv2.INTER_LINEAR)
-    mid = cv2.resize(img, (w * kx, h * ky), interpolation=cv2.INTER_LINEAR)
-    return cv2.resize(mid, (w, h), interpolation=cv2.INTER_AREA)
+    while (iw > 2 * w or ih > 2 * h) and iw // 2 >= w and ih // 2 >= h:
+        img = cv2.resize(img, (iw // 2, ih // 2), interpolation=cv2.INTER_AREA)
+        ih, iw = img.shape[:2]
+    if iw > 4 * w or ih > 4 * h:  # a very different aspect ratio: bilinear would skip whole rows or columns
+        return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 class Preprocessor:
@@ -79,12 +80,13 @@ class Preprocessor:
                 scalefactor=tuple(float(v) for v in np.broadcast_to(self._mul, 3)), size=self.size,
                 mean=tuple(float(v) for v in m), swapRB=spec.color == "RGB", ddepth=cv2.CV_32F)
 
-    def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, Geometry]:
+    def __call__(self, frame: np.ndarray, frame_size: tuple[int, int] | None = None) -> tuple[np.ndarray, Geometry]:
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         elif frame.shape[2] == 4:
             frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
         fh, fw = frame.shape[:2]
+        sw, sh = frame_size or (fw, fh)  # geometry is normalised: only the pixel size of the source matters
         w, h = self.size
         if self.resize == "letterbox":
             s = min(w / fw, h / fh)
@@ -92,10 +94,10 @@ class Preprocessor:
             canvas = np.zeros((h, w, 3), np.uint8)
             x0, y0 = (w - nw) // 2, (h - nh) // 2
             canvas[y0:y0 + nh, x0:x0 + nw] = shrink(frame, nw, nh)
-            img, geo = canvas, Geometry(fw, fh, nw / w, nh / h, x0 / w, y0 / h)
+            img, geo = canvas, Geometry(sw, sh, nw / w, nh / h, x0 / w, y0 / h)
         else:
             # Resize first: colour conversion and normalisation then touch the small image only.
-            img, geo = shrink(frame, w, h), Geometry(fw, fh)
+            img, geo = shrink(frame, w, h), Geometry(sw, sh)
         if self._blob is not None:
             return cv2.dnn.blobFromImageWithParams(img, self._blob), geo
         if self.spec.color == "RGB":
