@@ -6,6 +6,8 @@ header followed by the raw bytes of each tensor, which spares both sides buildin
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 from typing import Any
@@ -69,11 +71,16 @@ def parse_request(body: bytes, header_length: int | None) -> tuple[dict[str, Any
         name, shape, datatype = spec.get("name"), spec.get("shape"), spec.get("datatype")
         if not isinstance(name, str) or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise ProtocolError(f"input {name!r}: needs a name and a shape of non-negative integers")
+        size = (spec.get("parameters") or {}).get("binary_data_size")
+        if datatype == "BYTES":
+            array, used = _bytes_tensor(name, shape, spec, binary[offset:] if size is not None else None, size)
+            inputs[name] = array
+            offset += used
+            continue
         if datatype not in DATATYPES:
-            raise InputError(f"input {name!r}: datatype {datatype!r} is not one of {sorted(DATATYPES)}")
+            raise InputError(f"input {name!r}: datatype {datatype!r} is not one of {sorted([*DATATYPES, 'BYTES'])}")
         dtype = np.dtype(DATATYPES[datatype])
         count = math.prod(shape)
-        size = (spec.get("parameters") or {}).get("binary_data_size")
         try:
             if size is not None:
                 if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(binary):
@@ -94,6 +101,44 @@ def parse_request(body: bytes, header_length: int | None) -> tuple[dict[str, Any
             raise InputError(f"input {name!r}: data does not fit {datatype} {shape}: {exc}") from None
         inputs[name] = array
     return request, inputs
+
+
+def _bytes_tensor(name: str, shape: list[int], spec: dict[str, Any], binary: memoryview | None,
+                  size: Any) -> tuple[np.ndarray, int]:
+    """A BYTES tensor (encoded images): binary as v2 lays it out, each element a 4-byte little-endian length
+    and its bytes; or JSON strings, base64 when `parameters.content_type` says so. → (object array, bytes used)."""
+    count = math.prod(shape)
+    elements: list[bytes] = []
+    if binary is not None:
+        if not isinstance(size, int) or size > len(binary):
+            raise InputError(f"input {name!r}: binary_data_size {size!r} does not fit the body")
+        view, pos = binary[:size], 0
+        while pos < size:
+            if pos + 4 > size:
+                raise InputError(f"input {name!r}: BYTES element {len(elements)} has a truncated length prefix")
+            n = int.from_bytes(view[pos:pos + 4], "little")
+            if pos + 4 + n > size:
+                raise InputError(f"input {name!r}: BYTES element {len(elements)} of {n} bytes overruns the tensor")
+            elements.append(bytes(view[pos + 4:pos + 4 + n]))
+            pos += 4 + n
+        used = size
+    else:
+        data = spec.get("data")
+        if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
+            raise InputError(f"input {name!r}: BYTES data must be a list of strings")
+        if (spec.get("parameters") or {}).get("content_type") == "base64":
+            try:
+                elements = [base64.b64decode(d, validate=True) for d in data]
+            except (binascii.Error, ValueError):
+                raise InputError(f"input {name!r}: data is not valid base64") from None
+        else:
+            elements = [d.encode() for d in data]
+        used = 0
+    if len(elements) != count:
+        raise InputError(f"input {name!r}: {len(elements)} BYTES elements do not fill shape {shape}")
+    array = np.empty(count, dtype=object)
+    array[:] = elements
+    return array.reshape(shape), used
 
 
 def encode_response(

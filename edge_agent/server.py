@@ -23,6 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from . import __version__, kserve
 from .engine import Engine, InferenceError, InputError, LoadedModel
+from .images import ImageInputs
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class InferEndpoint:
         self.inline_below_ms = inline_below_ms
         # As many session runs at once as there are cores: more only thrash the caches (measured on BlazeFace).
         self.pool = ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2, thread_name_prefix="infer")
+        self.images = ImageInputs()
 
     async def __call__(self, scope: dict, receive, send, name: str, version: str | None) -> None:
         declared: int | None = None
@@ -107,6 +109,8 @@ class InferEndpoint:
             if header_length == -1:
                 raise kserve.ProtocolError("Inference-Header-Content-Length must be a non-negative integer")
             request, inputs = kserve.parse_request(body, header_length)
+            if ImageInputs.wanted(inputs):  # decoding takes milliseconds: never on the event loop
+                inputs = await asyncio.get_running_loop().run_in_executor(self.pool, self.images.convert, model, inputs)
         except InputError as exc:
             engine.record(model, 0.0, 0.0, exc)
             return await _reply(send, 400, _error_body(f"{exc}; the model takes {model.signature()}"))

@@ -15,7 +15,7 @@ from fleet_protocol.manifest import Manifest, Preprocessing
 from fleet_protocol.messages import Detection
 
 from . import detectors
-from .preprocess import Geometry, Preprocessor
+from ..preprocess import Geometry, Preprocessor
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from edge_agent.camera.detector import Detector
 from edge_agent.camera.frames import Frame, LatestQueue
 from edge_agent.camera.model import load
 from edge_agent.camera.pipeline import Pipeline
-from edge_agent.camera.preprocess import Geometry, Preprocessor
+from edge_agent.preprocess import Geometry, Preprocessor
 from fleet_protocol.manifest import Preprocessing
 
 from .helpers import iou, text_frame, wait_for

@@ -1,0 +1,58 @@
+"""Encoded images as model inputs: a client (a camera box, a browser, curl) sends JPEG or PNG bytes, and the
+agent decodes and preprocesses them itself, as the bundle's manifest says.
+
+A 640×480 JPEG is ~50 kB; the same frame as a 1×3×128×128 float tensor is 196 kB of binary or ~1 MB of JSON,
+and the client would need the model's exact preprocessing.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .engine import InputError, LoadedModel
+from .preprocess import Preprocessor
+
+
+class ImageInputs:
+    """Turns BYTES inputs into the tensors the model takes; one preprocessor per model, built on first use."""
+
+    def __init__(self) -> None:
+        self._pre: dict[str, Preprocessor] = {}
+
+    @staticmethod
+    def wanted(inputs: dict[str, np.ndarray]) -> bool:
+        return any(a.dtype == object for a in inputs.values())
+
+    def convert(self, model: LoadedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = dict(inputs)
+        for name, array in inputs.items():
+            if array.dtype != object:
+                continue
+            info = model.inputs.get(name)
+            if info is None:
+                raise InputError(f"unknown input {name!r}; the model takes {list(model.inputs)}")
+            if len(info.shape) != 4 or info.dtype != np.float32:
+                raise InputError(f"input {name!r} takes {info.dtype.name} {info.shape_text}, not encoded images")
+            pre = self._preprocessor(model, info.shape)
+            tensors = [pre(_decode(name, i, blob))[0] for i, blob in enumerate(array.ravel())]
+            out[name] = np.concatenate(tensors) if len(tensors) > 1 else tensors[0]
+        return out
+
+    def _preprocessor(self, model: LoadedModel, shape: tuple) -> Preprocessor:
+        pre = self._pre.get(model.sha256)
+        if pre is None:
+            try:
+                pre = Preprocessor(model.stored.manifest.preprocessing, shape)
+            except ValueError as exc:
+                raise InputError(f"this model cannot take encoded images: {exc}") from None
+            self._pre = {model.sha256: pre}  # one model is served at a time: keep only its preprocessor
+        return pre
+
+
+def _decode(name: str, index: int, blob: bytes) -> np.ndarray:
+    raw = np.frombuffer(blob, np.uint8)
+    image = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
+    if image is None:
+        raise InputError(f"input {name!r}: element {index} is not a decodable image (JPEG, PNG, BMP …)")
+    return image
