@@ -2,7 +2,8 @@
 agent decodes and preprocesses them itself, as the bundle's manifest says.
 
 A 640×480 JPEG is ~50 kB; the same frame as a 1×3×128×128 float tensor is 196 kB of binary or ~1 MB of JSON,
-and the client would need the model's exact preprocessing.
+and the client would need the model's exact preprocessing. A JPEG much larger than the model's input is
+decoded by libjpeg straight to 1/2, 1/4 or 1/8 of its size.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import cv2
 import numpy as np
 
 from .engine import InputError, LoadedModel
-from .preprocess import Preprocessor
+from .preprocess import REDUCED, Preprocessor, jpeg_size
 
 
 class ImageInputs:
@@ -35,7 +36,7 @@ class ImageInputs:
             if len(info.shape) != 4 or info.dtype != np.float32:
                 raise InputError(f"input {name!r} takes {info.dtype.name} {info.shape_text}, not encoded images")
             pre = self._preprocessor(model, info.shape)
-            tensors = [pre(_decode(name, i, blob))[0] for i, blob in enumerate(array.ravel())]
+            tensors = [pre(*_decode(name, i, blob, pre))[0] for i, blob in enumerate(array.ravel())]
             out[name] = np.concatenate(tensors) if len(tensors) > 1 else tensors[0]
         return out
 
@@ -50,9 +51,12 @@ class ImageInputs:
         return pre
 
 
-def _decode(name: str, index: int, blob: bytes) -> np.ndarray:
+def _decode(name: str, index: int, blob: bytes, pre: Preprocessor) -> tuple[np.ndarray, tuple[int, int]]:
+    """→ (image, its full size). A JPEG is decoded only as large as the model needs (libjpeg's scaled decode)."""
     raw = np.frombuffer(blob, np.uint8)
-    image = cv2.imdecode(raw, cv2.IMREAD_COLOR) if raw.size else None
+    size = jpeg_size(blob)
+    scale = pre.decode_scale(size) if size else 1
+    image = cv2.imdecode(raw, REDUCED.get(scale, cv2.IMREAD_COLOR)) if raw.size else None
     if image is None:
         raise InputError(f"input {name!r}: element {index} is not a decodable image (JPEG, PNG, BMP …)")
-    return image
+    return image, size or (image.shape[1], image.shape[0])

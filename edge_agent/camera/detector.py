@@ -58,10 +58,7 @@ class Detector:
         return self.pre(image, frame_size)
 
     def decode_scale(self, frame_size: tuple[int, int]) -> int:
-        """The largest JPEG decode reduction (1, 2, 4, 8) that still leaves the model's input resolution."""
-        w, h = self.pre.size
-        fw, fh = frame_size
-        return next((s for s in (8, 4, 2) if -(-fw // s) >= w and -(-fh // s) >= h), 1)
+        return self.pre.decode_scale(frame_size)
 
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: x})))

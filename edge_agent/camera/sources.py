@@ -16,6 +16,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
+from ..preprocess import REDUCED
 from .config import DeviceSourceConfig, FileSourceConfig, MjpegSourceConfig, RtspSourceConfig
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,6 @@ class EndOfStream(Exception):
 
 class CorruptFrame(Exception):
     """One frame could not be decoded; the next one may well be fine."""
-
-
-_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
 class Source:
@@ -80,9 +78,9 @@ class Source:
 
     def _decode_jpeg(self, data: np.ndarray, scale: int) -> np.ndarray | None:
         self.jpeg = None
-        if scale in _REDUCED and self.frame_size:
+        if scale in REDUCED and self.frame_size:
             w, h = self.frame_size
-            img = cv2.imdecode(data, _REDUCED[scale])
+            img = cv2.imdecode(data, REDUCED[scale])
             if img is not None and img.shape[:2] == (-(-h // scale), -(-w // scale)):
                 self.jpeg = data
                 return img

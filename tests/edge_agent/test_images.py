@@ -65,3 +65,13 @@ def test_undecodable_images_are_a_400_naming_the_input(served, images, blob, mes
     r = client.post("/v2/models/digits/infer", content=truncated[0][:-20], headers=truncated[1])
     assert r.status_code == 400
     assert client.post("/v2/models/digits/infer", json=json_body(images[:1])).status_code == 200  # still serving
+
+
+def test_jpeg_size_is_read_from_the_header_without_decoding():
+    from edge_agent.preprocess import jpeg_size
+
+    for w, h, flags in ((640, 480, []), (1920, 1080, []), (37, 91, []), (640, 480, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])):
+        ok, data = cv2.imencode(".jpg", np.zeros((h, w, 3), np.uint8), flags)
+        assert jpeg_size(data.tobytes()) == (w, h)
+    assert jpeg_size(png(np.zeros(64))) is None
+    assert jpeg_size(b"\xff\xd8\xff\xe0\x00") is None  # truncated: no frame header
