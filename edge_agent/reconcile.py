@@ -170,30 +170,32 @@ class Reconciler:
         future.set_result(f"serving {model.name} {model.version}")
 
     def _apply(self, desired: Desired) -> None:
-        self.runtime = desired.runtime
+        # The fleet's runtime config when it sends one, else the device's own settings.
+        runtime = desired.runtime or self.settings.runtime()
+        self.runtime = runtime
         self.store.save_runtime(desired.runtime)
-        self.engine.configure_batching(desired.runtime.batching)
+        self.engine.configure_batching(runtime.batching)
         ref = desired.model
         current = self.engine.current
         if ref is None:
             self._report(desired.revision, DeviceState.serving if current else DeviceState.idle)
             return
-        if current is not None and current.sha256 == ref.sha256 and _same_session(current.runtime, desired.runtime):
+        if current is not None and current.sha256 == ref.sha256 and _same_session(current.runtime, runtime):
             self._report(desired.revision, DeviceState.serving)
             return
         previous = self.engine.previous
         try:
-            if previous is not None and previous.sha256 == ref.sha256 and _same_session(previous.runtime, desired.runtime):
+            if previous is not None and previous.sha256 == ref.sha256 and _same_session(previous.runtime, runtime):
                 model = previous  # rollback: still loaded and already checked
             elif current is not None and current.sha256 == ref.sha256:
                 self._report(desired.revision, DeviceState.loading, progress=1.0)
-                model = self._load_checked(current.stored, desired.runtime)  # same model, new session settings
+                model = self._load_checked(current.stored, runtime)  # same model, new session settings
             else:
                 stored = self.store.get(ref.sha256) or self._download(desired, ref)
                 self._report(desired.revision, DeviceState.loading, progress=1.0)
-                model = self._load_checked(stored, desired.runtime)
+                model = self._load_checked(stored, runtime)
             for check in self.admission_checks:
-                check(model, desired.runtime)
+                check(model, runtime)
         except (BundleError, GoldenCheckError, ModelLoadError, ModelRejected, ProviderError, TimeoutError, OSError) as exc:
             log.error("%s %s rejected: %s", ref.name, ref.version, exc)
             self._report(desired.revision, DeviceState.failed, error=f"{type(exc).__name__}: {exc}")

@@ -171,8 +171,11 @@ class ModelStore:
         self.collect_garbage()
 
     # --- runtime config ---------------------------------------------------------------------------------
-    def save_runtime(self, runtime: RuntimeConfig) -> None:
-        """Remember the fleet's runtime config, so an offline boot keeps its provider rules."""
+    def save_runtime(self, runtime: RuntimeConfig | None) -> None:
+        """Remember the fleet's runtime config, so an offline boot keeps its provider rules (None: forget it)."""
+        if runtime is None:
+            self._runtime_path.unlink(missing_ok=True)
+            return
         data = runtime.to_bytes()
         try:
             if self._runtime_path.read_bytes() == data:

@@ -79,7 +79,8 @@ class Desired(Message):
 
     revision: int = Field(ge=0)
     model: ModelRef | None = None
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    # None: the device keeps its own runtime configuration (its local settings); the fleet sets one only on purpose.
+    runtime: RuntimeConfig | None = None
     rollout_id: int | None = None
     issued_at: float = Field(default_factory=time.time)
 

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fleet_protocol.messages import Desired, ModelRef, RuntimeConfig
+from fleet_protocol.messages import Desired, ModelRef
 
 from ..db.tables import Bundle, Device
 
@@ -20,7 +20,8 @@ def set_desired(db: Session, device: Device, model: ModelRef | dict[str, Any] | 
     """Give a device a new desired model; returns the new revision (published by the outbox after commit)."""
     if isinstance(model, dict):
         model = ModelRef.model_validate(model)
-    runtime = RuntimeConfig.model_validate((device.desired or {}).get("runtime") or {})
+    # A runtime config set for the device is carried over; without one the device keeps its own settings.
+    runtime = (device.desired or {}).get("runtime")
     device.desired_revision += 1
     desired = Desired(revision=device.desired_revision, model=model, runtime=runtime, rollout_id=rollout_id)
     device.desired = desired.model_dump(mode="json")

@@ -133,3 +133,24 @@ def test_rollback_command_over_the_local_api(agent, bundles):
         r = httpx.post(f"{server.url}/admin/rollback", timeout=30)
         assert r.status_code == 200 and r.json() == {"result": "serving digits 1.0.0"}
         assert httpx.get(f"{server.url}/v2/health/ready").json()["version"] == "1.0.0"
+
+
+def test_a_desired_state_without_runtime_keeps_the_devices_own_settings(tmp_path, keys, store, digits, bundles):
+    """The fleet sets a runtime only on purpose: a plain rollout must not wipe what the device was configured with."""
+    settings = AgentSettings(device_id="dev-own", data_dir=store.root, trusted_keys=str(keys.public_path),
+                             intra_op_threads=2, batching=True)
+    engine, reports = Engine(), Reports()
+    reconciler = Reconciler(settings, store, engine, reports)
+    try:
+        apply(reconciler, Desired(revision=1, model=ref(bundles["1.0.0"], "1.0.0")))
+        assert reports.last.state == DeviceState.serving
+        assert engine.current.runtime.intra_op_threads == 2 and engine.batching.enabled
+        assert store.load_runtime() is None  # nothing of the fleet's to remember for an offline boot
+
+        fleet = RuntimeConfig(intra_op_threads=1)
+        apply(reconciler, Desired(revision=2, model=ref(bundles["1.0.0"], "1.0.0"), runtime=fleet))
+        assert engine.current.runtime.intra_op_threads == 1 and store.load_runtime() == fleet
+        apply(reconciler, Desired(revision=3, model=ref(bundles["2.0.0"], "2.0.0")))  # the fleet lets go again
+        assert engine.current.runtime.intra_op_threads == 2 and store.load_runtime() is None
+    finally:
+        engine.close()
