@@ -7,17 +7,21 @@ database the bottleneck. What a crash loses is at most one tick of a QoS-0 strea
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from fleet_protocol.messages import Telemetry
 
 from .db.tables import Device, TelemetryMinute, utcnow
+
+log = logging.getLogger(__name__)
 
 Key = tuple[str, dt.datetime, str]  # device id, minute, model sha256 ("" without a model)
 
@@ -80,8 +84,10 @@ class TelemetryBuffer:
     _rollups: dict[Key, Rollup] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, device_id: str, t: Telemetry) -> None:
-        key = (device_id, minute_of(t.ts), t.model.sha256 if t.model else "")
+    def add(self, device_id: str, t: Telemetry, received: float | None = None) -> None:
+        # Filed by when we received it, not by the device's clock: a camera without RTC or NTP may live in 1970,
+        # and the health gates compare minutes with the server's own time.
+        key = (device_id, minute_of(time.time() if received is None else received), t.model.sha256 if t.model else "")
         with self._lock:
             self._rollups.setdefault(key, Rollup()).add(t)
 
@@ -157,10 +163,14 @@ def flush(sessions, buffer: TelemetryBuffer) -> int:
             with sessions() as db, db.begin():
                 write(db, taken)
             return len(taken)
-        except IntegrityError:
+        except IntegrityError as exc:  # another replica inserted the same minute first: merge again
             if attempt == 2:
-                buffer.put_back(taken)
-                raise
+                # Refused three times over: putting it back would block every later flush behind it.
+                log.error("dropping %d telemetry rollups the database refuses: %s", len(taken), str(exc).splitlines()[0])
+                return 0
+        except OperationalError:  # the database is away: keep the minutes for the next tick
+            buffer.put_back(taken)
+            raise
     return 0
 
 

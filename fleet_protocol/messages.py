@@ -21,7 +21,8 @@ class ProtocolError(ValueError):
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and Infinity are not numbers a device can mean; letting them in would poison every average downstream.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(exclude_none=False).encode()

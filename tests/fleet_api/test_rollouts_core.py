@@ -291,3 +291,21 @@ def test_schema_matches_the_models(make_service):
     with service.transaction() as db:
         assert db.query(Rollout).count() == 0
     json.dumps(diff)
+
+
+def test_telemetry_is_filed_by_arrival_and_non_numbers_are_refused(fleet):
+    """A device whose clock says 1970 still feeds the health gates; NaN never reaches the database."""
+    from fleet_protocol.messages import ProtocolError
+
+    service, v1, _ = fleet
+    served = ServingModel(name=v1["name"], version=v1["version"], sha256=v1["sha256"])
+    service.on_telemetry("d0", Telemetry(model=served, window_s=10, requests=5, errors=0, latency_ms_p95=1.5, ts=0.0))
+    service.flush_telemetry()
+    minutes = service.device_telemetry("d0", None, None, 10)["minutes"]
+    assert len(minutes) == 1 and minutes[0]["requests"] == 5
+    now = dt.datetime.now(dt.timezone.utc)
+    assert abs((dt.datetime.fromisoformat(minutes[0]["minute"]) - now).total_seconds()) < 120  # not 1970
+    for bad in (b"NaN", b"Infinity", b"-Infinity"):
+        payload = b'{"window_s": 10, "requests": 1, "errors": 0, "latency_ms_p95": ' + bad + b"}"
+        with pytest.raises(ProtocolError, match="latency_ms_p95"):
+            Telemetry.parse(payload)
