@@ -149,12 +149,15 @@ class ModelStore:
         return self.get(self._state().get("previous"))
 
     def promote(self, sha256: str) -> None:
-        """Make `sha256` current and the old current previous, in one atomic replace."""
+        """Make `sha256` current and the old current previous, in one atomic replace.
+
+        Called by the reconciler's worker once a model passed its checks, so no download is in progress:
+        the unfinished downloads left behind (superseded, timed out) are removed with the rest."""
         state = self._state()
         if state.get("current") == sha256:
             return
         new = {"current": sha256, "previous": state.get("current") or state.get("previous")}
-        self._write_state(new)
+        self._write_state(new, promoted=sha256)
 
     def fall_back(self, sha256: str, broken: str | None) -> None:
         """Boot found `broken` (the current) unusable and serves `sha256` (the previous): forget the broken one."""
@@ -162,13 +165,13 @@ class ModelStore:
         if broken and broken != sha256:
             shutil.rmtree(self.models / broken, ignore_errors=True)
 
-    def _write_state(self, state: dict[str, str | None]) -> None:
+    def _write_state(self, state: dict[str, str | None], promoted: str | None = None) -> None:
         # The folder is touched so garbage collection sees the most recently served models as the newest.
         for sha in state.values():
             if sha and (self.models / sha).is_dir():
                 os.utime(self.models / sha)
         _atomic_write(self._state_path, json.dumps(state).encode())
-        self.collect_garbage()
+        self.collect_garbage(promoted=promoted)
 
     # --- runtime config ---------------------------------------------------------------------------------
     def save_runtime(self, runtime: RuntimeConfig | None) -> None:
@@ -218,12 +221,17 @@ class ModelStore:
             if digest != ref.sha256:
                 partial.discard()  # some chunk was corrupt: start over rather than trust any of them
                 raise DigestMismatch(f"downloaded artifact has sha256 {digest[:12]}…, expected {ref.sha256[:12]}…")
-            verified: VerifiedBundle = read_bundle(tmp, trusted_keys, extract_to=self.models / ref.sha256)
-            if verified.manifest.name != ref.name or verified.manifest.version != ref.version:
-                shutil.rmtree(self.models / ref.sha256, ignore_errors=True)
-                raise BundleError(
-                    f"bundle is {verified.manifest.name} {verified.manifest.version}, desired state says {ref.name} {ref.version}"
-                )
+            try:
+                verified: VerifiedBundle = read_bundle(tmp, trusted_keys, extract_to=self.models / ref.sha256)
+                if verified.manifest.name != ref.name or verified.manifest.version != ref.version:
+                    shutil.rmtree(self.models / ref.sha256, ignore_errors=True)
+                    raise BundleError(
+                        f"bundle is {verified.manifest.name} {verified.manifest.version}, desired state says {ref.name} {ref.version}"
+                    )
+            except BundleError:
+                # The artifact is the one asked for, and it is refused as a whole: fetching it again cannot help.
+                shutil.rmtree(partial.folder, ignore_errors=True)
+                raise
         finally:
             tmp.unlink(missing_ok=True)
         shutil.rmtree(partial.folder, ignore_errors=True)
@@ -231,9 +239,12 @@ class ModelStore:
         assert stored is not None
         return stored
 
-    def collect_garbage(self) -> None:
+    def collect_garbage(self, promoted: str | None = None) -> None:
         """Keep current, previous and the newest others up to `keep`; remove the rest, with their optimized
-        graphs, and whatever a kill -9 left half-done (staging folders, temporary files)."""
+        graphs, and whatever a kill -9 left half-done (staging folders, temporary files).
+
+        With `promoted` (a model was just promoted: no download is in progress) the unfinished downloads of
+        every other artifact go too. Without it (boot) they stay, so a download resumes after a restart."""
         state = self._state()
         pinned = {state.get("current"), state.get("previous")}
         folders = sorted((p for p in self.models.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -253,6 +264,10 @@ class ModelStore:
                 stray.unlink(missing_ok=True)
         for tmp in self.downloads.glob(".bundle-*"):
             tmp.unlink(missing_ok=True)
+        if promoted is not None:
+            for folder in self.downloads.iterdir():
+                if folder.is_dir() and folder.name != promoted:
+                    shutil.rmtree(folder, ignore_errors=True)
         optimized = self.cache / "optimized"
         if optimized.is_dir():
             for f in optimized.iterdir():

@@ -94,3 +94,53 @@ def test_kill_9_at_any_point_boots_on_a_model_that_passed(tmp_path, keys, bundle
         assert not [p for p in store.models.iterdir() if p.name.startswith(".")]  # half-extracted bundles gone
         booted.add(model.version)
     assert len(booted) >= 2  # the kills landed at different points of the churn
+
+
+def _partial(store: ModelStore, path, name: str = "digits", version: str = "1.0.0", chunks: int | None = None):
+    """A download of `path` as the reconciler makes one: chunks written into DATA_DIR/downloads/{sha256}/."""
+    from fleet_protocol.messages import ModelRef
+    from fleet_protocol.signing import sha256_file
+
+    data = path.read_bytes()
+    ref = ModelRef(name=name, version=version, sha256=sha256_file(path), size=len(data), chunk_size=4096)
+    partial = store.partial(ref)
+    for i in range(ref.chunk_count if chunks is None else chunks):
+        assert partial.put(i, data[i * ref.chunk_size:(i + 1) * ref.chunk_size])
+    return partial
+
+
+def test_a_rejected_download_is_discarded(tmp_path, keys, bundles):
+    import pytest
+
+    from fleet_protocol.bundle import BundleError
+    from tests.bundles import Keys
+
+    store = ModelStore(tmp_path / "data")
+    stranger = Keys(tmp_path / "stranger")  # a bundle signed by a key the device does not trust
+    partial = _partial(store, bundles["1.0.0"])
+    with pytest.raises(BundleError, match="signature"):
+        store.install(partial, [stranger.public])
+    assert not partial.folder.exists() and list(store.downloads.iterdir()) == []
+
+    partial = _partial(store, bundles["1.0.0"], name="other")  # the desired state names another model
+    with pytest.raises(BundleError, match="desired state says other"):
+        store.install(partial, [keys.public])
+    assert not partial.folder.exists() and list(store.downloads.iterdir()) == []
+    assert list(store.models.iterdir()) == []
+
+
+def test_unfinished_downloads_survive_boot_and_go_at_the_next_promote(tmp_path, keys, bundles):
+    store = ModelStore(tmp_path / "data")
+    other = digits_bundle(keys, tmp_path / "b", "3.0.0", epochs=1)
+    abandoned = _partial(store, other, version="3.0.0", chunks=2)  # superseded or timed out half-way
+    assert abandoned.missing()
+
+    settings = AgentSettings(device_id="dev-gc", data_dir=store.root, trusted_keys=str(keys.public_path))
+    Reconciler(settings, store, Engine()).boot()  # boot collects garbage but a download resumes after a restart
+    assert sorted(p.name for p in abandoned.folder.iterdir()) == ["0", "1"]
+
+    done = _partial(store, bundles["1.0.0"])
+    stored = store.install(done, [keys.public])
+    store.promote(stored.sha256)
+    assert list(store.downloads.iterdir()) == []  # the abandoned download is gone with the promote
+    assert store.current().sha256 == stored.sha256
