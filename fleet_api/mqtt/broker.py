@@ -22,6 +22,27 @@ from fleet_protocol.broker import parse_broker_url
 log = logging.getLogger(__name__)
 
 
+class Delivery:
+    """A publish the broker acknowledges. Accepted only when the acknowledgement carries a success code: a broker
+    that refuses a message (an ACL, a quota) still sends PUBACK, with a failure reason, and paho counts that as
+    published."""
+
+    __slots__ = ("info", "_refused")
+
+    def __init__(self, info: mqtt.MQTTMessageInfo, refused: set[int]) -> None:
+        self.info, self._refused = info, refused
+
+    def is_published(self) -> bool:
+        return self.info.is_published() and self.info.mid not in self._refused
+
+    def wait(self, timeout: float) -> bool:
+        try:
+            self.info.wait_for_publish(timeout=max(0.0, timeout))
+        except (RuntimeError, ValueError):
+            return False
+        return self.is_published()
+
+
 class Broker:
     def __init__(
         self,
@@ -54,7 +75,13 @@ class Broker:
             self.client.tls_set(ca_certs=tls_ca, cert_reqs=ssl.CERT_REQUIRED)
         self.client.reconnect_delay_set(min_delay=1, max_delay=30)
         self.client.max_inflight_messages_set(100)
-        self.client.max_queued_messages_set(0)
+        # Bounded: a flood of chunk requests must not grow the API's memory without limit; a publish that does
+        # not fit is simply not sent, and the device asks again.
+        self.client.max_queued_messages_set(4096)
+        # Message ids the broker acknowledged with a failure reason. No lock: paho calls on_publish while it holds
+        # its own message lock, which publish() needs too; set.add and set.discard are atomic.
+        self._refused: set[int] = set()
+        self.client.on_publish = self._on_publish
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -79,47 +106,37 @@ class Broker:
         if self._worker.is_alive():
             self._worker.join(timeout=5)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, wait: bool = False) -> bool:
-        if not self._connected.is_set():
-            return False
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            return False
-        if wait:
-            try:
-                info.wait_for_publish(timeout=10)
-            except (RuntimeError, ValueError):
-                return False
-            return info.is_published()
-        return True
-
-    def publish_tracked(self, topic: str, payload: bytes, qos: int = 1) -> mqtt.MQTTMessageInfo | None:
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> Delivery | None:
         if not self._connected.is_set():
             return None
-        info = self.client.publish(topic, payload, qos=qos)
-        return info if info.rc == mqtt.MQTT_ERR_SUCCESS else None
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return None
+        # Ids are reused: forget what an earlier message with this id got. (Its own acknowledgement needs a round
+        # trip to the broker, far longer than the step from publish() to here.)
+        self._refused.discard(info.mid)
+        return Delivery(info, self._refused)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, wait: bool = False) -> bool:
+        delivery = self._send(topic, payload, qos, retain)
+        if delivery is None:
+            return False
+        return delivery.wait(10) if wait else True
+
+    def publish_tracked(self, topic: str, payload: bytes, qos: int = 1) -> Delivery | None:
+        return self._send(topic, payload, qos, False)
 
     def publish_batch(self, messages: Sequence[tuple[str, bytes, int, bool]], timeout: float = 30.0) -> list[bool]:
-        if not self._connected.is_set():
-            return [False] * len(messages)
-        infos = []
-        for topic, payload, qos, retain in messages:
-            info = self.client.publish(topic, payload, qos=qos, retain=retain)
-            infos.append(info if info.rc == mqtt.MQTT_ERR_SUCCESS else None)
+        deliveries = [self._send(topic, payload, qos, retain) for topic, payload, qos, retain in messages]
         deadline = time.monotonic() + timeout
-        acks = []
-        for info in infos:
-            if info is None:
-                acks.append(False)
-                continue
-            try:
-                info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
-            except (RuntimeError, ValueError):
-                pass
-            acks.append(info.is_published())
-        return acks
+        return [d is not None and d.wait(deadline - time.monotonic()) for d in deliveries]
 
     # paho callbacks (network thread) ------------------------------------------------------------------
+    def _on_publish(self, _client, _userdata, mid, reason_code, _props) -> None:
+        if reason_code.is_failure:
+            self._refused.add(mid)
+            log.error("the broker refused message %d: %s (check the API's broker role)", mid, reason_code)
+
     def _on_connect(self, client, _userdata, _flags, reason_code, _props) -> None:
         if reason_code.is_failure:
             log.error("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
