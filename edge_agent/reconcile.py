@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, TimeoutError as FuturesTimeout
 from collections.abc import Callable
 from typing import Protocol
 
@@ -44,6 +44,10 @@ class Superseded(Exception):
     """A newer desired state arrived while we worked on an older one."""
 
 
+class Busy(RuntimeError):
+    """The worker is applying a desired state and did not get to a command in time; the command was dropped."""
+
+
 class ModelRejected(RuntimeError):
     """An admission check refused a model that loaded and passed its golden check (e.g. no camera plug-in)."""
 
@@ -67,6 +71,7 @@ class Reconciler:
         self._last: Reported | None = None
         self._hardware = hardware.facts()
         self._rollback: Future[str] | None = None
+        self._applying: int | None = None  # the desired revision the worker is applying now
         self.runtime = store.load_runtime() or settings.runtime()
         self.admission_checks: list[AdmissionCheck] = []
 
@@ -104,7 +109,15 @@ class Reconciler:
         self._wake.set()
         if not self._thread.is_alive():
             self._do_rollback()
-        return future.result(timeout=timeout)
+        try:
+            return future.result(timeout=timeout)
+        except FuturesTimeout:
+            # Cancelled, it never runs: a rollback done later would roll back whatever was swapped in meanwhile.
+            if future.cancel():
+                applying = self._applying
+                doing = f" applying desired revision {applying}" if applying is not None else ""
+                raise Busy(f"the agent is busy{doing}; rollback not done, try again") from None
+            return future.result()  # it had already started: its outcome is the answer
 
     # --- boot: serve the last good model without any network ----------------------------------------------
     def boot(self) -> LoadedModel | None:
@@ -137,6 +150,7 @@ class Reconciler:
             desired = self._desired
             if desired is None or desired.revision == applied:
                 continue
+            self._applying = desired.revision
             try:
                 self._apply(desired)
                 applied = desired.revision
@@ -146,6 +160,8 @@ class Reconciler:
                 log.exception("applying desired revision %d failed", desired.revision)
                 self._report(desired.revision, DeviceState.failed, error=f"internal error: {exc}")
                 applied = desired.revision
+            finally:
+                self._applying = None
 
     def _do_rollback(self) -> None:
         future, self._rollback = self._rollback, None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from edge_agent.engine import Engine
@@ -153,4 +155,46 @@ def test_a_desired_state_without_runtime_keeps_the_devices_own_settings(tmp_path
         apply(reconciler, Desired(revision=3, model=ref(bundles["2.0.0"], "2.0.0")))  # the fleet lets go again
         assert engine.current.runtime.intra_op_threads == 2 and store.load_runtime() is None
     finally:
+        engine.close()
+
+
+def test_a_rollback_that_timed_out_never_runs_later(tmp_path, keys, store, digits, bundles):
+    """While the worker downloads, the command times out with a clear 409, and is dropped: it must not roll
+    back the model that the download then brings."""
+    from types import SimpleNamespace
+
+    import httpx
+
+    from edge_agent.server import create_app
+    from tests.bundles import digits_bundle
+    from tests.edge_agent.camera.helpers import wait_for
+    from tests.edge_agent.conftest import LocalServer
+
+    settings = AgentSettings(device_id="dev-busy", data_dir=store.root, trusted_keys=str(keys.public_path),
+                             chunk_timeout_s=0.2)
+    engine, reports = Engine(), Reports()
+    reconciler = Reconciler(settings, store, engine, reports)
+    apply(reconciler, Desired(revision=1, model=ref(bundles["1.0.0"], "1.0.0")))
+    apply(reconciler, Desired(revision=2, model=ref(bundles["2.0.0"], "2.0.0")))
+    new = digits_bundle(keys, tmp_path / "b", "3.0.0", epochs=1)
+    new_ref = ModelRef(name="digits", version="3.0.0", sha256=sha256_file(new), size=new.stat().st_size, chunk_size=4096)
+    reconciler.start()
+    control = SimpleNamespace(rollback=lambda timeout=60.0: reconciler.rollback(timeout=0.5))
+    try:
+        reconciler.submit(Desired(revision=3, model=new_ref))  # no chunk arrives yet: the worker waits for them
+        wait_for(lambda: reports.last.state == DeviceState.downloading, 5, "the download to start")
+        with LocalServer(create_app(engine, control=control)) as server:
+            r = httpx.post(f"{server.url}/admin/rollback", timeout=10)
+        assert r.status_code == 409 and r.json()["error"] == \
+            "the agent is busy applying desired revision 3; rollback not done, try again"
+
+        data = new.read_bytes()
+        for i in range(new_ref.chunk_count):
+            reconciler.on_chunk(new_ref.sha256, i, data[i * new_ref.chunk_size:(i + 1) * new_ref.chunk_size])
+        wait_for(lambda: reports.last.state == DeviceState.serving and reports.last.revision == 3, 30, "3.0.0 to be served")
+        time.sleep(1.5)  # the worker wakes at least once a second: a pending rollback would have run by now
+        assert engine.current.version == "3.0.0" and store.current().sha256 == new_ref.sha256
+        assert DeviceState.rolled_back not in [r.state for r in reports.reports]
+    finally:
+        reconciler.stop()
         engine.close()
