@@ -9,6 +9,7 @@ routers mounted by other parts of the agent) stays ordinary FastAPI.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -17,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
@@ -235,8 +236,11 @@ def create_app(engine: Engine, max_request_bytes: int = 64 << 20, *, routers: It
 
     if control is not None:
         @app.post("/admin/rollback")
-        def rollback() -> Response:
-            """Serve the previous model again (it must pass its golden check first)."""
+        def rollback(request: Request) -> Response:
+            """Serve the previous model again (it must pass its golden check first). Loopback clients only:
+            the route has no authentication and the server may listen on a LAN address (the camera page)."""
+            if not _loopback(request.client.host if request.client is not None else None):
+                return error(403, "/admin/rollback is only accepted from the device itself (127.0.0.1 or ::1)")
             try:
                 return JSONResponse({"result": control.rollback()})
             except Exception as exc:
@@ -245,6 +249,16 @@ def create_app(engine: Engine, max_request_bytes: int = 64 << 20, *, routers: It
     for router in routers:
         app.include_router(router)
     return app
+
+
+def _loopback(host: str | None) -> bool:
+    """127.0.0.0/8 or ::1, also as an IPv4-mapped address (a server bound to '::' sees IPv4 clients so)."""
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def metric_lines(text: str, names: Sequence[str]) -> list[str]:

@@ -58,7 +58,7 @@ def images() -> np.ndarray:
 class LocalServer:
     """The agent's HTTP app on real uvicorn (httptools, uvloop) on a free port, in a thread."""
 
-    def __init__(self, app) -> None:
+    def __init__(self, app, host: str = "127.0.0.1") -> None:
         import threading
 
         import uvicorn
@@ -68,7 +68,7 @@ class LocalServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", self.port))
+        self.server = uvicorn.Server(uvicorn_config(app, host, self.port))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> "LocalServer":
@@ -109,3 +109,16 @@ def binary_outputs(body: bytes, header_length: int) -> dict[str, np.ndarray]:
         out[spec["name"]] = np.frombuffer(body[offset:offset + size], dtype=DATATYPES[spec["datatype"]]).reshape(spec["shape"])
         offset += size
     return out
+
+
+def lan_address() -> str | None:
+    """This machine's address on its network (not loopback), or None when it has none."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.254.254.254", 1))  # UDP: nothing is sent, the kernel only picks a route and source
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if address.startswith("127.") else address

@@ -198,3 +198,26 @@ def test_a_rollback_that_timed_out_never_runs_later(tmp_path, keys, store, digit
     finally:
         reconciler.stop()
         engine.close()
+
+
+def test_rollback_command_is_refused_from_the_network(agent, bundles):
+    """No authentication on /admin/rollback: a server bound to a LAN address (the camera page) must refuse it
+    to anyone but the device itself."""
+    import httpx
+
+    from edge_agent.server import create_app
+    from tests.edge_agent.conftest import LocalServer, lan_address
+
+    address = lan_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address")
+    reconciler, engine, reports = agent
+    apply(reconciler, Desired(revision=1, model=ref(bundles["1.0.0"], "1.0.0")))
+    apply(reconciler, Desired(revision=2, model=ref(bundles["2.0.0"], "2.0.0")))
+    with LocalServer(create_app(engine, control=reconciler), host="0.0.0.0") as server:
+        r = httpx.post(f"http://{address}:{server.port}/admin/rollback", timeout=30)
+        assert r.status_code == 403 and "127.0.0.1" in r.json()["error"]
+        assert engine.current.version == "2.0.0" and reports.last.state == DeviceState.serving
+        assert httpx.get(f"http://{address}:{server.port}/v2/health/ready").status_code == 200  # the rest is open
+        r = httpx.post(f"{server.url}/admin/rollback", timeout=30)  # from the device itself
+        assert r.status_code == 200 and engine.current.version == "1.0.0"
