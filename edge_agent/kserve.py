@@ -71,9 +71,10 @@ def parse_request(body: bytes, header_length: int | None) -> tuple[dict[str, Any
         name, shape, datatype = spec.get("name"), spec.get("shape"), spec.get("datatype")
         if not isinstance(name, str) or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise ProtocolError(f"input {name!r}: needs a name and a shape of non-negative integers")
-        size = (spec.get("parameters") or {}).get("binary_data_size")
+        parameters = _parameters(spec, f"input {name!r}")
+        size = parameters.get("binary_data_size")
         if datatype == "BYTES":
-            array, used = _bytes_tensor(name, shape, spec, binary[offset:] if size is not None else None, size)
+            array, used = _bytes_tensor(name, shape, spec, parameters, binary[offset:] if size is not None else None, size)
             inputs[name] = array
             offset += used
             continue
@@ -100,11 +101,26 @@ def parse_request(body: bytes, header_length: int | None) -> tuple[dict[str, Any
                 raise
             raise InputError(f"input {name!r}: data does not fit {datatype} {shape}: {exc}") from None
         inputs[name] = array
+    outputs = request.get("outputs")
+    if outputs is not None:
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+            raise ProtocolError("'outputs' must be a list of objects")
+        for spec in outputs:
+            _parameters(spec, f"output {spec.get('name')!r}")
     return request, inputs
 
 
-def _bytes_tensor(name: str, shape: list[int], spec: dict[str, Any], binary: memoryview | None,
-                  size: Any) -> tuple[np.ndarray, int]:
+def _parameters(spec: dict[str, Any], what: str) -> dict[str, Any]:
+    parameters = spec.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise ProtocolError(f"{what}: 'parameters' must be an object, got {type(parameters).__name__}")
+    return parameters
+
+
+def _bytes_tensor(name: str, shape: list[int], spec: dict[str, Any], parameters: dict[str, Any],
+                  binary: memoryview | None, size: Any) -> tuple[np.ndarray, int]:
     """A BYTES tensor (encoded images): binary as v2 lays it out, each element a 4-byte little-endian length
     and its bytes; or JSON strings, base64 when `parameters.content_type` says so. → (object array, bytes used)."""
     count = math.prod(shape)
@@ -126,7 +142,7 @@ def _bytes_tensor(name: str, shape: list[int], spec: dict[str, Any], binary: mem
         data = spec.get("data")
         if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
             raise InputError(f"input {name!r}: BYTES data must be a list of strings")
-        if (spec.get("parameters") or {}).get("content_type") == "base64":
+        if parameters.get("content_type") == "base64":
             try:
                 elements = [base64.b64decode(d, validate=True) for d in data]
             except (binascii.Error, ValueError):

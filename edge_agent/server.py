@@ -115,6 +115,11 @@ class InferEndpoint:
         except InputError as exc:
             engine.record(model, 0.0, 0.0, exc)
             return await _reply(send, 400, _error_body(f"{exc}; the model takes {model.signature()}"))
+        except Exception as exc:  # a request the parser did not foresee: still the client's, never a traceback
+            bad = InputError(f"malformed request ({type(exc).__name__}: {exc})")
+            log.warning("%s %s: %s", model.name, model.version, bad)
+            engine.record(model, 0.0, 0.0, bad)
+            return await _reply(send, 400, _error_body(f"{bad}; the model takes {model.signature()}"))
         try:
             outputs = await self._run(model, inputs)  # accounts for its own failures
             payload, head_len = kserve.encode_response(request, model.name, model.version, outputs,

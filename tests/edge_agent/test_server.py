@@ -67,6 +67,11 @@ BAD = {
     "too few values": (lambda x: {"inputs": [{**json_body(x)["inputs"][0], "data": [0.0] * 63}]}, 400, ["'image'", "63 values", "FP32 [?, 1, 8, 8]"]),
     "missing input": (lambda x: json_body(x, name="pixels"), 400, ["missing input(s) ['image']", "image FP32 [?, 1, 8, 8]"]),
     "not json": (lambda x: b"{nope", 400, ["not JSON"]),
+    "input parameters not an object": (lambda x: {"inputs": [{**json_body(x)["inputs"][0], "parameters": "x"}]}, 400,
+                                       ["input 'image'", "'parameters' must be an object"]),
+    "output parameters not an object": (lambda x: {**json_body(x), "outputs": [{"name": "probabilities", "parameters": 5}]}, 400,
+                                        ["output 'probabilities'", "'parameters' must be an object"]),
+    "outputs not a list": (lambda x: {**json_body(x), "outputs": 5}, 400, ["'outputs' must be a list"]),
     "oversize body": (lambda x: json_body(np.zeros((400, 1, 8, 8), np.float32)), 413, [f"limit of {LIMIT} bytes"]),
 }
 
