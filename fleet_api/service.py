@@ -27,7 +27,7 @@ from . import auth, telemetry
 from .auth import SYSTEM, Principal
 from .chunk_server import ChunkServer
 from .db.tables import Bundle, Device, Rollout, RolloutDevice
-from .errors import Conflict, NotFound
+from .errors import Conflict, Invalid, NotFound
 from .publisher import BrokerAdmin, Publisher
 from .registry import bundles as bundle_registry
 from .registry import devices as device_registry
@@ -162,11 +162,14 @@ class FleetService:
             device.revoked = True
             device.online = False
             engine.remove_device(db, device_id)
+            # Clearing the retained desired state goes through the outbox like any change, so it is retried
+            # until the broker has it, and nothing publishes the old one again.
+            device.desired = None
+            device.desired_revision += 1
             auth.audit(db, who.actor, "device.revoke", f"device:{device_id}")
             view = device_view(device)
         self._known.pop(device_id, None)
-        self.publisher.publish(self.topics.desired(device_id), b"", qos=1, retain=True)
-        self.tick_rollouts()  # a wave may pass now that the device no longer counts
+        self.tick_rollouts()  # a wave may pass now that the device no longer counts; publishes the outbox
         return view
 
     def list_devices(self) -> list[dict[str, Any]]:
@@ -304,7 +307,12 @@ class FleetService:
 
     def on_fetch(self, device_id: str, fetch: Fetch) -> int:
         with self.transaction() as db:
-            device_registry.get_active_device(db, device_id)
+            device = device_registry.get_active_device(db, device_id)
+            wanted = (device.desired or {}).get("model") or {}
+            # Only what the device was told to fetch, cut as it was told: anything else would let one device
+            # make the API publish any bundle, in any chunk size, as often as it likes.
+            if wanted.get("sha256") != fetch.sha256 or wanted.get("chunk_size") != fetch.chunk_size:
+                raise Invalid(f"artifact {fetch.sha256[:12]} in {fetch.chunk_size}-byte chunks is not in this device's desired state")
             bundle = db.scalar(select(Bundle).where(Bundle.sha256 == fetch.sha256))
             if bundle is None:
                 raise NotFound(f"unknown artifact {fetch.sha256[:12]}")

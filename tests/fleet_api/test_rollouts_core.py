@@ -309,3 +309,31 @@ def test_telemetry_is_filed_by_arrival_and_non_numbers_are_refused(fleet):
         payload = b'{"window_s": 10, "requests": 1, "errors": 0, "latency_ms_p95": ' + bad + b"}"
         with pytest.raises(ProtocolError, match="latency_ms_p95"):
             Telemetry.parse(payload)
+
+
+def test_revocation_clears_desired_through_the_outbox_even_when_the_broker_is_away(fleet):
+    service, v1, _ = fleet
+    service.publisher.fail = True
+    service.revoke_device("d1", Principal(2, "root", "admin"))
+    d1 = service.get_device("d1")
+    assert d1["desired"] is None and d1["published_revision"] < d1["desired_revision"]  # not lost: still owed
+    service.publisher.fail = False
+    service.flush_outbox()
+    assert service.get_device("d1")["published_revision"] == service.get_device("d1")["desired_revision"]
+    topic = "edgefleet/v1/devices/d1/desired"
+    assert [p for t, p, _, _ in service.publisher.messages if t == topic][-1] == b""  # the last word is "nothing"
+
+
+def test_a_device_may_fetch_only_its_desired_artifact_in_its_chunk_size(fleet):
+    from fleet_api.errors import Invalid
+    from fleet_protocol.messages import Fetch
+
+    service, v1, v2 = fleet
+    r = service.create_rollout("digits", "2.0.0", "site=lab", "100%", {}, OPS)
+    d0 = r["devices"][0]["device_id"]
+    chunk = desired_of(service, d0)["model"]["chunk_size"]
+    assert service.on_fetch(d0, Fetch(sha256=v2["sha256"], chunk_size=chunk, missing=[0])) == 1
+    with pytest.raises(Invalid, match="not in this device's desired state"):
+        service.on_fetch(d0, Fetch(sha256=v1["sha256"], chunk_size=chunk, missing=[0]))  # another bundle
+    with pytest.raises(Invalid, match="not in this device's desired state"):
+        service.on_fetch(d0, Fetch(sha256=v2["sha256"], chunk_size=1024, missing=[0]))  # another cut
