@@ -13,6 +13,8 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +81,15 @@ class VerifiedBundle:
     directory: Path | None  # where the files were extracted, when asked
 
 
+@contextmanager
+def _truncation_is_a_bundle_error() -> Iterator[None]:
+    """A tar cut short (an interrupted upload or download) shows only when a member is read: say so plainly."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError) as exc:
+        raise BundleError(f"bundle is truncated or damaged: {exc}") from None
+
+
 def _read_member(tar: tarfile.TarFile, info: tarfile.TarInfo, limit: int) -> bytes:
     if info.size > limit:
         raise BundleError(f"{info.name} is too large ({info.size} bytes)")
@@ -100,7 +111,7 @@ def read_bundle(path: Path, trusted_keys: list[Ed25519PublicKey], extract_to: Pa
             tar = tarfile.open(path, mode="r:")
         except (tarfile.TarError, OSError) as exc:
             raise BundleError(f"not a bundle (tar) file: {exc}") from None
-        with tar:
+        with tar, _truncation_is_a_bundle_error():
             members = tar.getmembers()
             names = [m.name for m in members]
             if len(set(names)) != len(names):

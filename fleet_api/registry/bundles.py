@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from fleet_protocol.bundle import BundleError, read_bundle
@@ -40,7 +41,10 @@ def register_bundle(db: Session, store: ArtifactStore, upload: Path, trusted_key
             manifest=m.model_dump(mode="json"),
         )
         db.add(row)
-        db.flush()
+        try:
+            db.flush()
+        except IntegrityError:  # the same version uploaded twice at once: the other upload won
+            raise Conflict(f"{m.name} {m.version} ({m.hardware_class}) was registered by a concurrent upload") from None
         return row, True
     finally:
         upload.unlink(missing_ok=True)

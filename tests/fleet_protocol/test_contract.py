@@ -92,3 +92,15 @@ def test_not_a_bundle(keys, tmp_path):
     junk.write_bytes(b"PK\x03\x04 this is a zip, not a tar " * 40)
     with pytest.raises(BundleError, match="not a bundle"):
         read_bundle(junk, [keys.public])
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.95])
+def test_a_truncated_bundle_is_a_bundle_error(keys, bundles, tmp_path, keep):
+    data = bundles["2.0.0"].read_bytes()
+    with tarfile.open(bundles["2.0.0"]) as tar:  # where the last file's bytes end (the rest is tar padding)
+        end = max(m.offset_data + m.size for m in tar.getmembers())
+    cut = tmp_path / "cut.bundle"
+    cut.write_bytes(data[: int(end * keep)])
+    with pytest.raises(BundleError):
+        read_bundle(cut, [keys.public], extract_to=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
