@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
                        description="Reads SRC on its own thread, runs the detector on the newest frame, serves "
                                    "/ and /stream (annotated MJPEG) and /metrics, and sends detections as events.")
     p.add_argument("--source", required=True, metavar="SRC", help="camera index, video file, rtsp:// or http(s):// MJPEG URL")
-    p.add_argument("--model", required=True, metavar="NAME_OR_BUNDLE", help="a signed bundle file, or a zoo name (development)")
+    p.add_argument("--model", required=True, metavar="BUNDLE", help="a signed bundle file (model-tools bundle)")
     p.add_argument("--trusted-key", dest="trusted_keys", default=None, help="PEM public key(s) the bundle must be signed with, comma-separated (EDGEFLEET_AGENT_TRUSTED_KEYS)")
     p.add_argument("--name", default="cam0", help="camera name in events and metrics")
     p.add_argument("--loop", action="store_true", help="loop a video file")
@@ -150,9 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _trusted_keys(value: str | None) -> list:
-    import os
+    """--trusted-key, else EDGEFLEET_AGENT_TRUSTED_KEYS: the agent's own settings, read the agent's way."""
+    from ..settings import AgentSettings
 
-    from fleet_protocol.signing import load_public_key
-
-    value = value if value is not None else os.environ.get("EDGEFLEET_AGENT_TRUSTED_KEYS", "")
-    return [load_public_key(Path(p.strip()).read_bytes()) for p in value.split(",") if p.strip()]
+    return AgentSettings(**({"trusted_keys": value} if value is not None else {})).public_keys()

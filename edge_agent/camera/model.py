@@ -1,5 +1,5 @@
-"""Where the camera's model comes from outside the agent: a signed bundle file, or (development machines
-only) a zoo name that model_tools prepares."""
+"""Where the camera's model comes from outside the agent: a signed bundle file, verified with the trusted keys
+the way the agent verifies what the fleet sends (signature, then every file's size and digest)."""
 
 from __future__ import annotations
 
@@ -36,39 +36,20 @@ def open_session(path: Path, providers: list[str] | None = None, threads: int = 
 
 def load(ref: str, trusted_keys: list, *, work_dir: Path | None = None, providers: list[str] | None = None,
          threads: int = 1) -> tuple[ModelSpec, ort.InferenceSession]:
+    """A signed bundle file → (its spec, an onnxruntime session). ModelError when it cannot be had."""
     path = Path(ref)
-    if path.is_file():
-        if not trusted_keys:
-            raise ModelError(f"{ref}: a bundle needs a trusted key to be verified (--trusted-key)")
-        folder = Path(tempfile.mkdtemp(prefix="edgefleet-camera-", dir=work_dir)) / "model"
-        try:
-            try:
-                bundle = read_bundle(path, trusted_keys, extract_to=folder)
-            except BundleError as exc:
-                raise ModelError(f"{ref}: {exc}") from None
-            spec = ModelSpec.from_manifest(bundle.manifest, key=sha256_file(path))
-            # onnxruntime has read the file once the session exists: nothing extracted needs to stay behind.
-            return spec, open_session(folder / "model.onnx", providers, threads)
-        finally:
-            shutil.rmtree(folder.parent, ignore_errors=True)
-    if path.suffix == ".bundle" or "/" in ref:
+    if not path.is_file():
         raise ModelError(f"{ref}: no such bundle file")
-    return _zoo(ref, providers, threads)
-
-
-def _zoo(name: str, providers: list[str] | None, threads: int) -> tuple[ModelSpec, ort.InferenceSession]:
-    # model_tools is a development dependency, never on a device: a zoo name is a convenience for the demo.
+    if not trusted_keys:
+        raise ModelError(f"{ref}: a bundle needs a trusted key to be verified (--trusted-key)")
+    folder = Path(tempfile.mkdtemp(prefix="edgefleet-camera-", dir=work_dir)) / "model"
     try:
-        from model_tools.zoo import prepare
-        from model_tools.zoo.base import ENTRIES
-    except ImportError:
-        raise ModelError(f"{name}: not a bundle file, and zoo names need model_tools (a development install)") from None
-    if name not in ENTRIES:
-        raise ModelError(f"{name}: no such bundle file or zoo model (zoo: {', '.join(sorted(ENTRIES))})")
-    log.warning("using zoo model %s unsigned: fine for a demo, never for a device", name)
-    zoo = prepare(name)
-    from fleet_protocol.manifest import Preprocessing
-
-    spec = ModelSpec(zoo.name, "zoo", zoo.task, Preprocessing.model_validate(zoo.preprocessing) if zoo.preprocessing else None,
-                     list(zoo.labels), dict(zoo.extra), key=f"zoo:{zoo.name}")
-    return spec, open_session(zoo.onnx, providers, threads)
+        try:
+            bundle = read_bundle(path, trusted_keys, extract_to=folder)
+        except BundleError as exc:
+            raise ModelError(f"{ref}: {exc}") from None
+        spec = ModelSpec.from_manifest(bundle.manifest, key=sha256_file(path))
+        # onnxruntime has read the file once the session exists: nothing extracted needs to stay behind.
+        return spec, open_session(folder / "model.onnx", providers, threads)
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)

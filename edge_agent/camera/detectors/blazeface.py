@@ -1,5 +1,5 @@
 """BlazeFace (MediaPipe face detection): SSD anchors, box regression relative to each anchor, sigmoid scores,
-weighted NMS. Settings and anchor layout come from the bundle (model_tools' zoo writes MediaPipe's own)."""
+weighted NMS. Settings and anchor layout come from the bundle (the zoo's BlazeFace bundle carries MediaPipe's own)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Fixtures: the generated face video with its true boxes, real BlazeFace (zoo and signed bundle)."""
+"""Fixtures: the generated face video with its true boxes, real BlazeFace (a signed bundle, and loaded from it).
+
+Tests may build bundles with model_tools; the device code (edge_agent) never imports it."""
 
 from __future__ import annotations
 
@@ -17,12 +19,6 @@ def face_video(tmp_path_factory) -> VideoTruth:
     return make_video(tmp_path_factory.mktemp("video") / "faces.avi", fps=30.0, seconds=4.0)
 
 
-@pytest.fixture(scope="session")
-def blazeface():
-    """(ModelSpec, onnxruntime session) of the real pretrained BlazeFace."""
-    return load("blazeface", [])
-
-
 def pack_zoo(name: str, keys, out: Path, version: str = "1.0.0") -> Path:
     zoo = prepare(name)
     path, _ = pack_bundle(zoo.onnx, name=name, version=version, golden_inputs=zoo.golden_inputs,
@@ -34,3 +30,9 @@ def pack_zoo(name: str, keys, out: Path, version: str = "1.0.0") -> Path:
 @pytest.fixture(scope="session")
 def blazeface_bundle(keys, tmp_path_factory) -> Path:
     return pack_zoo("blazeface", keys, tmp_path_factory.mktemp("camera-bundles"))
+
+
+@pytest.fixture(scope="session")
+def blazeface(blazeface_bundle, keys):
+    """(ModelSpec, onnxruntime session) of the real pretrained BlazeFace, loaded from its signed bundle."""
+    return load(str(blazeface_bundle), [keys.public])

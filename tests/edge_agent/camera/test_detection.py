@@ -17,6 +17,7 @@ from edge_agent.camera.pipeline import Pipeline
 from edge_agent.preprocess import Geometry, Preprocessor
 from fleet_protocol.manifest import Preprocessing
 
+from .conftest import pack_zoo
 from .helpers import iou, text_frame, wait_for
 
 
@@ -73,8 +74,8 @@ def test_events_filter_by_score_and_rate(face_video, blazeface):
     assert all(d.score >= 0.5 and len(d.box) == 4 for d in event.detections)
 
 
-def test_text_detection_plugin_on_real_ppocr_det():
-    spec, session = load("ppocr-det", [])
+def test_text_detection_plugin_on_real_ppocr_det(keys, tmp_path):
+    spec, session = load(str(pack_zoo("ppocr-det", keys, tmp_path)), [keys.public])
     img, truth = text_frame()
     found = Detector(spec, session)(img)
     assert {d.label for d in found} == {"text"}

@@ -22,6 +22,7 @@ from fleet_protocol.bundle import read_bundle
 from fleet_protocol.messages import RuntimeConfig
 from fleet_protocol.signing import sha256_file
 
+from .conftest import pack_zoo
 from .helpers import MjpegServer, video_jpegs, wait_for
 
 
@@ -71,7 +72,7 @@ def test_camera_that_is_not_there_yet_is_retried(face_video, blazeface):
     ("http://127.0.0.1:9/video", "http://127.0.0.1:9/video"),
 ])
 def test_source_that_cannot_be_opened_exits_2_naming_it(source, words, capsys):
-    assert cli.main(["camera", "--source", source, "--model", "blazeface"]) == 2
+    assert cli.main(["camera", "--source", source, "--model", "face.bundle"]) == 2
     err = capsys.readouterr().err
     assert f"cannot open source {source!r}" in err and words in err
 
@@ -83,8 +84,40 @@ def test_model_that_cannot_be_had_exits_2(face_video, keys, tmp_path, capsys):
     junk.write_bytes(b"not a tar")
     assert cli.main(["camera", "--source", str(face_video.path), "--model", str(junk), "--trusted-key", str(keys.public_path)]) == 2
     assert "not a bundle" in capsys.readouterr().err
-    assert cli.main(["camera", "--source", str(face_video.path), "--model", "ppocr-rec"]) == 2
+    rec = pack_zoo("ppocr-rec", keys, tmp_path)
+    assert cli.main(["camera", "--source", str(face_video.path), "--model", str(rec), "--trusted-key", str(keys.public_path)]) == 2
     assert "no post-processing plug-in for task 'ocr-recognition'" in capsys.readouterr().err
+
+
+def test_the_camera_takes_signed_bundles_only(face_video, blazeface_bundle, keys, tmp_path, monkeypatch, capsys):
+    """A device has no model_tools: a zoo name is no model; a bundle is verified with the agent's trusted keys."""
+    from tests.bundles import Keys
+
+    run = ["camera", "--source", str(face_video.path), "--seconds", "1", "--http-port", "0"]
+    assert cli.main([*run, "--model", "blazeface"]) == 2
+    assert "blazeface: no such bundle file" in capsys.readouterr().err
+    monkeypatch.delenv("EDGEFLEET_AGENT_TRUSTED_KEYS", raising=False)
+    assert cli.main([*run, "--model", str(blazeface_bundle)]) == 2
+    assert "needs a trusted key" in capsys.readouterr().err
+    monkeypatch.setenv("EDGEFLEET_AGENT_TRUSTED_KEYS", str(Keys(tmp_path / "other").public_path))
+    assert cli.main([*run, "--model", str(blazeface_bundle)]) == 2  # signed, but not by a key this device trusts
+    assert "signature" in capsys.readouterr().err
+
+
+def test_edge_agent_never_imports_model_tools():
+    """A device installs edge_agent and fleet_protocol only: model_tools is for laptops and CI."""
+    import ast
+
+    import edge_agent
+
+    root = Path(edge_agent.__file__).parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(root)}:{node.lineno}" for n in names if n.split(".")[0] == "model_tools"]
+    assert offenders == []
 
 
 def loaded(bundle: Path, keys, root: Path):
