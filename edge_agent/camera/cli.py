@@ -7,7 +7,6 @@ import json
 import logging
 import sys
 import threading
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
