@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,16 +259,15 @@ def golden_check(model: LoadedModel) -> None:
 class _Waiter:
     """Blocks a synchronous caller until the batcher answered."""
 
-    __slots__ = ("event", "outputs", "error", "queued")
+    __slots__ = ("event", "outputs", "error")
 
     def __init__(self) -> None:
         self.event = threading.Event()
         self.outputs: dict[str, np.ndarray] | None = None
         self.error: BaseException | None = None
-        self.queued = 0.0
 
-    def done(self, outputs, error, queued: float) -> None:
-        self.outputs, self.error, self.queued = outputs, error, queued
+    def done(self, outputs, error) -> None:
+        self.outputs, self.error = outputs, error
         self.event.set()
 
 
@@ -306,22 +306,19 @@ class Engine:
 
     def run_on(self, model: LoadedModel, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Validate, run (batched when batching is on) and record; blocks the calling thread."""
+        batcher = self.batched(model)
+        if batcher is not None:
+            waiter = _Waiter()
+            self.submit_batched(model, batcher, inputs, waiter.done)
+            waiter.event.wait()
+            if waiter.error is not None:
+                raise waiter.error
+            return waiter.outputs  # type: ignore[return-value]
         started = time.perf_counter()
         metrics = model.metrics
         try:
             model.validate(inputs)
-            batcher = self._batcher
-            if batcher is not None and model.batchable:
-                waiter = _Waiter()
-                batcher.submit(model, inputs, waiter.done)
-                waiter.event.wait()
-                if waiter.error is not None:
-                    raise waiter.error
-                outputs = waiter.outputs
-                if metrics is not None:
-                    metrics.queue.observe(waiter.queued)
-            else:
-                outputs = model.run_checked(inputs)
+            outputs = model.run_checked(inputs)
         except InputError:
             self.stats.failed(metrics, bad_request=True)
             raise
@@ -330,12 +327,30 @@ class Engine:
             raise
         if metrics is not None:
             self.stats.observe(metrics, time.perf_counter() - started)
-        return outputs  # type: ignore[return-value]
+        return outputs
 
     def batched(self, model: LoadedModel) -> Batcher | None:
-        """The batcher this model's requests go through now, if any (async callers submit to it themselves)."""
+        """The batcher this model's requests go through now, if any (see `submit_batched`)."""
         batcher = self._batcher
         return batcher if batcher is not None and model.batchable else None
+
+    def submit_batched(self, model: LoadedModel, batcher: Batcher, inputs: dict[str, np.ndarray],
+                       done: Callable[[dict[str, np.ndarray] | None, BaseException | None], None]) -> None:
+        """The batched request path, for blocking and async callers alike: validate, queue on `batcher` (from
+        `batched`), and when the batch ran record the request, then call `done(outputs, error)` on the
+        batcher's thread. Inputs the model refuses are recorded and raise InputError here; `done` is not called."""
+        try:
+            model.validate(inputs)
+        except InputError as exc:
+            self.record(model, 0.0, 0.0, exc)
+            raise
+        started = time.perf_counter()
+
+        def finished(outputs, error, queued: float) -> None:
+            self.record(model, time.perf_counter() - started, queued, error)
+            done(outputs, error)
+
+        batcher.submit(model, inputs, finished)
 
     def record(self, model: LoadedModel | None, seconds: float, queued: float, error: BaseException | None) -> None:
         """Account for a request that a transport ran itself (e.g. through `batched`) or refused while parsing."""

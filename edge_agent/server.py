@@ -13,7 +13,6 @@ import ipaddress
 import json
 import logging
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
@@ -144,20 +143,9 @@ class InferEndpoint:
             if model.run_ms is None or model.run_ms < self.inline_below_ms:
                 return engine.run_on(model, inputs)
             return await asyncio.get_running_loop().run_in_executor(self.pool, engine.run_on, model, inputs)
-        try:
-            model.validate(inputs)
-        except InputError as exc:
-            engine.record(model, 0.0, 0.0, exc)
-            raise
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        started = time.perf_counter()
-
-        def done(outputs, err, queued: float) -> None:
-            engine.record(model, time.perf_counter() - started, queued, err)
-            loop.call_soon_threadsafe(_resolve, future, outputs, err)
-
-        batcher.submit(model, inputs, done)
+        engine.submit_batched(model, batcher, inputs, lambda outputs, err: loop.call_soon_threadsafe(_resolve, future, outputs, err))
         return await future
 
 

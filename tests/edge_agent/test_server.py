@@ -171,3 +171,39 @@ def test_swaps_over_http_with_batching_fail_no_request(digits, store, images):
     assert {r[2] for r in results} == {"1.0.0", "2.0.0"}
     for _, i, version, probs in results:
         np.testing.assert_allclose(probs, reference[version][i], rtol=1e-5, atol=1e-6)
+
+
+def test_one_batched_path_for_http_and_in_process_requests(digits, store, images):
+    """`Engine.submit_batched` validates, queues and records; HTTP and `Engine.run_on` both go through it."""
+    from prometheus_client import generate_latest
+
+    from edge_agent.engine import InputError
+
+    engine = Engine()
+    engine.configure_batching(Batching(enabled=True, max_batch_size=8, max_delay_ms=1.0))
+    model = load_checked(digits["2.0.0"], store.cache)
+    engine.swap(model)
+    try:
+        answered = threading.Event()
+        got = {}
+        engine.submit_batched(model, engine.batched(model), {"image": images[:2]},
+                              lambda outputs, err: (got.update(outputs=outputs, err=err), answered.set()))
+        assert answered.wait(10) and got["err"] is None
+        np.testing.assert_array_equal(got["outputs"]["probabilities"], model.run({"image": images[:2]})["probabilities"])
+        with pytest.raises(InputError, match="'image'"):
+            engine.submit_batched(model, engine.batched(model), {"image": images[:1, :, :, :4]}, lambda *a: pytest.fail("called"))
+
+        _, out = engine.predict({"image": images[:1]})  # in process, blocking
+        with pytest.raises(InputError):
+            engine.predict({"pixels": images[:1]})
+        with LocalServer(create_app(engine)) as server:
+            assert httpx.post(f"{server.url}/v2/models/digits/infer", json=json_body(images[:1])).status_code == 200
+            assert httpx.post(f"{server.url}/v2/models/digits/infer", json=json_body(images[:1], name="pixels")).status_code == 400
+        text = generate_latest(engine.stats.registry).decode()
+        labels = 'model="digits",outcome="{}",provider="CPUExecutionProvider",version="2.0.0"'
+        assert f"edgefleet_agent_requests_total{{{labels.format('ok')}}} 3.0" in text
+        assert f"edgefleet_agent_requests_total{{{labels.format('bad_request')}}} 3.0" in text
+        assert 'edgefleet_agent_queue_seconds_count{model="digits",provider="CPUExecutionProvider",version="2.0.0"} 3.0' in text
+        assert 'edgefleet_agent_inference_seconds_count{model="digits",provider="CPUExecutionProvider",version="2.0.0"} 3.0' in text
+    finally:
+        engine.close()
