@@ -51,6 +51,8 @@ class FleetService:
                  broker_admin: BrokerAdmin | None = None) -> None:
         self.settings = settings
         self.sessions = sessions
+        # PostgreSQL locks rows; SQLite locks the whole file for a writer (see flush_outbox)
+        self._row_locks = sessions.kw["bind"].dialect.name == "postgresql"
         self.publisher = publisher
         self.broker_admin = broker_admin
         self.topics = Topics(settings.topic_prefix)
@@ -268,22 +270,39 @@ class FleetService:
             log.exception("telemetry flush failed; kept for the next tick")
         self.tick_rollouts()
 
+    def _publish_desired(self, pending: list[tuple[str, int, bytes]]) -> list[bool]:
+        if not pending:
+            return []
+        return self.publisher.publish_batch([(self.topics.desired(dev), payload, 1, True) for dev, _, payload in pending])
+
     def flush_outbox(self) -> int:
-        """Publish every desired revision not yet acknowledged by the broker, once, in revision order."""
+        """Publish every desired revision not yet acknowledged by the broker, once, in revision order.
+
+        PostgreSQL: the claimed rows stay locked while we publish and mark them, so another API process skips them.
+        SQLite locks the whole file for a writer, and waiting for the broker's acknowledgements (seconds, if the
+        link drops) would stall every request: there the claim, the publish and the marking are three steps.
+        """
         sent = 0
         with self._outbox_lock:
             while True:
-                with self.transaction() as db:
-                    pending = desired_state.claim_unpublished(db, self.settings.outbox_batch)
-                    if not pending:
-                        break
-                    acks = self.publisher.publish_batch(
-                        [(self.topics.desired(dev), payload, 1, True) for dev, _, payload in pending]
-                    )
-                    for (device_id, revision, _), ok in zip(pending, acks):
-                        if ok:
-                            desired_state.mark_published(db, device_id, revision)
-                    done = sum(acks)
+                if self._row_locks:
+                    with self.transaction() as db:
+                        pending = desired_state.claim_unpublished(db, self.settings.outbox_batch)
+                        acks = self._publish_desired(pending)
+                        for (device_id, revision, _), ok in zip(pending, acks):
+                            if ok:
+                                desired_state.mark_published(db, device_id, revision)
+                else:
+                    with self.transaction() as db:
+                        pending = desired_state.claim_unpublished(db, self.settings.outbox_batch)
+                    acks = self._publish_desired(pending)
+                    with self.transaction() as db:
+                        for (device_id, revision, _), ok in zip(pending, acks):
+                            if ok:
+                                desired_state.mark_published(db, device_id, revision)
+                if not pending:
+                    break
+                done = sum(acks)
                 sent += done
                 DESIRED_SENT.inc(done)
                 if done < len(pending):

@@ -337,3 +337,34 @@ def test_a_device_may_fetch_only_its_desired_artifact_in_its_chunk_size(fleet):
         service.on_fetch(d0, Fetch(sha256=v1["sha256"], chunk_size=chunk, missing=[0]))  # another bundle
     with pytest.raises(Invalid, match="not in this device's desired state"):
         service.on_fetch(d0, Fetch(sha256=v2["sha256"], chunk_size=1024, missing=[0]))  # another cut
+
+
+def test_the_api_keeps_answering_while_the_outbox_waits_for_the_broker(fleet):
+    """Waiting for acknowledgements (seconds when the broker link drops) must not hold the database."""
+    service, _, _ = fleet
+    release, waiting = threading.Event(), threading.Event()
+    publish_batch = service.publisher.publish_batch
+
+    def slow_batch(messages, timeout=30.0):
+        waiting.set()
+        release.wait(10)
+        return publish_batch(messages, timeout)
+
+    service.publisher.publish_batch = slow_batch
+    from fleet_api.db.tables import Device
+    from fleet_api.rollouts.desired import set_desired
+
+    model = desired_of(service, "d0")["model"]
+    with service.transaction() as db:  # a desired change waiting in the outbox
+        set_desired(db, db.get(Device, "d0"), model, None)
+    flusher = threading.Thread(target=service.flush_outbox)
+    flusher.start()
+    try:
+        assert waiting.wait(10)
+        started = time.monotonic()
+        service.register_device("cam-new", {"site": "elsewhere"}, Principal(2, "root", "admin"))
+        assert time.monotonic() - started < 2  # not stuck behind the publish
+    finally:
+        release.set()
+        flusher.join(10)
+    assert service.get_device("d0")["published_revision"] == service.get_device("d0")["desired_revision"]
