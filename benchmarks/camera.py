@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime as ort
 
-    from demo.camera import make_video
+    from demo.camera import demo_bundle, make_video
+    from fleet_protocol.signing import load_public_key
     from edge_agent.camera.config import CameraConfig
     from edge_agent.camera.detector import Detector
     from edge_agent.camera.model import load
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="camera-bench-"))
     video = make_video(tmp / "faces.avi", fps=30.0, seconds=4.0)
-    spec, session = load(args.model, [], threads=1)
+    bundle, public = demo_bundle(tmp / "bundle", args.model)  # the camera takes signed bundles only
+    spec, session = load(str(bundle), [load_public_key(public.read_bytes())], threads=1)
     detector = Detector(spec, session)
 
     # --- each stage alone ------------------------------------------------------------------------------

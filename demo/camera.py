@@ -115,8 +115,8 @@ def webcam_works(index: int = 0) -> bool:
         cap.release()
 
 
-def demo_bundle(folder: Path) -> tuple[Path, Path]:
-    """BlazeFace from the zoo, packed and signed with a key made for the demo: (bundle, public key)."""
+def demo_bundle(folder: Path, name: str = "blazeface") -> tuple[Path, Path]:
+    """A zoo model (BlazeFace by default), packed and signed with a key made for the demo: (bundle, public key)."""
     from fleet_protocol.signing import generate_keypair
     from model_tools.pack import pack_bundle
     from model_tools.zoo import prepare
@@ -127,8 +127,8 @@ def demo_bundle(folder: Path) -> tuple[Path, Path]:
         priv, pub = generate_keypair()
         public.write_bytes(pub)
         private.write_bytes(priv)
-    zoo = prepare("blazeface")
-    bundle, _ = pack_bundle(zoo.onnx, name="blazeface", version="1.0.0", golden_inputs=zoo.golden_inputs,
+    zoo = prepare(name)
+    bundle, _ = pack_bundle(zoo.onnx, name=name, version="1.0.0", golden_inputs=zoo.golden_inputs,
                             private_key_pem=private.read_bytes(), out_dir=folder, task=zoo.task, labels=zoo.labels,
                             preprocessing=zoo.preprocessing, extra=zoo.extra, force=True)
     return bundle, public
