@@ -168,7 +168,37 @@ class Broker:
         self.process.stop()
 
 
-class FleetApi:
+class HttpService:
+    """A child process that counts as up once an HTTP endpoint of its answers 200; restartable."""
+
+    health_path: str
+    url: str
+    process: Process
+
+    def _process(self) -> Process:
+        raise NotImplementedError
+
+    def start(self):
+        if self.process.proc is not None:
+            self.process = self._process()
+        self.process.start()
+
+        def up() -> bool:
+            if not self.process.alive:
+                raise RuntimeError(f"{self.process.name} exited:\n{self.process.tail()}")
+            return httpx.get(f"{self.url}{self.health_path}", timeout=1).status_code == 200
+
+        wait_for(up, 30, f"{self.process.name} to answer on {self.health_path}")
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
+class FleetApi(HttpService):
     """The fleet API as a process. It is started with an admin token of its own (EDGEFLEET_API_ADMIN_TOKEN),
     which `client()` sends, so demo and tests call the authenticated API without a set-up step."""
 
@@ -200,24 +230,10 @@ class FleetApi:
     def client(self, token: str | None = None) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {token or self.admin_token}"})
 
-    def start(self) -> "FleetApi":
-        if self.process.proc is not None:
-            self.process = self._process()
-        self.process.start()
-
-        def ready() -> bool:
-            if not self.process.alive:
-                raise RuntimeError(f"fleet API exited:\n{self.process.tail()}")
-            return httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
-
-        wait_for(ready, 30, "the fleet API to be ready")
-        return self
-
-    def stop(self) -> None:
-        self.process.stop()
+    health_path = "/readyz"  # database and broker reachable
 
 
-class EdgeAgent:
+class EdgeAgent(HttpService):
     def __init__(self, root: Path, device_id: str, broker_url: str, trusted_key: Path, http_port: int | None = None,
                  env: dict[str, str] | None = None) -> None:
         self.device_id = device_id
@@ -241,24 +257,7 @@ class EdgeAgent:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self) -> "EdgeAgent":
-        if self.process.proc is not None:
-            self.process = self._process()
-        self.process.start()
-
-        def live() -> bool:
-            if not self.process.alive:
-                raise RuntimeError(f"agent {self.device_id} exited:\n{self.process.tail()}")
-            return httpx.get(f"{self.url}/v2/health/live", timeout=1).status_code == 200
-
-        wait_for(live, 30, f"agent {self.device_id} to listen")
-        return self
-
-    def stop(self) -> None:
-        self.process.stop()
-
-    def kill(self) -> None:
-        self.process.kill()
+    health_path = "/v2/health/live"  # listening; ready only once it serves a model
 
 
 def find_postgres_bin() -> Path:
