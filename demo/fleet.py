@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -141,4 +140,3 @@ def device_table(api: httpx.Client) -> list[dict]:
 def wait_serving(api: httpx.Client, version: str, timeout: float = 60) -> None:
     wait_for(lambda: all(r["state"] == "serving" and r["version"] == version for r in device_table(api)), timeout,
              f"every device serving {version}")
-    time.sleep(0)

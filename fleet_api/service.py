@@ -285,21 +285,15 @@ class FleetService:
         sent = 0
         with self._outbox_lock:
             while True:
-                if self._row_locks:
-                    with self.transaction() as db:
-                        pending = desired_state.claim_unpublished(db, self.settings.outbox_batch)
+                with self.transaction() as db:
+                    pending = desired_state.claim_unpublished(db, self.settings.outbox_batch)
+                    if self._row_locks:
                         acks = self._publish_desired(pending)
-                        for (device_id, revision, _), ok in zip(pending, acks):
-                            if ok:
-                                desired_state.mark_published(db, device_id, revision)
-                else:
-                    with self.transaction() as db:
-                        pending = desired_state.claim_unpublished(db, self.settings.outbox_batch)
+                        _mark_published(db, pending, acks)
+                if not self._row_locks:
                     acks = self._publish_desired(pending)
                     with self.transaction() as db:
-                        for (device_id, revision, _), ok in zip(pending, acks):
-                            if ok:
-                                desired_state.mark_published(db, device_id, revision)
+                        _mark_published(db, pending, acks)
                 if not pending:
                     break
                 done = sum(acks)
@@ -381,6 +375,12 @@ class FleetService:
                 rollouts.append({"id": r.id, "model": r.model, "version": r.version, "state": r.state,
                                  "wave": r.current_wave + 1, "waves": len(r.waves), "devices": states})
             return {"devices": by_state, "online": online, "total": sum(by_state.values()), "active_rollouts": rollouts}
+
+
+def _mark_published(db: Session, pending: list[tuple[str, int, bytes]], acks: list[bool]) -> None:
+    for (device_id, revision, _), ok in zip(pending, acks):
+        if ok:
+            desired_state.mark_published(db, device_id, revision)
 
 
 def bundle_view(b: Bundle) -> dict[str, Any]:
