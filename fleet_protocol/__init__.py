@@ -3,4 +3,4 @@
 Every deployable imports this package and nothing else of ours; it imports nothing of ours.
 """
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # = messages.SCHEMA

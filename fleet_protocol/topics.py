@@ -7,7 +7,8 @@ from dataclasses import dataclass
 DEFAULT_PREFIX = "edgefleet/v1"
 
 # Per-device channels, in the order of the protocol table (DESIGN.md).
-DEVICE_CHANNELS = ("desired", "reported", "fetch", "telemetry", "events", "status")
+# `hello`: a device asks for its desired state on every connect; the API answers from its database.
+DEVICE_CHANNELS = ("desired", "reported", "hello", "fetch", "telemetry", "events", "status")
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class Topics:
 
     def reported(self, device_id: str) -> str:
         return self.device(device_id, "reported")
+
+    def hello(self, device_id: str) -> str:
+        return self.device(device_id, "hello")
 
     def fetch(self, device_id: str) -> str:
         return self.device(device_id, "fetch")
