@@ -29,10 +29,11 @@ def digits(epochs: int):
     return prepare("digits", variant=f"e{epochs}", epochs=epochs)
 
 
-def digits_bundle(keys: Keys, out: Path, version: str, epochs: int = 20, **kwargs) -> Path:
+def digits_bundle(keys: Keys, out: Path, version: str, epochs: int = 20, name: str = "digits", **kwargs) -> Path:
+    """`name` other than digits: the same network under another model name (a second model on one device)."""
     zoo = digits(epochs)
     path, _ = pack_bundle(
-        zoo.onnx, name="digits", version=version, golden_inputs=zoo.golden_inputs, private_key_pem=keys.private_path.read_bytes(),
+        zoo.onnx, name=name, version=version, golden_inputs=zoo.golden_inputs, private_key_pem=keys.private_path.read_bytes(),
         out_dir=out, task="classification", labels=zoo.labels, preprocessing=zoo.preprocessing, **kwargs,
     )
     return path

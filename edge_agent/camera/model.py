@@ -13,7 +13,7 @@ import onnxruntime as ort
 from fleet_protocol.bundle import BundleError, read_bundle
 from fleet_protocol.signing import sha256_file
 
-from ..providers import resolve
+from ..runtime.providers import resolve
 from .detector import ModelSpec
 
 log = logging.getLogger(__name__)
