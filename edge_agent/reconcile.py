@@ -154,6 +154,12 @@ class Reconciler:
         for worker in workers:
             worker.stop()
 
+    def settle(self) -> None:
+        """Run every worker's pending work on the calling thread (workers not started: tests, tools)."""
+        assert not self._started, "settle() is for a reconciler whose workers do not run"
+        for worker in list(self.workers.values()):
+            worker.step()
+
     def _worker(self, name: str) -> ModelWorker:
         with self._lock:
             worker = self.workers.get(name)
@@ -321,12 +327,12 @@ class ModelWorker:
     def submit(self, target: Any) -> None:
         current = self._target
         if isinstance(target, Target) and target.same_work(current if isinstance(current, Target) else None):
-            # Same bundle, same runtime: keep going (a download in progress is not restarted). A transient
-            # failure (a timed-out download) is resumed, though.
+            # Same bundle, same runtime in a newer revision: keep going (a download in progress is not
+            # restarted; chunks on disk stay). Only a failed attempt is tried again: the fleet asked anew, and
+            # what refused it may have changed (memory budget, a timed-out download resumes).
+            failed = self._report.state == ModelState.failed
             self._target = target
-            if self._applied is current and self._report.state == ModelState.failed and "TimeoutError" in (self._report.error or ""):
-                self._applied = None
-            if self._applied is current:
+            if self._applied is current and not failed:
                 self._applied = target
             self._wake.set()
             return
@@ -396,25 +402,29 @@ class ModelWorker:
         while not self._stop.is_set():
             self._wake.wait(timeout=1.0)
             self._wake.clear()
-            if self._rollback is not None:
-                self._do_rollback()
-            target = self._target
-            if target is None or target is self._applied:
-                continue
-            try:
-                if target is REMOVE:
-                    self._remove()
-                else:
-                    self._apply(target)
-                self._applied = target
-            except Superseded:
-                continue
-            except Exception as exc:  # a failed apply must leave the agent serving and reporting
-                log.exception("applying %s failed", self.name)
-                self.say(ModelState.failed, error=f"internal error: {_short(exc)}")
-                self._applied = target
-            finally:
-                self.busy_with = None
+            self.step()
+
+    def step(self) -> None:
+        """One round: a pending rollback, then the target if it changed."""
+        if self._rollback is not None:
+            self._do_rollback()
+        target = self._target
+        if target is None or target is self._applied:
+            return
+        try:
+            if target is REMOVE:
+                self._remove()
+            else:
+                self._apply(target)
+            self._applied = target
+        except Superseded:
+            return
+        except Exception as exc:  # a failed apply must leave the agent serving and reporting
+            log.exception("applying %s failed", self.name)
+            self.say(ModelState.failed, error=f"internal error: {_short(exc)}")
+            self._applied = target
+        finally:
+            self.busy_with = None
 
     def _remove(self) -> None:
         if self.host.get(self.name) is not None:
