@@ -64,8 +64,11 @@ def upload(api: httpx.Client, bundle: Path) -> dict:
 
 
 def roll_out(api: httpx.Client, model: str, version: str, selector: str = "", waves: str = "100%",
-             gates: dict | None = None, timeout: float = 120) -> dict:
-    r = api.post("/v1/rollouts", json={"model": model, "version": version, "selector": selector, "waves": waves, "gates": gates or {}})
+             gates: dict | None = None, timeout: float = 120, runtime: dict | None = None) -> dict:
+    body = {"model": model, "version": version, "selector": selector, "waves": waves, "gates": gates or {}}
+    if runtime is not None:
+        body["runtime"] = runtime
+    r = api.post("/v1/rollouts", json=body)
     r.raise_for_status()
     rollout_id = r.json()["id"]
     return wait_for(lambda: _finished(api, rollout_id), timeout, f"rollout {rollout_id} of {model} {version}", interval=0.2)
