@@ -19,7 +19,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import Counter
 
 from fleet_protocol.broker import parse_broker_url
-from fleet_protocol.messages import Desired, Event, Fetch, Hello, ProtocolError, Reported, Status, Telemetry, UnknownSchema
+from fleet_protocol.messages import (
+    Desired,
+    Event,
+    Fetch,
+    Hello,
+    ProtocolError,
+    Reported,
+    Status,
+    Telemetry,
+    UnknownSchema,
+)
 from fleet_protocol.topics import Topics
 
 from .. import __version__
@@ -153,7 +163,7 @@ class AgentLink:
             if not msg.payload:
                 return  # retained desired cleared: nothing asked of us
             try:
-                desired = Desired.parse(msg.payload)
+                desired = Desired.parse(bytes(msg.payload))
             except UnknownSchema as exc:
                 REJECTED.labels("unknown_schema").inc()
                 log.error("refusing desired state%s: %s", f" revision {exc.revision}" if exc.revision is not None else "", exc)
@@ -172,4 +182,4 @@ class AgentLink:
             REJECTED.labels("unexpected_topic").inc()
             log.warning("ignoring message on unexpected topic %r", topic)
             return
-        self.reconciler.on_chunk(sha, index, msg.payload)
+        self.reconciler.on_chunk(sha, index, bytes(msg.payload))

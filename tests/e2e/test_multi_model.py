@@ -91,7 +91,7 @@ class Load:
                 else:
                     self.ok[model, r.json()["model_version"]] += 1
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self.threads:
             t.start()
         return self

@@ -39,7 +39,7 @@ class Load:
                 self.sent += 1
                 self.stop.wait(0.002)
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self.threads:
             t.start()
         return self
