@@ -51,7 +51,7 @@ class Agent:
         self.reconciler.cameras = self.cameras
         self.probe = ProcessProbe()
         self.telemetry = TelemetryLoop(self.host, self.link.send_telemetry, settings.telemetry_interval_s,
-                                       cameras=self.cameras, health=self.health)
+                                       cameras=self.cameras, health=self.health, on_tick=self.reconciler.refresh)
         self.app = create_app(self.host, int(settings.max_request_mb * 1024 * 1024), control=self.reconciler,
                               inline_below_ms=settings.inline_below_ms, workers=settings.infer_workers or None)
 

@@ -253,6 +253,21 @@ class Reconciler:
                 self._reports[name] = report
             self.publish()
 
+    def refresh(self) -> None:
+        """Publish again if what the cameras report changed since the last publication (their states change on
+        their own: a source that drops, a pipeline that recovers)."""
+        if self.cameras is None:
+            return
+        with self._lock:
+            last = self._last
+            try:
+                now = self.cameras.report()
+            except Exception as exc:
+                log.error("camera report failed: %s", exc)
+                return
+            if last is None or now != last.cameras:
+                self.publish()
+
     @property
     def last_reported(self) -> Reported | None:
         return self._last

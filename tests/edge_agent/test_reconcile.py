@@ -309,3 +309,49 @@ def test_rollback_command_over_the_local_api_and_refused_from_the_network(agent,
         r = httpx.post(f"{server.url}/admin/models/digits/rollback", timeout=30)  # from the device itself
         assert r.status_code == 200 and r.json() == {"result": "serving digits 1.0.0"}
         assert httpx.get(f"{server.url}/v2/health/ready").json()["models"]["digits"]["version"] == "1.0.0"
+
+
+class StubCameras:
+    """The camera manager's interface as the reconciler uses it (edge_agent/camera/manager.py), recorded."""
+
+    def __init__(self) -> None:
+        self.applied: list[list] = []
+        self.refuse: dict[str, str] = {}
+        self.state = "running"
+
+    def apply(self, cameras: list) -> None:
+        self.applied.append(cameras)
+
+    def report(self) -> dict:
+        from fleet_protocol.messages import CameraReport, CameraState
+
+        return {c.name: CameraReport(state=CameraState(self.state), models=c.models()) for c in (self.applied[-1] if self.applied else [])}
+
+    def check(self, models: dict) -> dict[str, str]:
+        return dict(self.refuse)
+
+
+def test_cameras_follow_the_desired_state_and_refuse_a_model_they_cannot_use(agent, bundles, other):
+    from fleet_protocol.cameras import Camera
+
+    reconciler, host, reports = agent
+    cameras = reconciler.cameras = StubCameras()
+    door = Camera(name="door", source={"type": "file", "path": "door.mp4"}, detector="digits")
+    apply(reconciler, Desired(revision=1, cameras=[door],
+                              models={"digits": spec(bundles["1.0.0"], "1.0.0"), "digits-b": spec(other, "1.0.0")}))
+    assert cameras.applied == [[door]]
+    assert reports.last.cameras["door"].state.value == "running" and reports.last.cameras["door"].models == ["digits"]
+
+    cameras.refuse = {"door": "no post-processing plug-in for task 'classification'"}
+    apply(reconciler, Desired(revision=2, cameras=[door],
+                              models={"digits": spec(bundles["2.0.0"], "2.0.0"), "digits-b": spec(other, "1.0.0")}))
+    report = reports.model()
+    assert report.state == ModelState.failed and "camera 'door': no post-processing plug-in" in report.error
+    assert host.get("digits").version == "1.0.0"  # the camera's model keeps serving
+
+    published = len(reports.reports)
+    reconciler.refresh()
+    assert len(reports.reports) == published  # nothing changed: nothing published
+    cameras.state = "reconnecting"
+    reconciler.refresh()
+    assert reports.last.cameras["door"].state.value == "reconnecting"
