@@ -147,7 +147,7 @@ class Reconciler:
     # --- lifecycle ----------------------------------------------------------------------------------------
     def boot(self) -> list[LoadedModel]:
         """Serve every model the store holds, as it last applied, before any network is tried."""
-        self.store.collect_garbage()  # whatever a kill -9 left half-done
+        self.store.collect_garbage(boot=True)  # whatever a kill -9 left half-done
         served = []
         for name in self.store.names():
             model = self._worker(name).boot()
@@ -241,9 +241,6 @@ class Reconciler:
         if desired is not None and desired.memory_budget_mb is not None:
             return float(desired.memory_budget_mb)
         return float(self.settings.memory_budget_mb) or None
-
-    def active_downloads(self) -> set[str]:
-        return {sha for w in list(self.workers.values()) if (sha := w.busy_with) is not None}
 
     def update(self, name: str, report: ModelReport | None) -> None:
         with self._lock:
@@ -452,6 +449,8 @@ class ModelWorker:
             self.say(ModelState.failed, error=f"internal error: {_short(exc)}")
             self._applied = target
         finally:
+            if self.busy_with is not None:
+                self.store.release(self.busy_with)
             self.busy_with = None
 
     def _remove(self) -> None:
@@ -477,7 +476,7 @@ class ModelWorker:
             future.set_exception(exc)
             return
         self.host.swap(model)
-        self.store.promote(self.name, model.sha256, runtime, self.r.active_downloads())
+        self.store.promote(self.name, model.sha256, runtime)
         log.info("rolled back to %s %s", model.name, model.version)
         self.say(ModelState.serving, error="rolled back on command")
         future.set_result(f"serving {model.name} {model.version}")
@@ -493,9 +492,10 @@ class ModelWorker:
             if current is not None and current.sha256 == ref.sha256 and same_session(current.runtime, runtime):
                 if current.runtime != runtime:  # only batching changed: the same session, a new batcher
                     self.host.swap(current.with_runtime(runtime))
-                self.store.promote(self.name, ref.sha256, runtime if target.explicit else None, self.r.active_downloads())
+                self.store.promote(self.name, ref.sha256, runtime if target.explicit else None)
                 self.say(ModelState.serving)
                 return
+            self.store.claim(ref.sha256)  # kept by the store's garbage collection until this apply ends
             self.busy_with = ref.sha256
             stored = self.store.get(ref.sha256)
             if stored is None:
@@ -511,7 +511,7 @@ class ModelWorker:
             self.say(ModelState.failed, error=_short(exc))
             return
         self.host.swap(model)
-        self.store.promote(self.name, model.sha256, runtime if target.explicit else None, self.r.active_downloads())
+        self.store.promote(self.name, model.sha256, runtime if target.explicit else None)
         log.info("now serving %s %s on %s (%s)", model.name, model.version, model.provider, model.precision.value)
         self.say(ModelState.serving)
 
