@@ -23,7 +23,7 @@ import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import onnxruntime as ort
 
@@ -301,7 +301,7 @@ class _Building:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"building-{worker.name}", daemon=True)
 
-    def __enter__(self) -> _Building:
+    def __enter__(self) -> Self:
         self.worker.say(ModelState.building, progress=0.0)
         self._thread.start()
         return self

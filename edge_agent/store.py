@@ -19,9 +19,9 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Set as AbstractSet
 from typing import Any
 
 from fleet_protocol.bundle import BundleError, VerifiedBundle, read_bundle

@@ -158,7 +158,7 @@ def test_boot_serves_previous_when_current_is_broken(store, keys, digits):
     store.promote("digits", digits["1.0.0"].sha256, None)
     store.promote("digits", digits["2.0.0"].sha256, None)
     digits["2.0.0"].model_path.write_bytes(b"not a model")  # bit rot in the current model
-    reconciler, host, reports = make(store, keys)
+    reconciler, _, reports = make(store, keys)
     [model] = reconciler.boot()
     assert model.version == "1.0.0"
     assert store.current("digits").sha256 == digits["1.0.0"].sha256 and store.previous("digits") is None
@@ -211,7 +211,7 @@ def test_a_desired_state_without_runtime_keeps_the_devices_own_settings(store, k
 def test_a_provider_that_builds_an_engine_reports_building(agent, bundles, monkeypatch):
     from edge_agent.runtime.providers import CPU
 
-    reconciler, host, reports = agent
+    reconciler, _, reports = agent
     monkeypatch.setattr(CPU, "builds_engine", True)  # as TensorRT does: the session creation compiles
     apply(reconciler, Desired(revision=1, models={"digits": spec(bundles["1.0.0"], "1.0.0")}))
     states = [r.models["digits"].state for r in reports.reports if "digits" in r.models]
@@ -294,7 +294,7 @@ def test_rollback_command_over_the_local_api_and_refused_from_the_network(agent,
     from edge_agent.http.server import create_app
     from tests.edge_agent.conftest import LocalServer, lan_address
 
-    reconciler, host, reports = agent
+    reconciler, host, _ = agent
     apply(reconciler, Desired(revision=1, models={"digits": spec(bundles["1.0.0"], "1.0.0")}))
     with LocalServer(create_app(host, control=reconciler), host="0.0.0.0") as server:
         assert httpx.post(f"{server.url}/admin/models/digits/rollback").status_code == 409  # nothing to roll back to
