@@ -37,6 +37,7 @@ from fleet_protocol.messages import (
     Reported,
     Runtime,
     ServingModel,
+    ShadowReport,
 )
 
 from . import __version__, hardware
@@ -98,15 +99,19 @@ class Target:
     runtime: Runtime
     explicit: bool
     rollout_id: int | None = None
+    encrypted: bool = False  # the spec carries a wrapped key: the model file is encrypted
+    shadow: BundleRef | None = None
 
     @classmethod
     def of(cls, spec: ModelSpec, default: Runtime) -> Target:
         explicit = "runtime" in spec.model_fields_set
-        return cls(spec.bundle, spec.runtime if explicit else default, explicit, spec.rollout_id)
+        return cls(spec.bundle, spec.runtime if explicit else default, explicit, spec.rollout_id,
+                   spec.key is not None, spec.shadow.bundle if spec.shadow is not None else None)
 
     def same_work(self, other: Target | None) -> bool:
         """Whether `other` asks for exactly this work (the rollout that asks does not matter)."""
-        return other is not None and (self.bundle, self.runtime, self.explicit) == (other.bundle, other.runtime, other.explicit)
+        return other is not None and (self.bundle, self.runtime, self.explicit, self.encrypted) == \
+            (other.bundle, other.runtime, other.explicit, other.encrypted)
 
 
 REMOVE = object()  # a worker's target when its model left the desired state
@@ -398,6 +403,11 @@ class ModelWorker:
             precision=serving.precision if serving is not None else None,
             golden_passed=serving.golden_passed if serving is not None else None,
             rollout_id=target.rollout_id if target else None,
+            # Said, not silently ignored: this agent runs no shadow candidates yet.
+            shadow=ShadowReport(bundle=ServingModel(name=target.shadow.name, version=target.shadow.version,
+                                                    sha256=target.shadow.sha256), state=ModelState.failed,
+                                error="shadow evaluation is not supported by this agent version")
+            if target is not None and target.shadow is not None else None,
         )
         self._report = report
         self.r.update(self.name, report)
@@ -489,6 +499,9 @@ class ModelWorker:
         ref, runtime = target.bundle, target.runtime
         current = self.host.get(self.name)
         try:
+            if target.encrypted:
+                raise BundleError("the bundle's model file is encrypted (a wrapped key is set), which this agent "
+                                  "version cannot decrypt; the previous version keeps serving")
             if current is not None and current.sha256 == ref.sha256 and same_session(current.runtime, runtime):
                 if current.runtime != runtime:  # only batching changed: the same session, a new batcher
                     self.host.swap(current.with_runtime(runtime))
