@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--http-port", type=int, help="local API port (default 8080)")
     run.add_argument("--username", dest="mqtt_username", help="broker user name (EDGEFLEET_AGENT_MQTT_USERNAME)")
     run.add_argument("--password", dest="mqtt_password", help="broker password (EDGEFLEET_AGENT_MQTT_PASSWORD)")
+    run.add_argument("--memory-budget-mb", type=int,
+                     help="MiB the models may take; a model that would not fit is refused with a reason (0: no check)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     from .camera import cli as camera_cli
 
