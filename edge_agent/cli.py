@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "camera":
         return camera_cli.run(args)
 
+    from pydantic import ValidationError
+
     from .agent import Agent
     from .settings import AgentSettings
 
@@ -40,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         if not settings.public_keys():
             raise ValueError("no trusted key: pass --trusted-key or set EDGEFLEET_AGENT_TRUSTED_KEYS")
         agent = Agent(settings)
+    except ValidationError as exc:  # one line per bad setting, no pydantic boilerplate
+        for err in exc.errors():
+            print(f"error: {'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
