@@ -226,3 +226,15 @@ def test_revocation_clears_the_retained_status_and_reported_on_the_broker(api, b
         assert [(t, p) for t, p, retained in after.messages if retained] == []
     finally:
         after.close()
+
+
+def test_routes_take_the_service_through_the_typed_dependency():
+    """Issue 11: one `ServiceDep` instead of `request.app.state.service` look-ups in every route."""
+    from pathlib import Path
+
+    import fleet_api.routes as routes
+
+    folder = Path(routes.__file__).parent
+    lookups = {p.name for p in folder.glob("*.py") if "app.state.service" in p.read_text() and p.name != "deps.py"}
+    assert lookups == set()
+    assert sum("ServiceDep" in p.read_text() for p in folder.glob("*.py")) >= 6
