@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from fleet_protocol.messages import ModelState, Reported, Runtime
 
 from .. import telemetry
-from ..db.tables import Bundle, Device, Rollout, RolloutDevice, TelemetryMinute, utcnow
+from ..db.tables import Bundle, Device, Rollout, RolloutDevice, TelemetryMinute, aware, utcnow
 from ..desired import state as desired_state
 from ..errors import Conflict, Invalid, NotFound
 from ..registry.bundles import pick_variant, variants
@@ -35,10 +35,6 @@ from .gates import Gates
 from .states import ACTIVE, MOVED, MemberState, RolloutState, check_member, check_rollout, values
 
 log = logging.getLogger(__name__)
-
-
-def aware(t: dt.datetime | None) -> dt.datetime | None:
-    return t.replace(tzinfo=dt.timezone.utc) if t is not None and t.tzinfo is None else t  # SQLite gives naive ones
 
 
 def _set(rollout: Rollout, target: RolloutState) -> None:

@@ -250,3 +250,35 @@ def test_labels_and_config_of_unknown_or_revoked_devices(fleet):
     service.revoke_device("d2", ROOT)
     with pytest.raises(NotFound, match="revoked"):
         service.set_config("d2", DeviceConfig(), OPS)
+
+
+def test_the_migration_turns_a_schema_1_desired_model_into_an_assignment(db_url):
+    """A database of the v1 API: its devices' one desired model each becomes their assignment, under the same revision."""
+    import json as _json
+
+    from sqlalchemy import text
+
+    from fleet_api.db.session import make_engine, make_sessions, migrate
+    from fleet_api.db.tables import Device, DeviceModel
+    from fleet_api.desired import outbox
+
+    engine = make_engine(db_url)
+    try:
+        migrate(engine, "0001")
+        v1 = {"revision": 3, "model": {"name": "digits", "version": "1.0.0", "sha256": "b" * 64, "size": 1000,
+                                       "chunk_size": 131072}, "runtime": {"intra_op_threads": 2, "sources": []}, "rollout_id": 4}
+        with engine.begin() as conn:
+            for dev, desired in (("old", v1), ("empty", None)):
+                conn.execute(text(
+                    "INSERT INTO devices (id, labels, created_at, desired_revision, desired, published_revision, online, revoked) "
+                    "VALUES (:id, '{}', CURRENT_TIMESTAMP, 3, :d, 3, false, false)"), {"id": dev, "d": _json.dumps(desired) if desired else None})
+        sessions = make_sessions(engine)  # upgrades to head
+        with sessions() as db:
+            row = db.get(DeviceModel, ("old", "digits"))
+            assert (row.bundle_sha256, row.rollout_id, row.runtime) == ("b" * 64, 4, None)
+            device = db.get(Device, "old")
+            desired = Desired.parse(outbox.payload(device))
+            assert desired.revision == 3 and desired.models["digits"].bundle.version == "1.0.0"
+            assert db.get(Device, "empty").desired is None
+    finally:
+        engine.dispose()
