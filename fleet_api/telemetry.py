@@ -12,8 +12,9 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from prometheus_client import Counter
 from sqlalchemy import select, update
@@ -34,7 +35,7 @@ DEVICE = ""
 
 
 def minute_of(ts: float) -> dt.datetime:
-    t = dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+    t = dt.datetime.fromtimestamp(ts, dt.UTC)
     return t.replace(second=0, microsecond=0)
 
 
@@ -149,11 +150,11 @@ def write(db: Session, rollups: dict[Key, Rollup]) -> None:
         for row in rows:
             existing[(row.device_id, aware(row.minute), row.model, row.model_version)] = row
     for key, rollup in rollups.items():
-        row = existing.get(key)
-        if row is None:
-            row = TelemetryMinute(device_id=key[0], minute=key[1], model=key[2], model_version=key[3])
-            db.add(row)
-        rollup.merge_into(row)
+        found = existing.get(key)
+        if found is None:
+            found = TelemetryMinute(device_id=key[0], minute=key[1], model=key[2], model_version=key[3])
+            db.add(found)
+        rollup.merge_into(found)
     db.flush()
     # telemetry is the liveness signal of devices that say nothing else
     db.execute(update(Device).where(Device.id.in_(devices)).values(last_seen=utcnow()))

@@ -12,8 +12,9 @@ Precedence, field by field (the first source that sets a field decides it, whole
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from fleet_protocol.messages import BundleRef, Capture, Desired, ModelSpec, Runtime
 

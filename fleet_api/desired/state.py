@@ -7,7 +7,8 @@ given, stores it under the next revision; the outbox then publishes it after the
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session

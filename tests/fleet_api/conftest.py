@@ -13,7 +13,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from demo.cluster import wait_for
 from fleet_api.app import create_app
-
 from fleet_api.db.session import make_engine, make_sessions
 from fleet_api.service import FleetService
 from fleet_api.settings import ApiSettings

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from fleet_protocol.messages import ModelReport, ModelState, ModelTelemetry, Reported, ServingModel, Telemetry
-
 from fleet_api.auth import Principal
+from fleet_protocol.messages import (
+    ModelReport,
+    ModelState,
+    ModelTelemetry,
+    Reported,
+    ServingModel,
+    Telemetry,
+)
 
 OPS = Principal(1, "ops", "operator")
 ROOT = Principal(2, "root", "admin")

@@ -8,12 +8,35 @@ import pytest
 from fleet_api.desired.compose import Assignment, NamedProfile, compose
 from fleet_api.desired.specs import DeviceConfig, ProfileSpec
 from fleet_api.errors import Conflict, Invalid, NotFound
-from fleet_api.rollouts.states import (MEMBER_MOVES, ROLLOUT_MOVES, InvalidTransition, MemberState, RolloutState,
-                                       check_member, check_rollout)
-from fleet_protocol.messages import BundleRef, Desired, Fetch, Hello, ModelState, Runtime
+from fleet_api.rollouts.states import (
+    MEMBER_MOVES,
+    ROLLOUT_MOVES,
+    InvalidTransition,
+    MemberState,
+    RolloutState,
+    check_member,
+    check_rollout,
+)
+from fleet_protocol.messages import (
+    BundleRef,
+    Desired,
+    Fetch,
+    Hello,
+    ModelState,
+    Runtime,
+)
 from model_tools.pack import pack_bundle
 from tests.bundles import digits
-from tests.fleet_api.devices import OPS, ROOT, desired_of, model_of, model_report, play_devices, report, upload
+from tests.fleet_api.devices import (
+    OPS,
+    ROOT,
+    desired_of,
+    model_of,
+    model_report,
+    play_devices,
+    report,
+    upload,
+)
 
 SERVING, FAILED = ModelState.serving, ModelState.failed
 CAM = {"name": "gate", "source": {"type": "rtsp", "url": "rtsp://cam.local/1"}, "detector": "digits"}

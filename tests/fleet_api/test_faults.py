@@ -14,7 +14,12 @@ from fleet_api.db.tables import Device, Rollout
 from fleet_api.mqtt import handlers
 from fleet_api.rollouts import machine
 from fleet_api.telemetry import Rollup, minute_of
-from fleet_protocol.messages import ModelState, ModelTelemetry, ProtocolError, Status, Telemetry
+from fleet_protocol.messages import (
+    ModelTelemetry,
+    ProtocolError,
+    Status,
+    Telemetry,
+)
 from fleet_protocol.topics import Topics
 from tests.fleet_api.devices import OPS, desired_of, report, upload
 
@@ -51,7 +56,7 @@ def test_postgres_a_pause_or_abort_committed_while_a_tick_evaluates_is_not_overr
     """#2: the tick read the rollout (running) before it took the row lock; another API process committed a pause
     (or an abort) in between. Judged on the stale copy, the wave would pass and wave 2 start."""
     service, v1, v2 = fleet
-    t0 = dt.datetime.now(dt.timezone.utc)
+    t0 = dt.datetime.now(dt.UTC)
     r = _soaking_rollout(service, v2, t0)
     revisions = {f"d{i}": desired_of(service, f"d{i}")["revision"] for i in range(1, 4)}
     with service.transaction() as db:  # the tick's transaction …
@@ -100,7 +105,7 @@ def test_a_telemetry_flush_that_meets_a_bad_row_stores_the_others_and_counts_the
     assert service.device_telemetry("d2", model="digits")["minutes"][0]["requests"] == 3
 
 
-def test_a_telemetry_count_beyond_the_contract_is_refused_at_the_door(fleet):
+def test_a_telemetry_count_beyond_the_contract_is_refused_at_the_door():
     """#4 at its cause: `"requests": 2**63` is not a Telemetry message at all."""
     payload = json.dumps({"schema": 2, "window_s": 10, "models": {"digits": {"version": "1", "requests": 2**63}}})
     with pytest.raises(ProtocolError, match="requests"):

@@ -3,14 +3,20 @@ and bad MQTT input (malformed payloads, unknown devices) that is refused without
 
 from __future__ import annotations
 
-
 import pytest
 from fastapi.testclient import TestClient
 
 from demo.cluster import wait_for
-from fleet_protocol.messages import ModelReport, ModelState, ModelTelemetry, Reported, ServingModel, Status, Telemetry
+from fleet_protocol.messages import (
+    ModelReport,
+    ModelState,
+    ModelTelemetry,
+    Reported,
+    ServingModel,
+    Status,
+    Telemetry,
+)
 from fleet_protocol.topics import Topics
-
 from tests.fleet_api.conftest import ADMIN
 
 TOPICS = Topics()

@@ -12,7 +12,15 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from demo.cluster import wait_for
-from fleet_protocol.messages import Desired, Hello, ModelReport, ModelState, Reported, ServingModel, Status
+from fleet_protocol.messages import (
+    Desired,
+    Hello,
+    ModelReport,
+    ModelState,
+    Reported,
+    ServingModel,
+    Status,
+)
 from fleet_protocol.topics import Topics
 
 TOPICS = Topics()
@@ -204,7 +212,7 @@ def test_a_device_gets_its_desired_state_by_hello_after_a_broker_restart_without
         again.close()
 
 
-def test_revocation_clears_the_retained_status_and_reported_on_the_broker(api, broker, bundles):
+def test_revocation_clears_the_retained_status_and_reported_on_the_broker(api, broker):
     """Issue 12 #11."""
     api.post("/v1/devices", json={"id": "cam-1"}).raise_for_status()
     device = Listener(broker.port, TOPICS.desired("cam-1"), "device-cam-1")

@@ -8,8 +8,18 @@ import tarfile
 import pytest
 
 from fleet_protocol.bundle import BundleError, read_bundle
-from fleet_protocol.messages import (BundleRef, Desired, Fetch, Hello, ModelSpec, ProtocolError, Reported, Status,
-                                     Telemetry, UnknownSchema)
+from fleet_protocol.messages import (
+    BundleRef,
+    Desired,
+    Fetch,
+    Hello,
+    ModelSpec,
+    ProtocolError,
+    Reported,
+    Status,
+    Telemetry,
+    UnknownSchema,
+)
 from fleet_protocol.signing import generate_keypair, load_public_key
 from fleet_protocol.topics import Topics
 

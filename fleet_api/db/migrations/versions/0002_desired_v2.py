@@ -102,7 +102,7 @@ def _desired_v1_to_v2() -> None:
                       sa.column('bundle_sha256', sa.String), sa.column('runtime', sa.JSON),
                       sa.column('rollout_id', sa.Integer), sa.column('updated_at', sa.DateTime(timezone=True)))
     conn = op.get_bind()
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     for device_id, desired in conn.execute(sa.select(devices.c.id, devices.c.desired)).all():
         if not desired or 'model' not in desired:
             continue
