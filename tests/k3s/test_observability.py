@@ -142,7 +142,7 @@ def test_rules_name_only_exported_metrics_and_cover_the_four_alerts():
 
 def test_kustomization_ships_every_file():
     kustomization = yaml.safe_load((ADDON / "kustomization.yaml").read_text())
-    shipped = {f for gen in kustomization["configMapGenerator"] for f in gen["files"]}
+    shipped = {f for gen in kustomization["configMapGenerator"] for f in gen["files"]} | set(kustomization["resources"])
     assert shipped == {p.name for p in ADDON.iterdir() if p.suffix in (".json", ".yaml") and p.name != "kustomization.yaml"}
 
 
