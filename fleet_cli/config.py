@@ -1,7 +1,8 @@
 """Contexts, kubectl-like: named (server URL, token) pairs and the current one, in the user's config folder.
 
 The file is `$XDG_CONFIG_HOME/edgefleet/config` (default `~/.config/edgefleet/config`), JSON, mode 0600 because
-it holds bearer tokens. `EDGEFLEET_SERVER` / `EDGEFLEET_TOKEN` override the context; flags override both.
+it holds bearer tokens. `EDGEFLEET_SERVER` / `EDGEFLEET_TOKEN` override the context; flags override both. A
+context's token is sent only to that context's server.
 """
 
 from __future__ import annotations
@@ -96,12 +97,16 @@ def resolve(config: Config, context: str | None = None, server: str | None = Non
     """Flags, then environment, then the named (or current) context."""
     ctx: Context | None = None
     if context:
-        ctx = config.use(context)
+        if context not in config.contexts:
+            config.use(context)  # raises the error that lists the known names
+        ctx = config.contexts[context]
     elif config.current:
         ctx = config.contexts.get(config.current)
     env_server, env_token = os.environ.get(SERVER_ENV) or None, os.environ.get(TOKEN_ENV) or None
-    chosen = server or env_server or (ctx.server if ctx else None)
+    chosen = (server or env_server or (ctx.server if ctx else "")).rstrip("/")
     if not chosen:
         raise ConfigError(f"no fleet API configured: run 'edgefleet context set NAME --server URL --token TOKEN' or set {SERVER_ENV}")
     source = "--server" if server else SERVER_ENV if env_server else f"context {ctx.name!r}"  # type: ignore[union-attr]
-    return Target(chosen.rstrip("/"), token or env_token or (ctx.token if ctx else None), source)
+    # A context's token goes only to that context's server, never to another one named by a flag or the environment.
+    ctx_token = ctx.token if ctx and ctx.server == chosen else None
+    return Target(chosen, token or env_token or ctx_token, source)
