@@ -19,6 +19,8 @@ STATE_STYLE = {
     "rolled_back": "magenta",
     # rollout members
     "waiting": "dim", "notified": "cyan", "failed": "red", "reverted": "magenta", "removed": "dim",
+    # waves
+    "passed": "green", "current": "cyan",
     # devices (reported)
     "serving": "green", "downloading": "cyan", "verifying": "cyan", "loading": "cyan", "idle": "dim",
     "online": "green", "offline": "red", "revoked": "red",

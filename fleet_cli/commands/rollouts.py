@@ -66,7 +66,7 @@ def render(r: dict) -> Group:
         other = {k: v for k, v in w.states.items() if k not in ("succeeded", "failed", "reverted")}
         t.add_row(str(w.index + 1), str(w.size), ProgressBar(total=max(w.size, 1), completed=w.succeeded, width=24),
                   str(w.succeeded), str(w.failed), " ".join(f"{k}={v}" for k, v in sorted(other.items())) or "-",
-                  output.state({"passed": "succeeded", "current": "running", "stopped": r["state"]}.get(w.status, "waiting")))
+                  output.state(r["state"] if w.status == "stopped" else w.status))
     return Group(head, t)
 
 
