@@ -11,7 +11,7 @@ from typing import Callable
 
 ACTIVE = ("pending", "running", "paused")
 DONE_MEMBER = ("succeeded",)
-BAD_MEMBER = ("failed", "reverted")
+BAD_MEMBER = ("failed",)
 
 
 @dataclass

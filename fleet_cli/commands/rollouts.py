@@ -63,7 +63,7 @@ def render(r: dict) -> Group:
     for c in ("wave", "devices", "progress", "succeeded", "failed", "other", "status"):
         t.add_column(c)
     for w in waves(r):
-        other = {k: v for k, v in w.states.items() if k not in ("succeeded", "failed", "reverted")}
+        other = {k: v for k, v in w.states.items() if k not in ("succeeded", "failed")}
         t.add_row(str(w.index + 1), str(w.size), ProgressBar(total=max(w.size, 1), completed=w.succeeded, width=24),
                   str(w.succeeded), str(w.failed), " ".join(f"{k}={v}" for k, v in sorted(other.items())) or "-",
                   output.state(r["state"] if w.status == "stopped" else w.status))

@@ -23,8 +23,9 @@ def test_waves_count_members_per_wave_from_the_cumulative_plan():
     rows = waves(r)
     assert [(w.size, w.succeeded, w.status) for w in rows] == [(1, 1, "passed"), (2, 1, "current"), (1, 0, "waiting")]
     assert rows[1].states == {"succeeded": 1, "notified": 1}
-    aborted = waves(rollout("aborted", 0, [(0, "reverted"), (1, "waiting"), (1, "waiting"), (2, "waiting")]))
-    assert [(w.failed, w.status) for w in aborted] == [(1, "stopped"), (0, "waiting"), (0, "waiting")]
+    aborted = waves(rollout("aborted", 0, [(0, "failed"), (1, "reverted"), (1, "waiting"), (2, "waiting")], plan=(1, 3, 4)))
+    assert [(w.failed, w.states, w.status) for w in aborted] == [
+        (1, {"failed": 1}, "stopped"), (0, {"reverted": 1, "waiting": 1}, "waiting"), (0, {"waiting": 1}, "waiting")]
     assert all(w.status == "passed" for w in waves(rollout("succeeded", 2, [(0, "succeeded")] * 4)))
 
 
