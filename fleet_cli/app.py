@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -57,8 +58,8 @@ def _api_error(exc: ApiError) -> str:
     hint = ""
     if exc.status == 401:
         hint = "; set a valid token: 'edgefleet context set NAME --token TOKEN' or EDGEFLEET_TOKEN"
-    elif exc.status == 405 or (exc.status == 404 and exc.message == "Not Found"):
-        hint = f"; this fleet API has no {exc.method} {exc.path} (an older server?)"
+    elif exc.status in (404, 405) and not exc.ours:
+        hint = f"; the server has no {exc.method} {exc.path} (not a fleet API, or an older one?)"
     return f"{exc.message} (HTTP {exc.status}){hint}"
 
 
@@ -83,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         return _error(exc.format_message(), ExitCode.USAGE)
     except KeyboardInterrupt:
         return _error("interrupted", ExitCode.INTERRUPTED)
+    except Exception as exc:  # a bug or an answer of an unexpected shape: still one line (EDGEFLEET_DEBUG=1: the traceback)
+        if os.environ.get("EDGEFLEET_DEBUG"):
+            raise
+        return _error(f"unexpected {type(exc).__name__}: {exc} (EDGEFLEET_DEBUG=1 shows where)", ExitCode.ERROR)
     return rv if isinstance(rv, int) else 0
 
 

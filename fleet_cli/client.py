@@ -18,16 +18,25 @@ UPLOAD_BLOCK = 256 * 1024
 class ApiError(Exception):
     """The API answered with an error status; `message` is its own one-line explanation."""
 
-    def __init__(self, status: int, message: str, method: str = "", path: str = "") -> None:
+    def __init__(self, status: int, message: str, method: str = "", path: str = "", ours: bool = True) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.method = method
         self.path = path
+        self.ours = ours  # False: not the fleet API's own {"error": …} (a missing route, a proxy, another server)
 
 
 class Unreachable(Exception):
     """No answer at all: connection refused, DNS, TLS, timeout."""
+
+
+def _is_ours(response: httpx.Response) -> bool:
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and "error" in body
 
 
 def _message(response: httpx.Response) -> str:
@@ -44,8 +53,9 @@ def _message(response: httpx.Response) -> str:
             return detail
         if isinstance(detail, list):  # pydantic errors without our handler
             return "; ".join(f"{'.'.join(map(str, d.get('loc', ())))}: {d.get('msg')}" for d in detail if isinstance(d, dict))
-    text = response.text.strip().splitlines()
-    return text[0][:200] if text else response.reason_phrase
+    if response.headers.get("content-type", "").startswith("text/plain") and response.text.strip():
+        return response.text.strip().splitlines()[0][:200]
+    return response.reason_phrase  # an HTML page or nothing: not an answer of the fleet API's own
 
 
 class ApiClient:
@@ -72,11 +82,11 @@ class ApiClient:
         except httpx.HTTPError as exc:
             raise Unreachable(f"cannot reach the fleet API at {self.server}: {exc}") from None
         if response.status_code >= 400:
-            raise ApiError(response.status_code, _message(response), method, path)
+            raise ApiError(response.status_code, _message(response), method, path, _is_ours(response))
         return response
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.request(method, path, **kwargs).json()
+        return _decode(self.request(method, path, **kwargs), self.server)
 
     # --- auth, tokens, audit ------------------------------------------------------------------------------
     def whoami(self) -> dict:
@@ -143,7 +153,7 @@ class ApiClient:
         # A declared length lets the API refuse a bundle above its limit before a byte is sent.
         headers = {"content-type": "application/octet-stream", "content-length": str(size)}
         response = self.request("POST", "/v1/models", content=blocks(), headers=headers)
-        return response.json(), response.status_code == 201
+        return _decode(response, self.server), response.status_code == 201
 
     # --- rollouts -----------------------------------------------------------------------------------------
     def create_rollout(self, model: str, version: str, selector: str = "", waves: str = "100%",
@@ -159,6 +169,14 @@ class ApiClient:
 
     def control_rollout(self, rollout_id: int, action: str, reason: str | None = None) -> dict:
         return self._json("POST", f"/v1/rollouts/{rollout_id}/{action}", json={"reason": reason} if reason else None)
+
+
+def _decode(response: httpx.Response, server: str) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise ApiError(response.status_code, f"{server}{response.request.url.path} did not answer JSON: is this a fleet API?",
+                       response.request.method, response.request.url.path) from None
 
 
 def _seg(value: str) -> str:

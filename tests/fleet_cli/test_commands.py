@@ -88,6 +88,14 @@ def test_unreachable_server_is_one_line(cli, monkeypatch):
     assert r.code == ExitCode.UNREACHABLE and "Connection refused" in one_error_line(r)
 
 
+def test_a_server_that_is_no_fleet_api_is_one_line(live, cli, monkeypatch):
+    monkeypatch.setenv("EDGEFLEET_SERVER", live.url + "/somewhere-else")
+    monkeypatch.setenv("EDGEFLEET_TOKEN", live.admin_token)
+    r = cli("devices", "list")
+    assert r.code == ExitCode.NOT_FOUND
+    assert "the server has no GET /v1/devices (not a fleet API, or an older one?)" in one_error_line(r)
+
+
 def test_bad_command_line_is_one_line(cli):
     for args in (("devices", "lst"), ("devices", "list", "--bogus"), ("rollouts", "show", "abc"), ("audit", "--limit", "0")):
         r = cli(*args)
