@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return _error(_api_error(exc), for_status(exc.status))
     except Unreachable as exc:
         return _error(str(exc), ExitCode.UNREACHABLE)
-    except (CliError,) as exc:
+    except CliError as exc:
         return _error(str(exc), exc.code)
     except ConfigError as exc:
         return _error(str(exc), ExitCode.USAGE)

@@ -134,7 +134,8 @@ def read_config(path: Path) -> dict[str, Any]:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             where = getattr(exc, "problem_mark", None)
-            raise CliError(f"{path} is neither JSON nor YAML" + (f" (line {where.line + 1}: {getattr(exc, 'problem', '')})" if where else "")) from None
+            detail = f" (line {where.line + 1}: {getattr(exc, 'problem', '')})" if where else ""
+            raise CliError(f"{path} is neither JSON nor YAML{detail}") from None
     if not isinstance(data, dict):
         raise CliError(f"{path} must hold a mapping like {{'runtime': …, 'models': …, 'cameras': …}}, not {type(data).__name__}")
     return data

@@ -45,7 +45,7 @@ def upload(ctx: typer.Context,
             with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                           TimeRemainingColumn(), console=output.err, transient=True) as bar:
                 task = bar.add_task(f"uploading {path.name}", total=size)
-                view, created = client.upload_model(path, lambda n: bar.advance(task, n))
+                view, created = client.upload_model(path, lambda n, t=task: bar.advance(t, n))
         else:
             view, created = client.upload_model(path)
         results.append({**view, "created": created})

@@ -15,9 +15,12 @@ def _num(v: float | None, digits: int = 2) -> str | None:
     return None if v is None else f"{v:.{digits}f}"
 
 
+TIME_FORMATS = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d"]
+
+
 def telemetry(ctx: typer.Context, device_id: str,
-              since: Annotated[Optional[dt.datetime], typer.Option(help="ISO 8601 (UTC)", formats=["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"])] = None,
-              until: Annotated[Optional[dt.datetime], typer.Option(help="ISO 8601 (UTC)", formats=["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"])] = None,
+              since: Annotated[Optional[dt.datetime], typer.Option(help="from this time on (UTC)", formats=TIME_FORMATS)] = None,
+              until: Annotated[Optional[dt.datetime], typer.Option(help="up to this time (UTC)", formats=TIME_FORMATS)] = None,
               limit: Annotated[int, typer.Option(help="minutes, newest first", min=1, max=10_000)] = 30,
               json: JsonOpt = False) -> None:
     """Requests, errors, p50 / p95 / p99 latency, CPU and memory of a device, per minute, newest first."""

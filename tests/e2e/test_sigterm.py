@@ -14,7 +14,7 @@ import threading
 import httpx
 import pytest
 
-from demo.cluster import Broker, EdgeAgent, FleetApi, wait_for
+from demo.cluster import EdgeAgent, FleetApi, wait_for
 
 from .test_demo_path import processes_mentioning
 

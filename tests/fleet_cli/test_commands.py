@@ -287,7 +287,7 @@ def test_rollout_succeeds_and_watch_exits_0(lab, cli, live):
     rollout = created.json()
     assert rollout["state"] == "running" and rollout["waves"] == [1, 2]
     for device_id in ids:  # the wave-1 device first, then the other once its desired state arrived
-        wait_for(lambda: cli("devices", "show", device_id, "--json").json()["desired"], 20, f"{device_id} desired")
+        wait_for(lambda d=device_id: cli("devices", "show", d, "--json").json()["desired"], 20, f"{device_id} desired")
         report_serving(live, cli, device_id, models["1.0.0"])
     watched = cli("rollouts", "watch", str(rollout["id"]), "--interval", "0.2", "--timeout", "60")
     assert watched.code == ExitCode.OK, watched.err + watched.out
