@@ -68,7 +68,8 @@ def list_(ctx: typer.Context, json: JsonOpt = False) -> None:
                  empty="no context yet: edgefleet context set NAME --server URL --token TOKEN")
     overrides = [v for v in (SERVER_ENV, TOKEN_ENV) if os.environ.get(v)]
     if overrides:
-        output.err.print(f"[yellow]note:[/yellow] {' and '.join(overrides)} set: they override the context")
+        verb = "overrides" if len(overrides) == 1 else "override"
+        output.err.print(f"[yellow]note:[/yellow] {' and '.join(overrides)} set: {verb} the current context")
 
 
 @app.command()
