@@ -30,14 +30,15 @@ def using_it_block() -> str:
 
 
 def commands_on_path(folder: Path) -> str:
-    """The venv's console scripts; `edgefleet` too when the venv predates its entry point (an editable install
+    """The venv's console scripts (and mosquitto); `edgefleet` too when the venv predates its entry point (an editable install
     made before pyproject.toml named it)."""
     folder.mkdir()
     if not shutil.which("edgefleet", path=str(Path(sys.executable).parent)):
         shim = folder / "edgefleet"
         shim.write_text(f"#!{sys.executable}\nfrom fleet_cli.app import run\nrun()\n")
         shim.chmod(0o755)
-    return os.pathsep.join([str(folder), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    # mosquitto lives in /usr/sbin on Debian, which a user's PATH may lack
+    return os.pathsep.join([str(folder), str(Path(sys.executable).parent), os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin"])
 
 
 def _group_alive(pgid: int) -> bool:
