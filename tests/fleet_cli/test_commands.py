@@ -257,6 +257,14 @@ def test_models_upload_list_show(admin, cli, bundles, tmp_path):
     assert "digits 1.0.0" in cli("models", "show", "digits").out
     assert cli("models", "show", "nope").code == ExitCode.NOT_FOUND
 
+    # the progress bar's feed: every byte of the file, streamed in blocks
+    from fleet_cli.client import ApiClient
+
+    sent: list[int] = []
+    with ApiClient(admin.url, admin.admin_token) as client:
+        view, created = client.upload_model(bundles["2.0.0"], sent.append)
+    assert sum(sent) == bundles["2.0.0"].stat().st_size and len(sent) >= 1 and not created
+
     garbage = tmp_path / "garbage.bundle"
     garbage.write_bytes(b"not a tar" * 100)
     refused = cli("models", "upload", str(garbage))
