@@ -1,6 +1,6 @@
 """`make demo`: a broker, the fleet API and three agents on this machine; roll out a real model, v1 then v2.
 
-    python -m demo            stays up until Ctrl-C, then stops every process it started
+    python -m demo            stays up until Ctrl-C (or SIGTERM), then stops every process it started
     python -m demo --once     exits 0 after the table
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,16 @@ DEVICES = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM (`kill`, a supervisor, a CI runner) takes the Ctrl-C path: every `finally` below runs and stops
+    # the broker, the API and the agents, which live in sessions of their own and would otherwise outlive us.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _run(argv)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _run(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--once", action="store_true", help="exit after the table instead of staying up")
     parser.add_argument("--work-dir", type=Path, default=Path(".demo"), help="folder for every process's state (wiped first)")
@@ -44,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         fleet = Fleet(work, trusted_key, DEVICES).__enter__()
     try:
         console.print(f"[green]✓[/green] broker {fleet.broker.url}, fleet API {fleet.api.url}")
+        console.print(sign_in(fleet))
         with fleet.api.client() as api:
             for bundle in bundles:
                 upload(api, bundle)
@@ -79,15 +91,22 @@ def main(argv: list[str] | None = None) -> int:
             console.print(table)
         if args.once:
             return 0
-        console.print(f"\nFleet API: {fleet.api.url}/docs   devices: " + "  ".join(a.url for a in fleet.agents.values()))
-        console.print("Running. Press Ctrl-C to stop every process.")
+        console.print(f"\n{sign_in(fleet)}\nAPI docs: {fleet.api.url}/docs   devices: "
+                      + "  ".join(a.url for a in fleet.agents.values()))
+        console.print(f"CLI: export EDGEFLEET_SERVER={fleet.api.url} EDGEFLEET_TOKEN={fleet.api.admin_token}; edgefleet devices list")
+        console.print("Running. Press Ctrl-C (or send SIGTERM) to stop every process.")
         while True:
             time.sleep(1)
-    except KeyboardInterrupt:
-        return 0
     finally:
+        # A second Ctrl-C / SIGTERM must not cut the stopping short and leave children behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         with console.status("stopping …"):
             fleet.close()
+
+
+def sign_in(fleet: Fleet) -> str:
+    return f"Dashboard: [bold]{fleet.api.url}/[/bold]   sign in with the admin token [bold]{fleet.api.admin_token}[/bold]"
 
 
 if __name__ == "__main__":

@@ -77,19 +77,26 @@ class Process:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, timeout: float = 10) -> None:
-        if not self.alive:
+        """SIGTERM, and the time to clean up; then SIGKILL for anything of its process group still there."""
+        if self.proc is None:
             return
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.alive:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
 
     def kill(self) -> None:
-        if self.alive:
-            assert self.proc is not None
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        """SIGKILL the whole process group (the process and anything it started that did not leave the group)."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # start_new_session: its pid is its group's id
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is empty already
+        if self.proc.returncode is None:
             self.proc.wait(timeout=10)
 
     def tail(self, lines: int = 30) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 
@@ -49,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # SIGTERM (systemd, kubelet, `kill`) stops the agent as Ctrl-C does: uvicorn shuts down, then re-raises the
+    # signal it caught; with Python's default it killed the process (exit 143) before the agent's own cleanup
+    # (cameras, telemetry, broker link, sessions) ran. As KeyboardInterrupt it unwinds through that cleanup.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         agent.run()
     except KeyboardInterrupt:

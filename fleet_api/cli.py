@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 
@@ -34,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level, access_log=False)
+    # SIGTERM (kubelet, systemd, `kill`) as Ctrl-C: uvicorn runs the app's shutdown (ticker, broker, last telemetry
+    # flush), then re-raises the signal it caught; as KeyboardInterrupt that ends here with exit 0, not 143.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level, access_log=False)
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 from prometheus_client.core import GaugeMetricFamily
@@ -45,3 +46,35 @@ class FleetCollector(Collector):
         yield progress
         yield wave
         yield waves
+        yield from self._per_device_and_rollout_states()
+
+    def _per_device_and_rollout_states(self):
+        """What the alerting rules in k3s/addons/observability need: which device is offline (not only how
+        many), and rollouts by final state (an abort leaves the active-rollout gauges, it must still be seen)."""
+        from sqlalchemy import func, select
+
+        from .db.tables import Device, Rollout
+
+        try:
+            with self.service.sessions() as db:
+                devices = db.execute(select(Device.id, Device.online, Device.last_seen).where(Device.revoked.is_(False))).all()
+                rollouts = db.execute(select(Rollout.state, func.count()).group_by(Rollout.state)).all()
+        except Exception:
+            log.exception("per-device metrics unavailable")
+            return
+        online = GaugeMetricFamily("edgefleet_device_online", "1 while the device's broker status is online", labels=["device"])
+        seen = GaugeMetricFamily("edgefleet_device_last_seen_timestamp_seconds", "When the device last reported or changed status",
+                                 labels=["device"])
+        for device_id, is_online, last_seen in devices:
+            online.add_metric([device_id], 1 if is_online else 0)
+            if last_seen is not None:
+                if last_seen.tzinfo is None:  # SQLite hands back naive UTC
+                    last_seen = last_seen.replace(tzinfo=dt.timezone.utc)
+                seen.add_metric([device_id], last_seen.timestamp())
+        yield online
+        yield seen
+        by_state = GaugeMetricFamily("edgefleet_rollouts", "Rollouts by state, all time", labels=["state"])
+        counts = dict(rollouts)
+        for state in ("pending", "running", "paused", "succeeded", "aborted", "rolled_back"):
+            by_state.add_metric([state], counts.get(state, 0))
+        yield by_state

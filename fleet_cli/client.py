@@ -1,0 +1,190 @@
+"""The fleet API over HTTP: one method per endpoint, plain dicts back, two exception types out.
+
+Knows nothing of the terminal (no printing, no exit codes): the command layer decides what a failure means.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+
+UPLOAD_BLOCK = 256 * 1024
+
+
+class ApiError(Exception):
+    """The API answered with an error status; `message` is its own one-line explanation."""
+
+    def __init__(self, status: int, message: str, method: str = "", path: str = "", ours: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.method = method
+        self.path = path
+        self.ours = ours  # False: not the fleet API's own {"error": …} (a missing route, a proxy, another server)
+
+
+class Unreachable(Exception):
+    """No answer at all: connection refused, DNS, TLS, timeout."""
+
+
+def _is_ours(response: httpx.Response) -> bool:
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and "error" in body
+
+
+def _message(response: httpx.Response) -> str:
+    """The API's `{"error": ...}` (ours) or `{"detail": ...}` (FastAPI's own 404/405), else the reason phrase."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        if isinstance(body.get("error"), str):
+            return body["error"]
+        detail = body.get("detail")
+        if isinstance(detail, str):
+            return detail
+        if isinstance(detail, list):  # pydantic errors without our handler
+            return "; ".join(f"{'.'.join(map(str, d.get('loc', ())))}: {d.get('msg')}" for d in detail if isinstance(d, dict))
+    if response.headers.get("content-type", "").startswith("text/plain") and response.text.strip():
+        return response.text.strip().splitlines()[0][:200]
+    return response.reason_phrase  # an HTML page or nothing: not an answer of the fleet API's own
+
+
+class ApiClient:
+    def __init__(self, server: str, token: str | None, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.server = server.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "ApiClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise Unreachable(f"the fleet API at {self.server} did not answer in time ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            raise Unreachable(f"cannot reach the fleet API at {self.server}: {exc}") from None
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, _message(response), method, path, _is_ours(response))
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return _decode(self.request(method, path, **kwargs), self.server)
+
+    # --- auth, tokens, audit ------------------------------------------------------------------------------
+    def whoami(self) -> dict:
+        return self._json("GET", "/v1/whoami")
+
+    def list_tokens(self) -> list[dict]:
+        return self._json("GET", "/v1/tokens")
+
+    def create_token(self, name: str, role: str) -> dict:
+        return self._json("POST", "/v1/tokens", json={"name": name, "role": role})
+
+    def revoke_token(self, token_id: int) -> dict:
+        return self._json("DELETE", f"/v1/tokens/{token_id}")
+
+    def audit(self, limit: int = 100, action: str | None = None, before_id: int | None = None) -> list[dict]:
+        params = _params(limit=limit, action=action, before_id=before_id)
+        return self._json("GET", "/v1/audit", params=params)
+
+    # --- devices ------------------------------------------------------------------------------------------
+    def list_devices(self) -> list[dict]:
+        return self._json("GET", "/v1/devices")
+
+    def get_device(self, device_id: str) -> dict:
+        return self._json("GET", f"/v1/devices/{_seg(device_id)}")
+
+    def register_device(self, device_id: str, labels: dict[str, str]) -> dict:
+        return self._json("POST", "/v1/devices", json={"id": device_id, "labels": labels})
+
+    def set_labels(self, device_id: str, labels: dict[str, str]) -> dict:
+        """PATCH /v1/devices/{id} with the device's complete new label set."""
+        return self._json("PATCH", f"/v1/devices/{_seg(device_id)}", json={"labels": labels})
+
+    def set_config(self, device_id: str, config: dict[str, Any]) -> dict:
+        """PUT /v1/devices/{id}/config: the device's runtime config, models and cameras."""
+        return self._json("PUT", f"/v1/devices/{_seg(device_id)}/config", json=config)
+
+    def revoke_device(self, device_id: str) -> dict:
+        return self._json("DELETE", f"/v1/devices/{_seg(device_id)}")
+
+    def rotate_credentials(self, device_id: str) -> dict:
+        return self._json("POST", f"/v1/devices/{_seg(device_id)}/credentials")
+
+    def telemetry(self, device_id: str, since: dt.datetime | None = None, until: dt.datetime | None = None,
+                  limit: int = 60) -> dict:
+        params = _params(since=since.isoformat() if since else None, until=until.isoformat() if until else None, limit=limit)
+        return self._json("GET", f"/v1/devices/{_seg(device_id)}/telemetry", params=params)
+
+    # --- models -------------------------------------------------------------------------------------------
+    def list_models(self) -> list[dict]:
+        return self._json("GET", "/v1/models")
+
+    def upload_model(self, path: Path, progress: Callable[[int], None] | None = None) -> tuple[dict, bool]:
+        """Stream the bundle from disk (never whole in memory); `progress(n)` after each block sent.
+        → (the model version's view, True if it was new; False if the same bytes were there already)."""
+        size = os.path.getsize(path)
+
+        def blocks() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while block := f.read(UPLOAD_BLOCK):
+                    yield block
+                    if progress:
+                        progress(len(block))
+
+        # A declared length lets the API refuse a bundle above its limit before a byte is sent.
+        headers = {"content-type": "application/octet-stream", "content-length": str(size)}
+        response = self.request("POST", "/v1/models", content=blocks(), headers=headers)
+        return _decode(response, self.server), response.status_code == 201
+
+    # --- rollouts -----------------------------------------------------------------------------------------
+    def create_rollout(self, model: str, version: str, selector: str = "", waves: str = "100%",
+                       gates: dict[str, Any] | None = None) -> dict:
+        body = {"model": model, "version": version, "selector": selector, "waves": waves, "gates": gates or {}}
+        return self._json("POST", "/v1/rollouts", json=body)
+
+    def list_rollouts(self) -> list[dict]:
+        return self._json("GET", "/v1/rollouts")
+
+    def get_rollout(self, rollout_id: int) -> dict:
+        return self._json("GET", f"/v1/rollouts/{rollout_id}")
+
+    def control_rollout(self, rollout_id: int, action: str, reason: str | None = None) -> dict:
+        return self._json("POST", f"/v1/rollouts/{rollout_id}/{action}", json={"reason": reason} if reason else None)
+
+
+def _decode(response: httpx.Response, server: str) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        raise ApiError(response.status_code, f"{server}{response.request.url.path} did not answer JSON: is this a fleet API?",
+                       response.request.method, response.request.url.path) from None
+
+
+def _seg(value: str) -> str:
+    """One path segment: a device id with '/' or '?' must not change the route."""
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+def _params(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}

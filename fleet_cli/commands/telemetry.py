@@ -1,0 +1,39 @@
+"""`edgefleet telemetry DEVICE`: a device's telemetry, rolled up per minute."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Optional
+
+import typer
+
+from .. import output
+from ..state import JsonOpt, api, wants_json
+
+
+def _num(v: float | None, digits: int = 2) -> str | None:
+    return None if v is None else f"{v:.{digits}f}"
+
+
+TIME_FORMATS = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d"]
+
+
+def telemetry(ctx: typer.Context, device_id: str,
+              since: Annotated[Optional[dt.datetime], typer.Option(help="from this time on (UTC)", formats=TIME_FORMATS)] = None,
+              until: Annotated[Optional[dt.datetime], typer.Option(help="up to this time (UTC)", formats=TIME_FORMATS)] = None,
+              limit: Annotated[int, typer.Option(help="minutes, newest first", min=1, max=10_000)] = 30,
+              json: JsonOpt = False) -> None:
+    """Requests, errors, p50 / p95 / p99 latency, CPU and memory of a device, per minute, newest first."""
+    def utc(t: dt.datetime | None) -> dt.datetime | None:
+        return t.replace(tzinfo=dt.timezone.utc) if t and t.tzinfo is None else t
+
+    data = api(ctx).telemetry(device_id, utc(since), utc(until), limit)
+    if wants_json(ctx, json):
+        output.print_json(data)
+        return
+    output.table(f"telemetry of {device_id}", ["minute", "version", "provider", "requests", "errors", "p50 ms", "p95 ms", "p99 ms",
+                                               "cpu %", "mem MB"],
+                 [(m["minute"][:16].replace("T", " "), m.get("model_version"), m.get("provider"), m.get("requests"), m.get("errors"),
+                   _num(m.get("latency_ms_p50"), 3), _num(m.get("latency_ms_p95"), 3), _num(m.get("latency_ms_p99"), 3),
+                   _num(m.get("cpu_percent"), 1), _num(m.get("memory_mb_max"), 1)) for m in data.get("minutes", [])],
+                 empty="no telemetry in that window")

@@ -1,0 +1,92 @@
+"""Printing: rich tables for people, JSON for scripts (`--json`: exactly the API's answer, nothing else on stdout)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from typing import Any, Iterable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+out = Console(highlight=False, soft_wrap=False)
+err = Console(stderr=True, highlight=False)
+
+STATE_STYLE = {
+    # rollouts
+    "succeeded": "green", "running": "cyan", "pending": "yellow", "paused": "yellow", "aborted": "red",
+    "rolled_back": "magenta",
+    # rollout members
+    "waiting": "dim", "notified": "cyan", "failed": "red", "reverted": "magenta", "removed": "dim",
+    # waves
+    "passed": "green", "current": "cyan",
+    # devices (reported)
+    "serving": "green", "downloading": "cyan", "verifying": "cyan", "loading": "cyan", "idle": "dim",
+    "online": "green", "offline": "red", "revoked": "red",
+}
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def state(value: str | None) -> str:
+    if not value:
+        return "[dim]-[/dim]"
+    style = STATE_STYLE.get(value)
+    return f"[{style}]{value}[/{style}]" if style else value
+
+
+def ago(iso: str | None, now: dt.datetime | None = None) -> str:
+    """'3m ago (2026-12-01 21:04:05Z)': relative for reading, absolute for reference."""
+    if not iso:
+        return "-"
+    try:
+        t = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    except ValueError:
+        return iso
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    now = now or dt.datetime.now(dt.timezone.utc)
+    s = int((now - t).total_seconds())
+    rel = "just now" if abs(s) < 5 else f"{s}s ago" if s < 120 else f"{s // 60}m ago" if s < 7200 else \
+        f"{s // 3600}h ago" if s < 172800 else f"{s // 86400}d ago"
+    return f"{rel} ({t.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S}Z)"
+
+
+def labels(value: dict[str, str] | None) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted((value or {}).items())) or "-"
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: str = "nothing yet") -> None:
+    rows = list(rows)
+    if not rows:
+        out.print(f"[dim]{title + ': ' if title else ''}{empty}[/dim]")
+        return
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("-" if v is None else str(v) for v in r))
+    out.print(t)
+
+
+def fields(pairs: Sequence[tuple[str, Any]]) -> None:
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in pairs:
+        t.add_row(k, "-" if v is None or v == "" else str(v))
+    out.print(t)
