@@ -104,6 +104,52 @@ def make_video(path: Path, *, fps: float = 30.0, seconds: float = 4.0, empty_s: 
     return VideoTruth(path, fps, truth)
 
 
+# Words the recognizer can be held to: no glyphs that even a person cannot tell apart in Hershey fonts
+# (0/O, 1/I/l …; the zoo's ALPHABET), as signs and number plates would carry.
+TEXT_LINES = ("EDGEFLEET 42", "GATE B7", "TRUCK KM 3865")
+
+
+@dataclass(frozen=True)
+class TextTruth:
+    path: Path
+    fps: float
+    lines: list[list[tuple[str, tuple[float, float, float, float]]]]  # per frame: (text, box in pixels)
+
+
+def make_text_video(path: Path, *, fps: float = 25.0, seconds: float = 4.0, texts: tuple[str, ...] = TEXT_LINES) -> TextTruth:
+    """640×480 MJPEG/AVI: lines of text (cv2.putText, dark ink with a light halo, as on a sign) moving over a
+    panning skimage photo, each at its own speed. Returns every frame's lines with their true boxes."""
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".part.avi")
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"MJPG"), fps, (WIDTH, HEIGHT))
+    if not writer.isOpened():
+        raise RuntimeError("OpenCV cannot write MJPEG/AVI here")
+    font, scale, thick = cv2.FONT_HERSHEY_DUPLEX, 1.3, 2
+    n = int(round(seconds * fps))
+    truth = []
+    for i in range(n):
+        t = i / fps
+        frame = _background(t)
+        lines = []
+        for k, text in enumerate(texts):
+            (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+            span = WIDTH - tw - 40
+            # Each line drifts back and forth across the frame at its own pace, and a little up and down.
+            x = 20 + span * (0.5 + 0.5 * np.sin(0.6 * t * (k + 1) + k))
+            y = 90 + k * 140 + 25 * np.sin(0.8 * t + 2 * k)
+            org = (int(x), int(y))
+            cv2.putText(frame, text, org, font, scale, (245, 245, 245), thick + 6, cv2.LINE_AA)
+            cv2.putText(frame, text, org, font, scale, (25, 25, 25), thick, cv2.LINE_AA)
+            lines.append((text, (org[0], org[1] - th, org[0] + tw, org[1] + base)))
+        writer.write(frame)
+        truth.append(lines)
+    writer.release()
+    tmp.replace(path)
+    return TextTruth(path, fps, truth)
+
+
 def webcam_works(index: int = 0) -> bool:
     import cv2
 

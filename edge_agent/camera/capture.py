@@ -33,6 +33,7 @@ class Capture:
         self.on_lifecycle = on_lifecycle or (lambda _kind, _detail: None)
         self.meter = RateMeter()
         self.state = "starting"  # starting, live, reconnecting, ended, stopped
+        self.ever_live = False  # a source that never opened is most likely misaddressed
         self.error: str | None = None
         self.corrupt = 0
         self.reconnects = 0
@@ -75,6 +76,7 @@ class Capture:
                 self.on_lifecycle("source_reconnected", {"reconnects": self.reconnects})
             lost, delay = False, self.config.retry_s
             self.state, self.error = "live", None
+            self.ever_live = True
             try:
                 self._read_until_failure()
             except EndOfStream:

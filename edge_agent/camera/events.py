@@ -1,5 +1,5 @@
-"""What the camera reports: detections above a minimum score, at most one event per interval, and nothing at
-all for frames without detections; plus lifecycle notes (source lost, back, model refused)."""
+"""What the camera reports: detections above a minimum score, at most `max_per_s` events a second, and nothing
+at all for frames without detections; plus lifecycle notes (source lost, back, models unavailable)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from fleet_protocol.cameras import CameraEvents
 from fleet_protocol.messages import Detection, Event
-
-from .config import EventsConfig
 
 log = logging.getLogger(__name__)
 
@@ -18,10 +17,13 @@ EventSink = Callable[[Event], None]
 
 
 class EventGate:
-    def __init__(self, source: str, config: EventsConfig, sink: EventSink | None) -> None:
+    def __init__(self, source: str, config: CameraEvents, sink: EventSink | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.source = source
         self.config = config
         self.sink = sink
+        self.clock = clock
+        self.interval = 1.0 / config.max_per_s
         self._last = float("-inf")
         self.sent = 0
         self.suppressed = 0  # frames with detections that fell inside the rate limit
@@ -30,8 +32,8 @@ class EventGate:
         hits = [d for d in detections if d.score >= self.config.min_score]
         if not hits:
             return None
-        now = time.monotonic()
-        if now - self._last < self.config.min_interval_s:
+        now = self.clock()
+        if now - self._last < self.interval:
             self.suppressed += 1
             return None
         self._last = now

@@ -1,5 +1,5 @@
 """Prometheus metrics of the cameras, read from the pipelines' own counters when scraped (nothing is counted
-twice, and the pipeline core stays free of prometheus_client). One collector serves every CameraService."""
+twice, and the pipeline core stays free of prometheus_client). One collector serves every CameraManager."""
 
 from __future__ import annotations
 

@@ -11,13 +11,15 @@ import logging
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import ClassVar
 
 import cv2
 import numpy as np
 
+from fleet_protocol import cameras as spec
+
 from ..preprocess import REDUCED
-from .config import DeviceSourceConfig, FileSourceConfig, MjpegSourceConfig, RtspSourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class Source:
 
     def __init__(self, config) -> None:
         self.config = config
-        self.name = config.describe()
+        self.name = config.describe()  # what logs, events and pages show: never a password
 
     def open(self) -> None:
         raise NotImplementedError
@@ -162,7 +164,7 @@ class _OpenCvSource(Source):
 
 class DeviceSource(_OpenCvSource):
     kind = "device"
-    config: DeviceSourceConfig
+    config: spec.DeviceSource
 
     def _capture(self) -> cv2.VideoCapture:
         cap = cv2.VideoCapture(self.config.index)
@@ -177,13 +179,13 @@ class DeviceSource(_OpenCvSource):
 class FileSource(_OpenCvSource):
     kind = "file"
     live = False
-    config: FileSourceConfig
+    config: spec.FileSource
 
     def _capture(self) -> cv2.VideoCapture:
-        return cv2.VideoCapture(str(self.config.path))
+        return cv2.VideoCapture(self.config.path)
 
     def open(self) -> None:
-        if not self.config.path.is_file():
+        if not Path(self.config.path).is_file():
             raise SourceError(f"cannot open {self.name}: no such file")
         super().open()
         fps = self.cap.get(cv2.CAP_PROP_FPS)
@@ -216,7 +218,7 @@ class FileSource(_OpenCvSource):
 
 class RtspSource(_OpenCvSource):
     kind = "rtsp"
-    config: RtspSourceConfig
+    config: spec.RtspSource
 
     def _capture(self) -> cv2.VideoCapture:
         ms = int(self.config.timeout_s * 1000)
@@ -233,7 +235,7 @@ class MjpegSource(Source):
     """
 
     kind = "mjpeg"
-    config: MjpegSourceConfig
+    config: spec.MjpegSource
     MAX_PART = 32 << 20
 
     def __init__(self, config) -> None:
