@@ -1,14 +1,18 @@
 """What the edge agent adds on top of onnxruntime, measured in one run.
 
-For the digits CNN and BlazeFace, batch 1, one intra-op thread:
+Memory first: peak and steady RSS while loading a ~100 MB model (a chain of 2048×2048 MatMul initializers),
+each way in a fresh process: raw onnxruntime, the agent's loader (create_session + golden check), and the v1
+agent's way (the serving session also wrote the optimized-graph file) for comparison.
+
+Then, for the digits CNN and BlazeFace, batch 1, one intra-op thread:
   raw      p50 of `session.run` on the very session the agent serves
-  engine   p50 of the agent's in-process `Engine.predict` (validation, metrics, telemetry sample)
+  engine   p50 of the agent's in-process `LoadedModel.run` (validation, metrics, telemetry sample)
   http     p50 of a KServe v2 request to the agent's local HTTP server (a separate process), JSON and binary
            tensors, from a keep-alive `http.client` connection
 Then throughput with 8 concurrent clients (8 processes, binary tensors) against the agent with dynamic
 batching off and on, and raw onnxruntime from 8 threads for scale.
 
-    python benchmarks/agent_overhead.py [--quick] [--models digits,blazeface]
+    python benchmarks/agent_overhead.py [--quick] [--memory-only] [--models digits,blazeface]
 """
 
 from __future__ import annotations
@@ -42,23 +46,25 @@ def serve(store_dir: str, sha: str, port: int, batching: bool, max_batch: int, d
     import uvicorn
 
     from edge_agent.agent import uvicorn_config
-    from edge_agent.engine import Engine, golden_check, load
-    from edge_agent.providers import CPU
-    from edge_agent.server import create_app
+    from edge_agent.http.server import create_app
+    from edge_agent.runtime import golden
+    from edge_agent.runtime.host import ModelHost
+    from edge_agent.runtime.model import load
     from edge_agent.settings import AgentSettings
     from edge_agent.store import ModelStore
-    from fleet_protocol.messages import Batching
+    from fleet_protocol.messages import Batching, Runtime
 
     store = ModelStore(Path(store_dir))
     stored = store.get(sha)
     assert stored is not None
-    model = load(stored, [CPU()], threads=1, optimization="all", cache_dir=store.cache)
-    golden_check(model)
+    runtime = Runtime(providers=["CPUExecutionProvider"], intra_op_threads=1,
+                      batching=Batching(enabled=batching, max_batch_size=max_batch, max_delay_ms=delay_ms))
+    model = load(stored, runtime, cache_dir=store.cache)
+    golden.check(model)
     settings = AgentSettings()
-    engine = Engine(batch_workers=settings.batch_workers)
-    engine.swap(model)
-    engine.configure_batching(Batching(enabled=batching, max_batch_size=max_batch, max_delay_ms=delay_ms))
-    app = create_app(engine, inline_below_ms=settings.inline_below_ms, workers=settings.infer_workers or None)
+    host = ModelHost(batch_workers=settings.batch_workers)
+    host.swap(model)
+    app = create_app(host, inline_below_ms=settings.inline_below_ms, workers=settings.infer_workers or None)
     uvicorn.Server(uvicorn_config(app, "127.0.0.1", port)).run()
 
 
@@ -225,13 +231,13 @@ def raw_throughput(session, names, feed, seconds: float) -> float:
 
 
 # --- in process ---------------------------------------------------------------------------------------------
-def in_process(model, engine, feed: dict, n: int) -> tuple[float, float]:
-    """Interleaved blocks of raw and engine calls, so drift on a busy machine hits both alike."""
+def in_process(model, feed: dict, n: int) -> tuple[float, float]:
+    """Interleaved blocks of raw and agent calls, so drift on a busy machine hits both alike."""
     raw, agent = [], []
     session, names = model.session, model.output_names
     for _ in range(50):
         session.run(names, feed)
-        engine.predict(feed)
+        model.run(feed)
     block = max(10, n // 20)
     for _ in range(20):
         for _ in range(block):
@@ -240,9 +246,132 @@ def in_process(model, engine, feed: dict, n: int) -> tuple[float, float]:
             raw.append(time.perf_counter() - t)
         for _ in range(block):
             t = time.perf_counter()
-            engine.predict(feed)
+            model.run(feed)
             agent.append(time.perf_counter() - t)
     return statistics.median(raw) * 1000, statistics.median(agent) * 1000
+
+
+# --- memory -------------------------------------------------------------------------------------------------
+def big_model(out: Path, mb: int = 100, dim: int = 2048) -> tuple[Path, Path]:
+    """A ~`mb` MB model: a chain of dim×dim MatMuls (scaled so values stay finite), and golden inputs for it."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    layers = max(1, round(mb * 2**20 / (dim * dim * 4)))
+    inits, nodes = [], []
+    for i in range(layers):
+        inits.append(numpy_helper.from_array((rng.standard_normal((dim, dim)) / np.sqrt(dim)).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [f"x{i}" if i else "x", f"w{i}"], [f"x{i + 1}" if i < layers - 1 else "y"]))
+    graph = helper.make_graph(nodes, "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", dim])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", dim])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "big.onnx"
+    onnx.save(model, path)
+    golden_inputs = out / "big-golden.npz"
+    np.savez(golden_inputs, x=rng.standard_normal((2, dim)).astype(np.float32))
+    return path, golden_inputs
+
+
+def _rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+class _PeakSampler:
+    """The highest RSS seen while it runs, sampled every millisecond (ru_maxrss would include the imports)."""
+
+    def __init__(self) -> None:
+        self.peak = _rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __enter__(self) -> "_PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
+
+
+def measure_load(how: str, store_dir: str, sha: str) -> dict:
+    """In a fresh process: RSS before, peak while loading, and steady after, for one way of loading."""
+    import gc
+
+    # Imported before the baseline, so their own memory is not counted as the load's.
+    import onnxruntime  # noqa: F401
+
+    import edge_agent.runtime.golden  # noqa: F401
+    import edge_agent.runtime.model  # noqa: F401
+    from edge_agent.store import ModelStore
+
+    stored = ModelStore(Path(store_dir)).get(sha)
+    assert stored is not None
+    gc.collect()
+    before = _rss_mb()
+    with _PeakSampler() as sampler:
+        keep = _load(how, stored, store_dir)
+    gc.collect()
+    steady = _rss_mb()
+    del keep
+    return {"before": before, "peak": sampler.peak - before, "steady": steady - before}
+
+
+def _load(how: str, stored, store_dir: str):
+    import onnxruntime as ort
+
+    from edge_agent.runtime import golden
+    from edge_agent.runtime.model import load
+    from fleet_protocol.messages import Runtime
+
+    if how == "raw":
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        keep = ort.InferenceSession(str(stored.model_path), options, providers=["CPUExecutionProvider"])
+    elif how == "agent":
+        keep = load(stored, Runtime(providers=["CPUExecutionProvider"], intra_op_threads=1), cache_dir=Path(store_dir) / "cache")
+        golden.check(keep)
+    else:  # v1: the serving session also wrote its optimized graph to the cache
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.optimized_model_filepath = str(Path(store_dir) / "v1-optimized.onnx")
+        keep = ort.InferenceSession(str(stored.model_path), options, providers=["CPUExecutionProvider"])
+    return keep
+
+
+def memory_table(tmp_path: Path, store, private: bytes, public_key) -> None:
+    from fleet_protocol.bundle import read_bundle
+    from fleet_protocol.signing import sha256_file
+    from model_tools.pack import pack_bundle
+
+    onnx_path, golden_inputs = big_model(tmp_path / "big")
+    bundle, _ = pack_bundle(onnx_path, name="big", version="1.0.0", golden_inputs=golden_inputs, private_key_pem=private,
+                            out_dir=tmp_path / "bundles")
+    sha = sha256_file(bundle)
+    read_bundle(bundle, [public_key], extract_to=store.models / sha)
+    size = (store.models / sha / "model.onnx").stat().st_size / 2**20
+    results = {}
+    for how in ("raw", "agent", "v1"):
+        out = subprocess.run([sys.executable, __file__, "--measure-load", how, str(store.root), sha],
+                             capture_output=True, text=True, check=True)
+        results[how] = json.loads(out.stdout.strip().splitlines()[-1])
+    print(f"memory while loading a {size:.0f} MB model (MatMul chain), CPU, RSS growth over the process before the load")
+    print(f"{'':<34} {'peak MB':>8} {'x model':>8} {'steady MB':>10} {'x model':>8}")
+    labels = {"raw": "raw onnxruntime (InferenceSession)", "agent": "agent (create_session + golden)",
+              "v1": "v1 agent (+ optimized-model file)"}
+    for how, r in results.items():
+        print(f"{labels[how]:<34} {r['peak']:8.0f} {r['peak'] / size:8.2f} {r['steady']:10.0f} {r['steady'] / size:8.2f}")
+    agent, raw = results["agent"], results["raw"]
+    print(f"agent over raw: peak {(agent['peak'] - raw['peak']) / size:+.2f}x, steady {(agent['steady'] - raw['steady']) / size:+.2f}x "
+          f"of the model's size\n")
 
 
 # --- models -------------------------------------------------------------------------------------------------
@@ -261,11 +390,16 @@ def main() -> int:
     parser.add_argument("--models", default="digits,blazeface")
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each throughput run")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory table")
+    parser.add_argument("--measure-load", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--serve", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--serve-plain", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_plain:
         serve_plain_fastapi(args.serve_plain[0], args.serve_plain[1], int(args.serve_plain[2]))
+        return 0
+    if args.measure_load:
+        print(json.dumps(measure_load(*args.measure_load)))
         return 0
     if args.serve:
         store_dir, sha, port, batching, max_batch, delay = args.serve
@@ -274,10 +408,12 @@ def main() -> int:
 
     import onnxruntime as ort
 
-    from edge_agent.engine import Engine, golden_check, load
-    from edge_agent.providers import CPU
+    from edge_agent.runtime import golden
+    from edge_agent.runtime.host import ModelHost
+    from edge_agent.runtime.model import load
     from edge_agent.store import ModelStore
     from fleet_protocol.bundle import read_bundle
+    from fleet_protocol.messages import Runtime
     from fleet_protocol.signing import generate_keypair, load_public_key, sha256_file
 
     n = 300 if args.quick else 3000
@@ -287,20 +423,23 @@ def main() -> int:
         tmp_path = Path(tmp)
         private, public = generate_keypair()
         store = ModelStore(tmp_path / "store")
+        memory_table(tmp_path, store, private, load_public_key(public))
+        if args.memory_only:
+            return 0
         for name in args.models.split(","):
             bundle = prepare(name, tmp_path / "bundles", private)
             sha = sha256_file(bundle)
             read_bundle(bundle, [load_public_key(public)], extract_to=store.models / sha)
             stored = store.get(sha)
-            model = load(stored, [CPU()], threads=1, optimization="all", cache_dir=store.cache)
-            golden_check(model)
-            engine = Engine()
-            engine.swap(model)
+            model = load(stored, Runtime(providers=["CPUExecutionProvider"], intra_op_threads=1), cache_dir=store.cache)
+            golden.check(model)
+            host = ModelHost()
+            host.swap(model)
             input_name = next(iter(model.inputs))
             shape = [1 if d is None else d for d in model.inputs[input_name].shape]
             x = np.random.default_rng(0).random(shape, dtype=np.float32)
             feed = {input_name: x}
-            raw_ms, engine_ms = in_process(model, engine, feed, n)
+            raw_ms, engine_ms = in_process(model, feed, n)
             path = f"/v2/models/{name}/infer"
             server = Server(store.root, sha)
             try:
@@ -322,10 +461,10 @@ def main() -> int:
             tput_raw = raw_throughput(model.session, model.output_names, feed, seconds)
             rows.append((name, shape, raw_ms, engine_ms, http_json, http_bin, plain_json))
             through.append((name, tput_raw, tput_off, tput_on))
-            del engine, model
+            del host, model
 
     print(f"edge agent overhead: onnxruntime {ort.__version__}, {os.cpu_count()} CPUs, batch 1, 1 intra-op thread, p50 in ms")
-    print("  engine: in-process Engine.predict; http: the agent's local server (own process), lean keep-alive client;")
+    print("  engine: in-process LoadedModel.run; http: the agent's local server (own process), lean keep-alive client;")
     print("  plain FastAPI: a straightforward FastAPI JSON route measured with the same client, for scale")
     print(f"{'model':<10} {'input':<12} {'raw run':>8} {'engine':>8} {'+engine':>12} {'http json':>10} {'+json':>7} "
           f"{'http bin':>9} {'+bin':>7} {'plain FastAPI json':>19} {'+':>7}")

@@ -1,20 +1,22 @@
-"""Wiring: store, engine, reconciler, MQTT link, telemetry and the local HTTP server of one device."""
+"""Wiring: store, model host, reconciler, MQTT link, telemetry, cameras and the local HTTP server of one device."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import time
 
 import uvicorn
 
-from .camera.agent_hook import attach as attach_cameras
-from .engine import Engine
+from fleet_protocol.messages import Health
+
+from .http.server import create_app
+from .mqtt.link import AgentLink
 from .reconcile import Reconciler
-from .server import create_app
+from .runtime.host import ModelHost
 from .settings import AgentSettings
 from .store import ModelStore
-from .sync import AgentLink
-from .telemetry import TelemetryLoop
+from .telemetry import ProcessProbe, TelemetryLoop, collect_health
 
 log = logging.getLogger(__name__)
 
@@ -27,21 +29,43 @@ def uvicorn_config(app, host: str, port: int) -> uvicorn.Config:
                           http="httptools" if fast else "h11", loop=loop)
 
 
+def camera_manager(host: ModelHost, on_event):
+    """The camera pipelines (edge_agent/camera/manager.py) when that part of the agent is installed."""
+    if importlib.util.find_spec("edge_agent.camera.manager") is None:
+        return None
+    from .camera.manager import CameraManager  # type: ignore[import-not-found]
+
+    return CameraManager(host, on_event)
+
+
 class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
+        self.started_at = time.time()
         self.store = ModelStore(settings.data_dir, keep=settings.keep_models)
-        self.engine = Engine(keep_previous_loaded=settings.keep_previous_loaded, batch_workers=settings.batch_workers)
-        self.reconciler = Reconciler(settings, self.store, self.engine)
+        self.host = ModelHost(batch_workers=settings.batch_workers)
+        self.reconciler = Reconciler(settings, self.store, self.host)
         self.link = AgentLink(settings, self.reconciler)
         self.reconciler.transport = self.link
-        self.telemetry = TelemetryLoop(self.engine, self.link.send_telemetry, settings.telemetry_interval_s)
-        self.app = create_app(self.engine, int(settings.max_request_mb * 1024 * 1024), control=self.reconciler,
+        self.cameras = camera_manager(self.host, self.link.send_event)
+        self.reconciler.cameras = self.cameras
+        self.probe = ProcessProbe()
+        self.telemetry = TelemetryLoop(self.host, self.link.send_telemetry, settings.telemetry_interval_s,
+                                       cameras=self.cameras, health=self.health)
+        self.app = create_app(self.host, int(settings.max_request_mb * 1024 * 1024), control=self.reconciler,
                               inline_below_ms=settings.inline_below_ms, workers=settings.infer_workers or None)
-        self.cameras = attach_cameras(self)  # runtime config `sources` → camera pipelines; view on self.app
+        if self.cameras is not None:  # the camera page, /stream and /camera/stats; camera numbers on /metrics
+            from .camera.metrics import register
+            from .camera.view import create_router
+
+            register(self.cameras)
+            self.app.include_router(create_router(self.cameras))
+
+    def health(self) -> Health | None:
+        return collect_health(self.settings.data_dir, self.started_at, 0) or Health(agent_rss_mb=self.probe.rss_mb())
 
     def run(self) -> None:
-        """Serve until interrupted. The model on disk is served before the network is even tried."""
+        """Serve until interrupted. The models on disk are served before the network is even tried."""
         self.reconciler.boot()
         self.reconciler.start()
         self.link.start()
@@ -51,8 +75,9 @@ class Agent:
         try:
             server.run()
         finally:
-            self.cameras.stop()
+            if self.cameras is not None:
+                self.cameras.stop()
             self.telemetry.stop()
             self.link.stop()
             self.reconciler.stop()
-            self.engine.close()
+            self.host.close()

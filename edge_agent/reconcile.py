@@ -1,32 +1,48 @@
-"""The agent's core loop: bring what the device serves in line with the desired state.
+"""The agent's core loop: bring what the device serves in line with the desired state, one model at a time.
 
-desired → (already serving? report) → download missing chunks → verify → load → golden check → swap →
-promote on disk → report serving. Any failure keeps the old model serving and reports `failed` with the
-reason. Runs on one worker thread; the MQTT shell only submits desired states and chunks to it.
+Each model name has its own worker thread, so one model's download, engine build or failure never holds up
+another's: desired → (already serving this bundle with this runtime? report) → memory check → download the
+missing chunks → verify → memory check → load (`building` while a provider compiles) → golden check → swap
+→ promote on disk with the runtime it applied with → report serving. Any failure keeps that model's previous
+version serving and reports `failed` with the reason; the other models are untouched. A model no longer
+desired is unloaded.
+
+A desired revision seen again (the hello answer, a duplicate delivery) is only acknowledged: a worker already
+on that bundle and runtime goes on where it is, so nothing is downloaded twice.
+
+The MQTT shell only submits valid desired states, refusals and chunks; the HTTP shell asks for rollbacks.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
 from concurrent.futures import Future, TimeoutError as FuturesTimeout
-from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import onnxruntime as ort
 
 from fleet_protocol.bundle import BundleError
-from fleet_protocol.messages import Desired, DeviceState, ModelRef, Reported, RuntimeConfig, ServingModel
+from fleet_protocol.messages import (
+    BundleRef, Desired, ModelReport, ModelSpec, ModelState, Reported, Runtime, ServingModel,
+)
 
 from . import __version__, hardware
-from .engine import Engine, GoldenCheckError, LoadedModel, ModelLoadError, golden_check, load
-from .providers import ProviderError, resolve
+from .runtime import golden
+from .runtime.errors import GoldenCheckError, MemoryBudgetError, ModelLoadError, ProviderError
+from .runtime.host import ModelHost
+from .runtime.model import LoadedModel, load
+from .runtime.session import providers_for
 from .settings import AgentSettings
 from .store import DigestMismatch, ModelStore, PartialDownload, StoredModel
 
 DOWNLOAD_ATTEMPTS = 3
+# Errors that refuse one bundle (reported `failed`, the previous version keeps serving).
+REFUSALS = (BundleError, GoldenCheckError, MemoryBudgetError, ModelLoadError, ProviderError, TimeoutError, OSError)
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +56,16 @@ class Transport(Protocol):
     def report(self, reported: Reported) -> None: ...
 
 
+class Cameras(Protocol):
+    """The camera manager as the reconciler uses it (edge_agent/camera/manager.py)."""
+
+    def apply(self, cameras: list) -> None: ...
+    def report(self) -> dict: ...
+    def check(self, models: dict) -> dict[str, str]: ...
+
+
 class Superseded(Exception):
-    """A newer desired state arrived while we worked on an older one."""
+    """The desired state of this model changed while we worked on the previous one."""
 
 
 class Busy(RuntimeError):
@@ -49,47 +73,270 @@ class Busy(RuntimeError):
 
 
 class ModelRejected(RuntimeError):
-    """An admission check refused a model that loaded and passed its golden check (e.g. no camera plug-in)."""
+    """A model that loaded and passed its golden check, refused by the cameras that name it."""
 
 
-# Called with the new model and its runtime config before it is swapped in; raises ModelRejected to refuse it.
-AdmissionCheck = Callable[[LoadedModel, RuntimeConfig], None]
+@dataclass(frozen=True)
+class Target:
+    """What one model should be: a bundle with the runtime it runs with (`explicit`: set by the fleet, so it is
+    persisted; otherwise the device's own settings)."""
+
+    bundle: BundleRef
+    runtime: Runtime
+    explicit: bool
+    rollout_id: int | None = None
+
+    @classmethod
+    def of(cls, spec: ModelSpec, default: Runtime) -> Target:
+        explicit = "runtime" in spec.model_fields_set
+        return cls(spec.bundle, spec.runtime if explicit else default, explicit, spec.rollout_id)
+
+    def same_work(self, other: Target | None) -> bool:
+        """Whether `other` asks for exactly this work (the rollout that asks does not matter)."""
+        return other is not None and (self.bundle, self.runtime, self.explicit) == (other.bundle, other.runtime, other.explicit)
+
+
+REMOVE = object()  # a worker's target when its model left the desired state
+
+
+def same_session(a: Runtime, b: Runtime) -> bool:
+    """Whether a session built under `a` is what `b` asks for (batching is the model's batcher, not the session)."""
+    return (a.providers, a.require_provider, a.intra_op_threads, a.precision) == \
+        (b.providers, b.require_provider, b.intra_op_threads, b.precision)
+
+
+def _serving(model: LoadedModel | None) -> ServingModel | None:
+    return ServingModel(name=model.name, version=model.version, sha256=model.sha256) if model is not None else None
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:1900]
 
 
 class Reconciler:
-    def __init__(self, settings: AgentSettings, store: ModelStore, engine: Engine, transport: Transport | None = None) -> None:
+    def __init__(self, settings: AgentSettings, store: ModelStore, host: ModelHost, transport: Transport | None = None,
+                 cameras: Cameras | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.engine = engine
+        self.host = host
         self.transport = transport
+        self.cameras = cameras
         self.trusted_keys = settings.public_keys()
+        self.workers: dict[str, ModelWorker] = {}
         self._desired: Desired | None = None
-        self._wake = threading.Event()
-        self._chunks: queue.Queue[tuple[str, int, bytes]] = queue.Queue(maxsize=4096)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
+        self._error: str | None = None
+        self._reports: dict[str, ModelReport] = {}
+        self._lock = threading.RLock()
+        self._started = False
         self._last: Reported | None = None
         self._hardware = hardware.facts()
-        self._rollback: Future[str] | None = None
-        self._applying: int | None = None  # the desired revision the worker is applying now
-        self.runtime = store.load_runtime() or settings.runtime()
-        self.admission_checks: list[AdmissionCheck] = []
 
-    # --- called from other threads ------------------------------------------------------------------------
+    # --- lifecycle ----------------------------------------------------------------------------------------
+    def boot(self) -> list[LoadedModel]:
+        """Serve every model the store holds, as it last applied, before any network is tried."""
+        self.store.collect_garbage()  # whatever a kill -9 left half-done
+        served = []
+        for name in self.store.names():
+            model = self._worker(name).boot()
+            if model is not None:
+                served.append(model)
+        return served
+
     def start(self) -> None:
+        with self._lock:
+            self._started = True
+            for worker in self.workers.values():
+                worker.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            workers = list(self.workers.values())
+        for worker in workers:
+            worker.stop()
+
+    def settle(self) -> None:
+        """Run every worker's pending work on the calling thread (workers not started: tests, tools)."""
+        assert not self._started, "settle() is for a reconciler whose workers do not run"
+        for worker in list(self.workers.values()):
+            worker.step()
+
+    def _worker(self, name: str) -> ModelWorker:
+        with self._lock:
+            worker = self.workers.get(name)
+            if worker is None:
+                worker = self.workers[name] = ModelWorker(name, self)
+                if self._started:
+                    worker.start()
+            return worker
+
+    # --- from the shells ----------------------------------------------------------------------------------
+    @property
+    def revision(self) -> int:
+        """The newest desired revision taken up (0: none), what the device says in its hello."""
+        desired = self._desired
+        return desired.revision if desired is not None else 0
+
+    @property
+    def desired(self) -> Desired | None:
+        return self._desired
+
+    def submit(self, desired: Desired) -> None:
+        with self._lock:
+            current = self._desired
+            if current is not None and desired.revision <= current.revision:
+                # A duplicate (the hello answer, a re-publication) or an older one: acknowledge, change nothing.
+                log.info("desired revision %d acknowledged (have %d)", desired.revision, current.revision)
+                self._error = None if desired.revision == current.revision else self._error
+                self.publish()
+                return
+            self._desired = desired
+            self._error = None
+            default = self.settings.runtime()
+            for name, spec in desired.models.items():
+                self._worker(name).submit(Target.of(spec, default))
+            for name, worker in list(self.workers.items()):
+                if name not in desired.models:
+                    worker.submit(REMOVE)
+            if self.cameras is not None:
+                try:
+                    self.cameras.apply(list(desired.cameras))
+                except Exception as exc:  # the camera manager reports per camera; never lose the models over it
+                    log.error("cameras not applied: %s", exc)
+            self.publish()
+
+    def refuse(self, reason: str) -> None:
+        """A desired state refused as a whole (unknown schema, invalid): say so, keep running what runs."""
+        with self._lock:
+            self._error = reason[:1900]
+            self.publish()
+
+    def on_chunk(self, sha256: str, index: int, data: bytes) -> None:
+        for worker in list(self.workers.values()):
+            if worker.downloading == sha256:
+                worker.on_chunk(sha256, index, data)
+                return
+
+    def rollback(self, name: str, timeout: float = 60.0) -> str:
+        worker = self.workers.get(name)
+        if worker is None:
+            raise RuntimeError(f"model {name!r} is not on this device")
+        return worker.rollback(timeout)
+
+    # --- what the workers share -------------------------------------------------------------------------
+    def budget_mb(self) -> float | None:
+        desired = self._desired
+        if desired is not None and desired.memory_budget_mb is not None:
+            return float(desired.memory_budget_mb)
+        return float(self.settings.memory_budget_mb) or None
+
+    def active_downloads(self) -> set[str]:
+        return {sha for w in list(self.workers.values()) if (sha := w.busy_with) is not None}
+
+    def update(self, name: str, report: ModelReport | None) -> None:
+        with self._lock:
+            if report is None:
+                self._reports.pop(name, None)
+            else:
+                self._reports[name] = report
+            self.publish()
+
+    @property
+    def last_reported(self) -> Reported | None:
+        return self._last
+
+    def reported(self) -> Reported:
+        with self._lock:
+            cameras = {}
+            if self.cameras is not None:
+                try:
+                    cameras = self.cameras.report()
+                except Exception as exc:
+                    log.error("camera report failed: %s", exc)
+            return Reported(
+                revision=self.revision, models=dict(self._reports), cameras=cameras, error=self._error,
+                providers_available=ort.get_available_providers(), hardware=self._hardware,
+                agent_version=__version__, onnxruntime_version=ort.__version__,
+            )
+
+    def publish(self) -> None:
+        with self._lock:
+            reported = self.reported()
+            self._last = reported
+            if self.transport is not None:
+                self.transport.report(reported)
+
+
+class _Building:
+    """While a provider compiles its engine: report `building` with a progress that grows towards (never to) 1."""
+
+    def __init__(self, worker: ModelWorker, expected_s: float, interval_s: float = 2.0) -> None:
+        self.worker = worker
+        self.expected_s = expected_s
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"building-{worker.name}", daemon=True)
+
+    def __enter__(self) -> _Building:
+        self.worker.say(ModelState.building, progress=0.0)
         self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        while not self._stop.wait(self.interval_s):
+            elapsed = time.monotonic() - started
+            self.worker.say(ModelState.building, progress=min(0.95, 1 - math.exp(-elapsed / self.expected_s)))
+
+
+class ModelWorker:
+    """Everything about one model name: its target, its download, its report; one thread."""
+
+    def __init__(self, name: str, reconciler: Reconciler) -> None:
+        self.name = name
+        self.r = reconciler
+        self.settings = reconciler.settings
+        self.store = reconciler.store
+        self.host = reconciler.host
+        self._target: Any = None  # Target, REMOVE or None (nothing asked: serve what booted)
+        self._applied: Any = None  # the target last worked on to its end (served or refused)
+        self._retry = False
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._chunks: queue.Queue[tuple[str, int, bytes]] = queue.Queue(maxsize=4096)
+        self._thread = threading.Thread(target=self._run, name=f"model-{name}", daemon=True)
+        self._rollback: Future[str] | None = None
+        self.downloading: str | None = None  # the artifact whose chunks this worker takes
+        self.busy_with: str | None = None  # the bundle this worker is downloading or loading (kept by the GC)
+        self._report = ModelReport(state=ModelState.pending)
+
+    # --- other threads ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if not self._thread.is_alive():
+            self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
-    def submit(self, desired: Desired) -> None:
-        current = self._desired
-        if current is not None and desired.revision < current.revision:
-            log.info("ignoring desired revision %d (have %d)", desired.revision, current.revision)
+    def submit(self, target: Any) -> None:
+        current = self._target
+        if isinstance(target, Target) and target.same_work(current if isinstance(current, Target) else None):
+            # Same bundle, same runtime in a newer revision: keep going (a download in progress is not
+            # restarted; chunks on disk stay). Only a failed attempt is tried again: the fleet asked anew, and
+            # what refused it may have changed (memory budget, a timed-out download resumes).
+            failed = self._report.state == ModelState.failed
+            self._target = target
+            if self._applied is current and not failed:
+                self._applied = target
+            self._wake.set()
             return
-        self._desired = desired
+        self._target = target
         self._wake.set()
 
     def on_chunk(self, sha256: str, index: int, data: bytes) -> None:
@@ -98,12 +345,8 @@ class Reconciler:
         except queue.Full:
             log.warning("chunk queue full; dropping chunk %d (it will be asked for again)", index)
 
-    @property
-    def last_reported(self) -> Reported | None:
-        return self._last
-
     def rollback(self, timeout: float = 60.0) -> str:
-        """Serve the previous model again, on the worker thread (so it never races a rollout). → what happened."""
+        """Serve the previous version again, on the worker thread (so it never races a rollout)."""
         future: Future[str] = Future()
         self._rollback = future
         self._wake.set()
@@ -114,153 +357,200 @@ class Reconciler:
         except FuturesTimeout:
             # Cancelled, it never runs: a rollback done later would roll back whatever was swapped in meanwhile.
             if future.cancel():
-                applying = self._applying
-                doing = f" applying desired revision {applying}" if applying is not None else ""
-                raise Busy(f"the agent is busy{doing}; rollback not done, try again") from None
+                revision = self.r.revision
+                raise Busy(f"the agent is busy applying desired revision {revision}; rollback not done, try again") from None
             return future.result()  # it had already started: its outcome is the answer
 
-    # --- boot: serve the last good model without any network ----------------------------------------------
+    # --- reports ------------------------------------------------------------------------------------------
+    def say(self, state: ModelState, *, progress: float = 0.0, error: str | None = None) -> None:
+        target = self._target if isinstance(self._target, Target) else None
+        serving = self.host.get(self.name)
+        report = ModelReport(
+            state=state, progress=min(max(progress, 0.0), 1.0), error=error,
+            desired=ServingModel(name=self.name, version=target.bundle.version, sha256=target.bundle.sha256) if target else None,
+            serving=_serving(serving),
+            provider=serving.provider if serving is not None else None,
+            precision=serving.precision if serving is not None else None,
+            golden_passed=serving.golden_passed if serving is not None else None,
+            rollout_id=target.rollout_id if target else None,
+        )
+        self._report = report
+        self.r.update(self.name, report)
+
+    # --- boot -----------------------------------------------------------------------------------------------
     def boot(self) -> LoadedModel | None:
-        self.store.collect_garbage()  # whatever a kill -9 left half-done
-        self.engine.configure_batching(self.runtime.batching)
-        current = self.store.current()
-        for stored in (current, self.store.previous()):
+        current = self.store.current(self.name)
+        for which, stored in (("current", current), ("previous", self.store.previous(self.name))):
             if stored is None:
                 continue
+            runtime = self.store.runtime(self.name, which) or self.settings.runtime()
             try:
-                model = self._load_checked(stored, self.runtime)
-            except (GoldenCheckError, ProviderError, BundleError, OSError, RuntimeError) as exc:
+                model = self._load_checked(stored, runtime)
+            except (*REFUSALS, RuntimeError) as exc:
                 log.error("stored model %s %s does not load: %s", stored.manifest.name, stored.manifest.version, exc)
                 continue
-            self.engine.swap(model)
+            self.host.swap(model)
             if current is not None and stored.sha256 != current.sha256:
-                self.store.fall_back(stored.sha256, current.sha256)
+                self.store.fall_back(self.name, stored.sha256, current.sha256)
             log.info("serving %s %s from disk on %s", model.name, model.version, model.provider)
+            self.say(ModelState.serving)
             return model
         return None
 
-    # --- the worker ---------------------------------------------------------------------------------------
+    # --- the worker -----------------------------------------------------------------------------------------
     def _run(self) -> None:
-        applied = -1
         while not self._stop.is_set():
             self._wake.wait(timeout=1.0)
             self._wake.clear()
-            if self._rollback is not None:
-                self._do_rollback()
-            desired = self._desired
-            if desired is None or desired.revision == applied:
-                continue
-            self._applying = desired.revision
-            try:
-                self._apply(desired)
-                applied = desired.revision
-            except Superseded:
-                continue
-            except Exception as exc:  # a failed apply must leave the agent serving and reporting
-                log.exception("applying desired revision %d failed", desired.revision)
-                self._report(desired.revision, DeviceState.failed, error=f"internal error: {exc}")
-                applied = desired.revision
-            finally:
-                self._applying = None
+            self.step()
+
+    def step(self) -> None:
+        """One round: a pending rollback, then the target if it changed."""
+        if self._rollback is not None:
+            self._do_rollback()
+        target = self._target
+        if target is None or target is self._applied:
+            return
+        try:
+            if target is REMOVE:
+                self._remove()
+            else:
+                self._apply(target)
+            self._applied = target
+        except Superseded:
+            return
+        except Exception as exc:  # a failed apply must leave the agent serving and reporting
+            log.exception("applying %s failed", self.name)
+            self.say(ModelState.failed, error=f"internal error: {_short(exc)}")
+            self._applied = target
+        finally:
+            self.busy_with = None
+
+    def _remove(self) -> None:
+        if self.host.get(self.name) is not None:
+            self.say(ModelState.removing)
+        self.host.remove(self.name)
+        self.store.forget(self.name)
+        log.info("%s is no longer desired: unloaded", self.name)
+        self.r.update(self.name, None)
 
     def _do_rollback(self) -> None:
         future, self._rollback = self._rollback, None
         if future is None or not future.set_running_or_notify_cancel():
             return
-        revision = self._desired.revision if self._desired is not None else 0
         try:
-            previous = self.engine.previous
-            stored = previous.stored if previous is not None else self.store.previous()
+            stored = self.store.previous(self.name)
             if stored is None:
-                raise RuntimeError("no previous model to roll back to")
-            model = previous if previous is not None and _same_session(previous.runtime, self.runtime) else \
-                self._load_checked(stored, self.runtime)
+                raise RuntimeError(f"no previous version of {self.name} to roll back to")
+            runtime = self.store.runtime(self.name, "previous")
+            model = self._load_checked(stored, runtime or self.settings.runtime())
         except Exception as exc:
-            log.error("rollback failed: %s", exc)
+            log.error("rollback of %s failed: %s", self.name, exc)
             future.set_exception(exc)
             return
-        self.engine.swap(model)
-        self.store.promote(model.sha256)
+        self.host.swap(model)
+        self.store.promote(self.name, model.sha256, runtime, self.r.active_downloads())
         log.info("rolled back to %s %s", model.name, model.version)
-        self._report(revision, DeviceState.rolled_back, golden_passed=True)
+        self.say(ModelState.serving, error="rolled back on command")
         future.set_result(f"serving {model.name} {model.version}")
 
-    def _apply(self, desired: Desired) -> None:
-        # The fleet's runtime config when it sends one, else the device's own settings.
-        runtime = desired.runtime or self.settings.runtime()
-        self.runtime = runtime
-        self.store.save_runtime(desired.runtime)
-        self.engine.configure_batching(runtime.batching)
-        ref = desired.model
-        current = self.engine.current
-        if ref is None:
-            self._report(desired.revision, DeviceState.serving if current else DeviceState.idle)
-            return
-        if current is not None and current.sha256 == ref.sha256 and _same_session(current.runtime, runtime):
-            self._report(desired.revision, DeviceState.serving)
-            return
-        previous = self.engine.previous
-        try:
-            if previous is not None and previous.sha256 == ref.sha256 and _same_session(previous.runtime, runtime):
-                model = previous  # rollback: still loaded and already checked
-            elif current is not None and current.sha256 == ref.sha256:
-                self._report(desired.revision, DeviceState.loading, progress=1.0)
-                model = self._load_checked(current.stored, runtime)  # same model, new session settings
-            else:
-                stored = self.store.get(ref.sha256) or self._download(desired, ref)
-                self._report(desired.revision, DeviceState.loading, progress=1.0)
-                model = self._load_checked(stored, runtime)
-            for check in self.admission_checks:
-                check(model, runtime)
-        except (BundleError, GoldenCheckError, ModelLoadError, ModelRejected, ProviderError, TimeoutError, OSError) as exc:
-            log.error("%s %s rejected: %s", ref.name, ref.version, exc)
-            self._report(desired.revision, DeviceState.failed, error=f"{type(exc).__name__}: {exc}")
-            return
-        self.engine.swap(model)
-        self.store.promote(model.sha256)
-        log.info("now serving %s %s on %s", model.name, model.version, model.provider)
-        self._report(desired.revision, DeviceState.serving, golden_passed=True)
+    def _check_superseded(self, target: Target) -> None:
+        if self._target is not target and not target.same_work(self._target if isinstance(self._target, Target) else None):
+            raise Superseded()
 
-    def _load_checked(self, stored: StoredModel, runtime: RuntimeConfig) -> LoadedModel:
-        providers = resolve(runtime.providers, ort.get_available_providers(), runtime.require_provider)
-        model = load(
-            stored, providers, threads=runtime.intra_op_threads, optimization=self.settings.graph_optimization,
-            cache_dir=self.store.cache, require=runtime.require_provider, runtime=runtime,
-        )
-        golden_check(model)
+    def _apply(self, target: Target) -> None:
+        ref, runtime = target.bundle, target.runtime
+        current = self.host.get(self.name)
+        try:
+            if current is not None and current.sha256 == ref.sha256 and same_session(current.runtime, runtime):
+                if current.runtime != runtime:  # only batching changed: the same session, a new batcher
+                    self.host.swap(current.with_runtime(runtime))
+                self.store.promote(self.name, ref.sha256, runtime if target.explicit else None, self.r.active_downloads())
+                self.say(ModelState.serving)
+                return
+            self.busy_with = ref.sha256
+            stored = self.store.get(ref.sha256)
+            if stored is None:
+                self.host.check_memory(self.name, ref.size, self.r.budget_mb())
+                stored = self._download(target)
+            self.host.check_memory(self.name, stored.model_path.stat().st_size, self.r.budget_mb())
+            self._check_superseded(target)
+            model = self._load_checked(stored, runtime)
+            self._check_superseded(target)
+            self._admit(model)
+        except REFUSALS + (ModelRejected,) as exc:
+            log.error("%s %s refused: %s", ref.name, ref.version, exc)
+            self.say(ModelState.failed, error=_short(exc))
+            return
+        self.host.swap(model)
+        self.store.promote(self.name, model.sha256, runtime if target.explicit else None, self.r.active_downloads())
+        log.info("now serving %s %s on %s (%s)", model.name, model.version, model.provider, model.precision.value)
+        self.say(ModelState.serving)
+
+    def _admit(self, model: LoadedModel) -> None:
+        cameras = self.r.cameras
+        if cameras is None:
+            return
+        manifests = {n: m.manifest for n, m in self.host.models().items()}
+        manifests[self.name] = model.manifest
+        reasons = cameras.check(manifests)
+        desired = self.r.desired
+        users = {c.name for c in (desired.cameras if desired is not None else []) if self.name in c.models()}
+        refused = {cam: why for cam, why in reasons.items() if cam in users}
+        if refused:
+            raise ModelRejected("; ".join(f"camera {cam!r}: {why}" for cam, why in sorted(refused.items())))
+
+    def _load_checked(self, stored: StoredModel, runtime: Runtime) -> LoadedModel:
+        providers = providers_for(runtime)
+        if providers[0].builds_engine:
+            with _Building(self, expected_s=60.0):
+                model = load(stored, runtime, providers=providers, optimization=self.settings.graph_optimization,
+                             cache_dir=self.store.cache)
+        else:
+            self.say(ModelState.loading, progress=1.0)
+            model = load(stored, runtime, providers=providers, optimization=self.settings.graph_optimization,
+                         cache_dir=self.store.cache)
+        golden.check(model)
         return model
 
-    def _download(self, desired: Desired, ref: ModelRef) -> StoredModel:
-        if self.transport is None:
+    def _download(self, target: Target) -> StoredModel:
+        ref = target.bundle
+        transport = self.r.transport
+        if transport is None:
             raise TimeoutError("no network transport to download from")
         partial = self.store.partial(ref)
-        self._report(desired.revision, DeviceState.downloading, progress=partial.progress)
-        self.transport.watch_artifact(ref.sha256)
+        self.say(ModelState.downloading, progress=partial.progress)
+        self.downloading = ref.sha256
+        transport.watch_artifact(ref.sha256)
         try:
             for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-                self._fetch(desired, ref, partial)
-                self._report(desired.revision, DeviceState.verifying, progress=1.0)
+                self._fetch(target, partial)
+                self.say(ModelState.verifying, progress=1.0)
                 try:
-                    return self.store.install(partial, self.trusted_keys)
+                    return self.store.install(partial, self.r.trusted_keys)
                 except DigestMismatch as exc:
                     if attempt == DOWNLOAD_ATTEMPTS:
                         raise
                     log.warning("%s; fetching it again (attempt %d)", exc, attempt + 1)
             raise AssertionError("unreachable")
         finally:
-            self.transport.unwatch_artifact(ref.sha256)
+            self.downloading = None
+            transport.unwatch_artifact(ref.sha256)
 
-    def _fetch(self, desired: Desired, ref: ModelRef, partial: PartialDownload) -> None:
-        assert self.transport is not None
+    def _fetch(self, target: Target, partial: PartialDownload) -> None:
+        ref = target.bundle
+        transport = self.r.transport
+        assert transport is not None
         deadline = time.monotonic() + self.settings.download_timeout_s
         reported_progress = partial.progress
         while missing := partial.missing():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"download of {ref.name} {ref.version} timed out ({len(missing)} chunks missing)")
-            self.transport.request_chunks(ref.sha256, ref.chunk_size, missing)
+            transport.request_chunks(ref.sha256, ref.chunk_size, missing)
             # Take chunks until none came for a while, then ask again for whatever is still missing.
             while not partial.complete:
-                if self._desired is not desired:
+                self._check_superseded(target)
+                if self._stop.is_set():
                     raise Superseded()
                 try:
                     sha, index, data = self._chunks.get(timeout=self.settings.chunk_timeout_s)
@@ -272,28 +562,7 @@ class Reconciler:
                     log.warning("chunk %d of %s has a wrong size or index; ignored", index, ref.sha256[:12])
                 if partial.progress - reported_progress >= 0.1:
                     reported_progress = partial.progress
-                    self._report(desired.revision, DeviceState.downloading, progress=partial.progress)
-
-    def _report(self, revision: int, state: DeviceState, *, progress: float = 0.0, error: str | None = None,
-                golden_passed: bool | None = None) -> None:
-        model = self.engine.current
-        reported = Reported(
-            revision=revision,
-            state=state,
-            model=ServingModel(name=model.name, version=model.version, sha256=model.sha256) if model else None,
-            progress=progress,
-            error=error,
-            provider=model.provider if model else None,
-            providers_available=ort.get_available_providers(),
-            golden_passed=golden_passed,
-            hardware=self._hardware,
-            agent_version=__version__,
-        )
-        self._last = reported
-        if self.transport is not None:
-            self.transport.report(reported)
+                    self.say(ModelState.downloading, progress=partial.progress)
 
 
-def _same_session(a: RuntimeConfig, b: RuntimeConfig) -> bool:
-    """Whether a session built under `a` is what `b` asks for (batching is the engine's, not the session's)."""
-    return (a.providers, a.require_provider, a.intra_op_threads) == (b.providers, b.require_provider, b.intra_op_threads)
+__all__ = ["Busy", "ModelRejected", "ModelWorker", "Reconciler", "Superseded", "Target", "Transport"]

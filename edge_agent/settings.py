@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fleet_protocol.messages import DEVICE_ID_PATTERN, Batching, RuntimeConfig
+from fleet_protocol.messages import DEVICE_ID_PATTERN, Batching, Precision, Runtime
 from fleet_protocol.signing import load_public_key
 from fleet_protocol.topics import DEFAULT_PREFIX
 
@@ -35,15 +35,17 @@ class AgentSettings(BaseSettings):
     # Default preference when the desired state names none; the first one onnxruntime offers wins.
     providers: str = "TensorrtExecutionProvider,CUDAExecutionProvider,OpenVINOExecutionProvider,CPUExecutionProvider"
     intra_op_threads: int = 1
+    precision: Precision = Precision.fp32
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     # Defaults until the fleet's desired state says otherwise (it is remembered on disk once it did).
     batching: bool = False
     batch_max_size: int = 8
     batch_max_delay_ms: float = 2.0
     batch_workers: int = 1  # batches run at once; with one intra-op thread each, up to one per core pays
-    # Keep the replaced session in memory for an instant rollback; off: it is freed once its requests end.
-    keep_previous_loaded: bool = False
-    keep_models: int = 3  # bundles kept on disk (current, previous and one more)
+    # What models may take in memory (MiB), unless the desired state says; 0: no check. A model that would not
+    # fit is refused with a reported reason before it is loaded, instead of the kernel's OOM killer deciding.
+    memory_budget_mb: int = 0
+    keep_models: int = 3  # bundles kept on disk besides every model's current and previous
     telemetry_interval_s: float = 10.0
     chunk_timeout_s: float = 3.0  # no chunk for this long: ask again for what is still missing
     download_timeout_s: float = 600.0
@@ -54,9 +56,9 @@ class AgentSettings(BaseSettings):
     def provider_list(self) -> list[str]:
         return [p.strip() for p in self.providers.split(",") if p.strip()]
 
-    def runtime(self) -> RuntimeConfig:
-        """The runtime config this device uses before any desired state named one."""
-        return RuntimeConfig(
-            providers=self.provider_list(), intra_op_threads=self.intra_op_threads,
+    def runtime(self) -> Runtime:
+        """The runtime a model runs with when the desired state names none for it."""
+        return Runtime(
+            providers=self.provider_list(), intra_op_threads=self.intra_op_threads, precision=self.precision,
             batching=Batching(enabled=self.batching, max_batch_size=self.batch_max_size, max_delay_ms=self.batch_max_delay_ms),
         )

@@ -2,12 +2,12 @@
 
     DATA_DIR/models/{sha256}/     one verified, extracted bundle per folder (content-addressed)
     DATA_DIR/downloads/{sha256}/  chunks of a download in progress, one file each (resume after restart)
-    DATA_DIR/state.json           {"current": sha, "previous": sha}, replaced atomically
-    DATA_DIR/runtime.json         the runtime config of the last desired state (providers, threads, batching)
-    DATA_DIR/cache/optimized/     onnxruntime's optimized graphs, {sha256}-….onnx, so a restart does not re-optimize
+    DATA_DIR/state.json           {"models": {name: {"current": {sha256, runtime}, "previous": {…}}}}, replaced atomically
+    DATA_DIR/cache/               engine caches of the providers that build one (TensorRT, OpenVINO)
 
-A model becomes `current` only after it loaded and passed its golden check, so whatever happens (kill -9
-included) the agent boots on a model that passed. A half-written download is never loaded: chunks are
+A model becomes `current` of its name only after it loaded and passed its golden check, together with the
+runtime it applied with, so whatever happens (kill -9 included) the agent boots on models that passed, with
+runtimes that worked: a runtime the device refused (a required provider it lacks) is never written. A half-written download is never loaded: chunks are
 written to temporary names and renamed, the bundle is verified as a whole, and extraction is a rename too.
 """
 
@@ -18,12 +18,14 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fleet_protocol.bundle import BundleError, VerifiedBundle, read_bundle
 from fleet_protocol.manifest import Manifest
-from fleet_protocol.messages import ModelRef, RuntimeConfig
+from fleet_protocol.messages import BundleRef, Runtime
 from fleet_protocol.signing import sha256_file
 
 log = logging.getLogger(__name__)
@@ -81,7 +83,7 @@ class DigestMismatch(BundleError):
 class PartialDownload:
     """Chunks of one artifact received so far; survives restarts."""
 
-    def __init__(self, folder: Path, ref: ModelRef) -> None:
+    def __init__(self, folder: Path, ref: BundleRef) -> None:
         self.folder = folder
         self.ref = ref
         folder.mkdir(parents=True, exist_ok=True)
@@ -132,66 +134,97 @@ class ModelStore:
         for d in (self.models, self.downloads):
             d.mkdir(parents=True, exist_ok=True)
         self._state_path = self.root / "state.json"
-        self._runtime_path = self.root / "runtime.json"
         self.cache = self.root / "cache"
+        self._lock = threading.RLock()  # one writer at a time: each model's worker promotes on its own
 
     # --- state ------------------------------------------------------------------------------------------
-    def _state(self) -> dict[str, str | None]:
+    def _state(self) -> dict[str, dict[str, Any]]:
+        """{name: {"current": {"sha256", "runtime"}, "previous": {...}}}; a v1 file (one model) is read as one name."""
         try:
-            return json.loads(self._state_path.read_text())
+            data = json.loads(self._state_path.read_text())
         except (OSError, ValueError):
-            return {"current": None, "previous": None}
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        if "models" in data and isinstance(data["models"], dict):
+            return data["models"]
+        if "current" in data:  # written by a v1 agent: {"current": sha, "previous": sha}
+            entry = {k: {"sha256": data[k], "runtime": None} for k in ("current", "previous") if data.get(k)}
+            stored = self.get(data.get("current")) or self.get(data.get("previous"))
+            return {stored.manifest.name: entry} if stored is not None else {}
+        return {}
 
-    def current(self) -> StoredModel | None:
-        return self.get(self._state().get("current"))
+    def names(self) -> list[str]:
+        return sorted(self._state())
 
-    def previous(self) -> StoredModel | None:
-        return self.get(self._state().get("previous"))
+    def _slot(self, name: str, which: str) -> dict[str, Any] | None:
+        slot = self._state().get(name, {}).get(which)
+        return slot if isinstance(slot, dict) else None
 
-    def promote(self, sha256: str) -> None:
-        """Make `sha256` current and the old current previous, in one atomic replace.
+    def current(self, name: str) -> StoredModel | None:
+        slot = self._slot(name, "current")
+        return self.get(slot.get("sha256")) if slot else None
 
-        Called by the reconciler's worker once a model passed its checks, so no download is in progress:
-        the unfinished downloads left behind (superseded, timed out) are removed with the rest."""
-        state = self._state()
-        if state.get("current") == sha256:
-            return
-        new = {"current": sha256, "previous": state.get("current") or state.get("previous")}
-        self._write_state(new, promoted=sha256)
+    def previous(self, name: str) -> StoredModel | None:
+        slot = self._slot(name, "previous")
+        return self.get(slot.get("sha256")) if slot else None
 
-    def fall_back(self, sha256: str, broken: str | None) -> None:
-        """Boot found `broken` (the current) unusable and serves `sha256` (the previous): forget the broken one."""
-        self._write_state({"current": sha256, "previous": None})
-        if broken and broken != sha256:
-            shutil.rmtree(self.models / broken, ignore_errors=True)
-
-    def _write_state(self, state: dict[str, str | None], promoted: str | None = None) -> None:
-        # The folder is touched so garbage collection sees the most recently served models as the newest.
-        for sha in state.values():
-            if sha and (self.models / sha).is_dir():
-                os.utime(self.models / sha)
-        _atomic_write(self._state_path, json.dumps(state).encode())
-        self.collect_garbage(promoted=promoted)
-
-    # --- runtime config ---------------------------------------------------------------------------------
-    def save_runtime(self, runtime: RuntimeConfig | None) -> None:
-        """Remember the fleet's runtime config, so an offline boot keeps its provider rules (None: forget it)."""
-        if runtime is None:
-            self._runtime_path.unlink(missing_ok=True)
-            return
-        data = runtime.to_bytes()
-        try:
-            if self._runtime_path.read_bytes() == data:
-                return
-        except OSError:
-            pass
-        _atomic_write(self._runtime_path, data)
-
-    def load_runtime(self) -> RuntimeConfig | None:
-        try:
-            return RuntimeConfig.parse(self._runtime_path.read_bytes())
-        except (OSError, ValueError):
+    def runtime(self, name: str, which: str = "current") -> Runtime | None:
+        """The fleet's runtime this model applied with (None: the device's own settings)."""
+        slot = self._slot(name, which)
+        if not slot or slot.get("runtime") is None:
             return None
+        try:
+            return Runtime.model_validate(slot["runtime"])
+        except ValueError:
+            return None
+
+    def promote(self, name: str, sha256: str, runtime: Runtime | None, active: set[str] = frozenset()) -> None:
+        """Make `sha256` the current of `name` and its old current previous, in one atomic replace. The runtime
+        it applied with is remembered with it: only a runtime that applied is ever persisted.
+
+        Unfinished downloads of artifacts not in `active` (superseded, timed out) are removed with the rest."""
+        with self._lock:
+            state = self._state()
+            entry = state.get(name, {})
+            new_slot = {"sha256": sha256, "runtime": runtime.model_dump(mode="json") if runtime is not None else None}
+            current = entry.get("current")
+            if current and current.get("sha256") == sha256:
+                previous = entry.get("previous")
+            else:
+                previous = current or entry.get("previous")
+            state[name] = {"current": new_slot, **({"previous": previous} if previous else {})}
+            self._write_state(state, promoted=sha256, active=active)
+
+    def fall_back(self, name: str, sha256: str, broken: str | None) -> None:
+        """Boot found `broken` (the current) unusable and serves `sha256` (the previous): forget the broken one."""
+        with self._lock:
+            state = self._state()
+            previous = state.get(name, {}).get("previous") or {"sha256": sha256, "runtime": None}
+            state[name] = {"current": previous}
+            self._write_state(state)
+            if broken and broken != sha256:
+                shutil.rmtree(self.models / broken, ignore_errors=True)
+
+    def forget(self, name: str) -> None:
+        """`name` is no longer desired: its bundles become ordinary garbage (kept up to `keep`)."""
+        with self._lock:
+            state = self._state()
+            if state.pop(name, None) is not None:
+                self._write_state(state)
+
+    def _write_state(self, state: dict[str, Any], promoted: str | None = None, active: set[str] = frozenset()) -> None:
+        # The folders are touched so garbage collection sees the most recently served models as the newest.
+        for sha in self._pinned(state):
+            if (self.models / sha).is_dir():
+                os.utime(self.models / sha)
+        _atomic_write(self._state_path, json.dumps({"models": state}).encode())
+        self.collect_garbage(promoted=promoted, active=active)
+
+    @staticmethod
+    def _pinned(state: dict[str, Any]) -> set[str]:
+        return {slot["sha256"] for entry in state.values() for slot in entry.values()
+                if isinstance(slot, dict) and slot.get("sha256")}
 
     # --- models -----------------------------------------------------------------------------------------
     def get(self, sha256: str | None) -> StoredModel | None:
@@ -204,7 +237,7 @@ class ModelStore:
             return None
         return StoredModel(sha256, folder, manifest)
 
-    def partial(self, ref: ModelRef) -> PartialDownload:
+    def partial(self, ref: BundleRef) -> PartialDownload:
         return PartialDownload(self.downloads / ref.sha256, ref)
 
     def install(self, partial: PartialDownload, trusted_keys: list) -> StoredModel:
@@ -239,26 +272,23 @@ class ModelStore:
         assert stored is not None
         return stored
 
-    def collect_garbage(self, promoted: str | None = None) -> None:
-        """Keep current, previous and the newest others up to `keep`; remove the rest, with their optimized
-        graphs, and whatever a kill -9 left half-done (staging folders, temporary files).
+    def collect_garbage(self, promoted: str | None = None, active: set[str] = frozenset()) -> None:
+        """Keep every model's current and previous, and the newest others up to `keep` in all; remove the rest
+        and whatever a kill -9 left half-done (staging folders, temporary files, v1 optimized-graph files).
 
-        With `promoted` (a model was just promoted: no download is in progress) the unfinished downloads of
-        every other artifact go too. Without it (boot) they stay, so a download resumes after a restart."""
+        With `promoted` (a model was just promoted) the unfinished downloads of every artifact not `active`
+        go too. Without it (boot) they stay, so a download resumes after a restart."""
         state = self._state()
-        pinned = {state.get("current"), state.get("previous")}
+        pinned = self._pinned(state) | set(active)  # a bundle a worker is loading stays too
         folders = sorted((p for p in self.models.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
-        kept = len([p for p in folders if p.name in pinned])
-        alive: set[str] = set()
+        kept = len([p for p in folders if p.name in pinned])  # pinned ones always stay; others up to `keep` in all
         for folder in folders:
-            if folder.name in pinned:
-                alive.add(folder.name)
-                continue
+            if folder.name in pinned or (folder.name.startswith(".") and folder.name[1:].split(".")[0] in pinned):
+                continue  # a staging folder of an active download is being extracted right now
             if folder.name.startswith(".") or kept >= self.keep:
                 shutil.rmtree(folder, ignore_errors=True)
             else:
                 kept += 1
-                alive.add(folder.name)
         for stray in self.models.iterdir():
             if stray.is_file():
                 stray.unlink(missing_ok=True)
@@ -266,10 +296,7 @@ class ModelStore:
             tmp.unlink(missing_ok=True)
         if promoted is not None:
             for folder in self.downloads.iterdir():
-                if folder.is_dir() and folder.name != promoted:
+                if folder.is_dir() and folder.name != promoted and folder.name not in active:
                     shutil.rmtree(folder, ignore_errors=True)
-        optimized = self.cache / "optimized"
-        if optimized.is_dir():
-            for f in optimized.iterdir():
-                if f.name.startswith(".") or f.name.split("-", 1)[0] not in alive:
-                    f.unlink(missing_ok=True)
+        # v1 agents cached optimized graphs here; serving sessions no longer write them (memory, see runtime.session)
+        shutil.rmtree(self.cache / "optimized", ignore_errors=True)

@@ -46,10 +46,19 @@ class FileEntry(_Strict):
 
 
 class Golden(_Strict):
-    """Tolerances for the golden check: |actual - expected| <= atol + rtol * |expected|."""
+    """How a device checks the model against its golden outputs.
 
-    atol: float = 1e-4
-    rtol: float = 1e-3
+    `tolerance`: |actual - expected| <= atol + rtol * |expected| elementwise; atol/rtol are for fp32 and the
+    device widens them to what the runtime's precision can hold (fp16, int8). Task-aware checks compare what
+    the task needs instead: `top1` the same class per item (last axis), `boxes` every golden box matched by a
+    box with IoU >= `iou` (rows of the last axis, x1 y1 x2 y2 first), `text` the same symbol sequence (argmax
+    over the last axis, repeats and index 0 kept: the CTC decoding is the same on both sides).
+    """
+
+    atol: float = Field(default=1e-4, ge=0, le=1e6)
+    rtol: float = Field(default=1e-3, ge=0, le=1e6)
+    compare: Literal["tolerance", "top1", "boxes", "text"] = "tolerance"
+    iou: float = Field(default=0.5, gt=0, le=1)
 
 
 class Manifest(_Strict):

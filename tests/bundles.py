@@ -29,10 +29,11 @@ def digits(epochs: int):
     return prepare("digits", variant=f"e{epochs}", epochs=epochs)
 
 
-def digits_bundle(keys: Keys, out: Path, version: str, epochs: int = 20, **kwargs) -> Path:
+def digits_bundle(keys: Keys, out: Path, version: str, epochs: int = 20, name: str = "digits", **kwargs) -> Path:
+    """`name` other than digits: the same network under another model name (a second model on one device)."""
     zoo = digits(epochs)
     path, _ = pack_bundle(
-        zoo.onnx, name="digits", version=version, golden_inputs=zoo.golden_inputs, private_key_pem=keys.private_path.read_bytes(),
+        zoo.onnx, name=name, version=version, golden_inputs=zoo.golden_inputs, private_key_pem=keys.private_path.read_bytes(),
         out_dir=out, task="classification", labels=zoo.labels, preprocessing=zoo.preprocessing, **kwargs,
     )
     return path
@@ -93,3 +94,31 @@ def slow_digits_bundle(keys: Keys, out: Path, version: str, matmuls: int = 24) -
         out_dir=out, task="classification", labels=digits(20).labels, preprocessing=digits(20).preprocessing,
     )
     return bundle
+
+
+def fp16_bundle(keys: Keys, out: Path, version: str, epochs: int = 20, broken: bool = False,
+                compare: str = "tolerance") -> Path:
+    """The digits CNN converted to fp16 arithmetic (inputs and outputs stay fp32), with the golden outputs of
+    the fp32 model: what a TensorRT fp16 engine is to its fp32 ONNX. `broken`: one weight tensor damaged, as
+    a bad conversion would."""
+    import onnx
+    from onnx import numpy_helper
+    from onnxconverter_common import float16
+
+    zoo = digits(epochs)
+    fp32 = zoo.onnx.read_bytes()
+    model = float16.convert_float_to_float16(onnx.load_from_string(fp32), keep_io_types=True)
+    if broken:
+        init = max(model.graph.initializer, key=lambda t: np.prod(t.dims))
+        w = numpy_helper.to_array(init)
+        init.CopyFrom(numpy_helper.from_array((w * -0.5).astype(w.dtype), init.name))
+    # Uncertain inputs (noise), not clear digits: saturated probabilities would hide any arithmetic error.
+    inputs = {"image": np.random.default_rng(0).uniform(0, 1, (32, 1, 8, 8)).astype(np.float32)}
+    outputs = golden.compute(fp32, inputs)  # the fp32 model's answers
+    good = digits_bundle(keys, out / "tmp", version, epochs)
+    manifest = read_bundle(good, [keys.public]).manifest
+    manifest = manifest.model_copy(update={"golden": manifest.golden.model_copy(update={"compare": compare}),
+                                           "quantization": manifest.quantization.model_copy(update={"method": "fp16"})})
+    path = out / f"digits-{version}.bundle"
+    write_bundle(path, manifest, {MODEL: model.SerializeToString(), GOLDEN: golden.to_npz(inputs, outputs)}, keys.private)
+    return path

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     link = None
     if args.broker:
         from ..settings import AgentSettings
-        from ..sync import AgentLink
+        from ..mqtt.link import AgentLink
 
         overrides = {"broker_url": args.broker, **({"device_id": args.device_id} if args.device_id else {})}
         link = AgentLink(AgentSettings(**overrides), reconciler=None)  # the device's connection, events only

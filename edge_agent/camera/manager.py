@@ -30,6 +30,7 @@ class CameraManager:
         self.host = host
         self.on_event = on_event
         self.pipelines: dict[str, Pipeline] = {}
+        self.cameras: list[Camera] = []  # as last applied, including any that could not start
         self._factory = pipeline_factory
         self._lock = threading.Lock()
 
@@ -38,6 +39,7 @@ class CameraManager:
         """Run exactly these cameras: start new ones, restart changed ones, stop the ones no longer listed."""
         wanted = {c.name: c for c in cameras}
         with self._lock:
+            self.cameras = list(cameras)
             for name, pipeline in list(self.pipelines.items()):
                 if wanted.get(name) != pipeline.camera:
                     pipeline.stop()
@@ -56,12 +58,14 @@ class CameraManager:
                 log.info("camera %s: %s → %s", camera.name, camera.source.describe(), " → ".join(camera.models()))
 
     def check(self, models: dict[str, Manifest]) -> dict[str, str]:
-        """camera name → why it cannot run with these models (only cameras that cannot are listed)."""
+        """camera name → why these models cannot play their parts in it (only such cameras are listed). The
+        reconciler asks before it swaps a model in, so a model the cameras naming it cannot use is refused
+        there (reported failed) and the one it would replace keeps serving. Models not given are not judged."""
         out = {}
-        for name, pipeline in list(self.pipelines.items()):
-            reason = check(pipeline.camera, models)
+        for camera in list(self.cameras):
+            reason = check(camera, models)
             if reason is not None:
-                out[name] = reason
+                out[camera.name] = reason
         return out
 
     # --- what the device reports -------------------------------------------------------------------------

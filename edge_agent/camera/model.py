@@ -13,18 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from fleet_protocol.bundle import BundleError, read_bundle
 from fleet_protocol.manifest import Manifest
+from fleet_protocol.messages import Runtime
 from fleet_protocol.signing import sha256_file
 
-from ..providers import resolve
+from ..runtime.errors import ModelLoadError, ProviderError
+from ..runtime.session import create_session
+
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider"]
-
 
 class ModelError(ValueError):
     """The camera's model cannot be had: the message says why."""
@@ -76,15 +75,6 @@ class StaticHost:
             self._models = {k: v for k, v in self._models.items() if k != name}
 
 
-def open_session(path: Path, providers: list[str] | None = None, threads: int = 1) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    chosen = resolve(providers or DEFAULT_PROVIDERS, ort.get_available_providers())
-    return ort.InferenceSession(str(path), sess_options=options, providers=[p.name for p in chosen])
-
-
 def load(ref: str, trusted_keys: list, *, work_dir: Path | None = None, providers: list[str] | None = None,
          threads: int = 1) -> BundleModel:
     """A signed bundle file → a loaded model. ModelError when it cannot be had."""
@@ -99,7 +89,12 @@ def load(ref: str, trusted_keys: list, *, work_dir: Path | None = None, provider
             bundle = read_bundle(path, trusted_keys, extract_to=folder)
         except BundleError as exc:
             raise ModelError(f"{ref}: {exc}") from None
-        # onnxruntime has read the file once the session exists: nothing extracted needs to stay behind.
-        return BundleModel(bundle.manifest, open_session(folder / "model.onnx", providers, threads), sha256_file(path))
+        runtime = Runtime(intra_op_threads=threads, **({"providers": providers} if providers else {}))
+        try:
+            # onnxruntime has read the file once the session exists: nothing extracted needs to stay behind.
+            session = create_session(folder / "model.onnx", runtime)
+        except (ModelLoadError, ProviderError) as exc:
+            raise ModelError(f"{ref}: {exc}") from None
+        return BundleModel(bundle.manifest, session, sha256_file(path))
     finally:
         shutil.rmtree(folder.parent, ignore_errors=True)

@@ -119,11 +119,14 @@ def role_error(manifest: Manifest, part: Literal["detector", "stage"]) -> str:
 
 
 def check(camera: Camera, manifests: dict[str, Manifest]) -> str | None:
-    """Why `camera` cannot run with these models (None: it can), judged from the manifests alone."""
+    """Why these models cannot play their parts in `camera` (None: they can), judged from the manifests alone.
+
+    A model the camera names that is not among `manifests` is not judged: models are rolled out one by one,
+    so OCR detection may well arrive before recognition (the camera reports the missing one meanwhile)."""
     for i, name in enumerate(camera.models()):
         manifest = manifests.get(name)
         if manifest is None:
-            return f"model {name!r} is not on this device"
+            continue
         part: Literal["detector", "stage"] = "detector" if i == 0 else "stage"
         try:
             cls = plugin_class(manifest)

@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
-from edge_agent.engine import LoadedModel, golden_check, load
-from edge_agent.providers import resolve
+from edge_agent.runtime import golden
+from edge_agent.runtime.model import LoadedModel, load
 from edge_agent.store import ModelStore, StoredModel
 from fleet_protocol.bundle import read_bundle
-from fleet_protocol.messages import RuntimeConfig
+from fleet_protocol.messages import Runtime
 
 
 def install(store: ModelStore, bundle: Path, keys) -> StoredModel:
@@ -27,13 +26,10 @@ def install(store: ModelStore, bundle: Path, keys) -> StoredModel:
     return stored
 
 
-def load_checked(stored: StoredModel, cache_dir: Path, runtime: RuntimeConfig | None = None,
+def load_checked(stored: StoredModel, cache_dir: Path, runtime: Runtime | None = None,
                  optimization: str = "all") -> LoadedModel:
-    runtime = runtime or RuntimeConfig()
-    providers = resolve(runtime.providers, ort.get_available_providers(), runtime.require_provider)
-    model = load(stored, providers, threads=runtime.intra_op_threads, optimization=optimization, cache_dir=cache_dir,
-                 require=runtime.require_provider, runtime=runtime)
-    golden_check(model)
+    model = load(stored, runtime or Runtime(), optimization=optimization, cache_dir=cache_dir)
+    golden.check(model)
     return model
 
 
@@ -100,7 +96,7 @@ def binary_request(name: str, array: np.ndarray, datatype: str = "FP32") -> tupl
 def binary_outputs(body: bytes, header_length: int) -> dict[str, np.ndarray]:
     import json
 
-    from edge_agent.kserve import DATATYPES
+    from edge_agent.http.kserve import DATATYPES
 
     head = json.loads(body[:header_length])
     out, offset = {}, header_length

@@ -1,4 +1,5 @@
-"""The core loop on real sessions: honest providers, rollback, failed checks, runtime changes, boot fallback."""
+"""The core loop on real sessions, per model: honest providers, runtimes persisted only once applied, rollback,
+failed checks, memory budget, removal, boot fallback, duplicate revisions."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import time
 
 import pytest
 
-from edge_agent.engine import Engine
 from edge_agent.reconcile import Reconciler
+from edge_agent.runtime.host import ModelHost
 from edge_agent.settings import AgentSettings
-from fleet_protocol.messages import Batching, Desired, DeviceState, ModelRef, Reported, RuntimeConfig
+from fleet_protocol.messages import (
+    Batching, BundleRef, Desired, ModelSpec, ModelState, Reported, Runtime,
+)
 from fleet_protocol.signing import sha256_file
-from tests.bundles import bad_golden_bundle
+from tests.bundles import bad_golden_bundle, digits_bundle
+from tests.edge_agent.camera.helpers import wait_for
 from tests.edge_agent.conftest import install
 
 
@@ -20,10 +24,13 @@ class Reports:
 
     def __init__(self) -> None:
         self.reports: list[Reported] = []
+        self.fetches: list[tuple[str, list[int]]] = []
 
     def watch_artifact(self, sha256: str) -> None: ...
     def unwatch_artifact(self, sha256: str) -> None: ...
-    def request_chunks(self, sha256: str, chunk_size: int, missing: list[int]) -> None: ...
+
+    def request_chunks(self, sha256: str, chunk_size: int, missing: list[int]) -> None:
+        self.fetches.append((sha256, missing))
 
     def report(self, reported: Reported) -> None:
         self.reports.append(reported)
@@ -32,192 +39,267 @@ class Reports:
     def last(self) -> Reported:
         return self.reports[-1]
 
+    def model(self, name: str = "digits"):
+        return self.last.models[name]
 
-def ref(path, version: str) -> ModelRef:
-    return ModelRef(name="digits", version=version, sha256=sha256_file(path), size=path.stat().st_size)
+
+def ref(path, version: str, name: str = "digits", chunk_size: int = 128 * 1024) -> BundleRef:
+    return BundleRef(name=name, version=version, sha256=sha256_file(path), size=path.stat().st_size, chunk_size=chunk_size)
+
+
+def spec(path, version: str, name: str = "digits", runtime: Runtime | None = None) -> ModelSpec:
+    if runtime is None:
+        return ModelSpec(bundle=ref(path, version, name))
+    return ModelSpec(bundle=ref(path, version, name), runtime=runtime)
+
+
+def make(store, keys, **settings) -> tuple[Reconciler, ModelHost, Reports]:
+    config = AgentSettings(device_id="dev-t", data_dir=store.root, trusted_keys=str(keys.public_path), **settings)
+    host, reports = ModelHost(), Reports()
+    return Reconciler(config, store, host, reports), host, reports
 
 
 @pytest.fixture
-def agent(tmp_path, keys, store, digits):
-    settings = AgentSettings(device_id="dev-t", data_dir=store.root, trusted_keys=str(keys.public_path))
-    engine = Engine()
-    reports = Reports()
-    reconciler = Reconciler(settings, store, engine, reports)
-    yield reconciler, engine, reports
-    engine.close()
+def other(store, keys, tmp_path):
+    """A second model name on the same device (the digits network as `digits-b`), installed in the store."""
+    path = digits_bundle(keys, tmp_path / "other", "1.0.0", epochs=1, name="digits-b")
+    install(store, path, keys)
+    return path
+
+
+@pytest.fixture
+def agent(store, keys, digits):
+    reconciler, host, reports = make(store, keys)
+    yield reconciler, host, reports
+    host.close()
 
 
 def apply(reconciler: Reconciler, desired: Desired) -> None:
     reconciler.submit(desired)
-    reconciler._apply(desired)  # the worker's step, run here so the test sees its outcome at once
+    reconciler.settle()  # the workers' step, run here so the test sees its outcome at once
 
 
-def test_required_provider_the_device_lacks_reports_failed_and_never_falls_back(agent, bundles):
-    reconciler, engine, reports = agent
-    apply(reconciler, Desired(revision=1, model=ref(bundles["1.0.0"], "1.0.0")))
-    assert reports.last.state == DeviceState.serving and reports.last.provider == "CPUExecutionProvider"
+def test_required_provider_missing_fails_that_model_only_and_a_restart_still_serves_everything(agent, bundles, other, store, keys):
+    reconciler, host, reports = agent
+    apply(reconciler, Desired(revision=1, models={"digits": spec(bundles["1.0.0"], "1.0.0"), "digits-b": spec(other, "1.0.0")}))
+    assert reports.model().state == ModelState.serving and reports.model().provider == "CPUExecutionProvider"
     assert "CPUExecutionProvider" in reports.last.providers_available
+    b = host.get("digits-b")
 
-    runtime = RuntimeConfig(require_provider="CUDAExecutionProvider")
-    apply(reconciler, Desired(revision=2, model=ref(bundles["2.0.0"], "2.0.0"), runtime=runtime))
-    assert reports.last.state == DeviceState.failed
-    assert "CUDAExecutionProvider is required" in reports.last.error
-    assert engine.current.version == "1.0.0"  # the new model was not put on the CPU; the old one keeps serving
+    cuda = Runtime(require_provider="CUDAExecutionProvider")
+    apply(reconciler, Desired(revision=2, models={"digits": spec(bundles["2.0.0"], "2.0.0", runtime=cuda),
+                                                  "digits-b": spec(other, "1.0.0")}))
+    report = reports.model()
+    assert report.state == ModelState.failed and "CUDAExecutionProvider is required" in report.error
+    assert report.serving.version == "1.0.0" and report.desired.version == "2.0.0"
+    assert host.get("digits").version == "1.0.0"  # not put on the CPU; the old one keeps serving
+    assert host.get("digits-b") is b and reports.model("digits-b").state == ModelState.serving  # untouched
+    assert store.runtime("digits") is None  # the refused runtime was never persisted
+
+    # After a restart, everything still serves: the store holds only what applied.
+    again, host2, _ = make(store, keys)
+    assert sorted(m.name for m in again.boot()) == ["digits", "digits-b"]
+    assert host2.get("digits").version == "1.0.0" and host2.get("digits").provider == "CPUExecutionProvider"
+    host2.close()
 
 
 def test_provider_preference_is_intersected_with_what_onnxruntime_offers(agent, bundles):
-    reconciler, engine, reports = agent
-    runtime = RuntimeConfig(providers=["tensorrt", "openvino", "CPUExecutionProvider"])
-    apply(reconciler, Desired(revision=1, model=ref(bundles["1.0.0"], "1.0.0"), runtime=runtime))
-    assert reports.last.state == DeviceState.serving
-    assert engine.current.providers == ["CPUExecutionProvider"]
+    reconciler, host, reports = agent
+    runtime = Runtime(providers=["TensorrtExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider"])
+    apply(reconciler, Desired(revision=1, models={"digits": spec(bundles["1.0.0"], "1.0.0", runtime=runtime)}))
+    assert reports.model().state == ModelState.serving
+    assert host.get("digits").providers == ["CPUExecutionProvider"]
+    assert reports.model().precision.value == "fp32" and reports.model().golden_passed is True
 
 
 def test_rollback_on_command_serves_previous_and_says_so(agent, bundles, store):
-    reconciler, engine, reports = agent
-    apply(reconciler, Desired(revision=1, model=ref(bundles["1.0.0"], "1.0.0")))
-    apply(reconciler, Desired(revision=2, model=ref(bundles["2.0.0"], "2.0.0")))
-    assert engine.current.version == "2.0.0" and engine.previous is None  # released, not kept
-    assert reconciler.rollback() == "serving digits 1.0.0"  # reloaded from disk and golden-checked
-    assert engine.current.version == "1.0.0"
-    assert reports.last.state == DeviceState.rolled_back and reports.last.golden_passed
-    assert store.current().manifest.version == "1.0.0" and store.previous().manifest.version == "2.0.0"
+    reconciler, host, reports = agent
+    apply(reconciler, Desired(revision=1, models={"digits": spec(bundles["1.0.0"], "1.0.0")}))
+    apply(reconciler, Desired(revision=2, models={"digits": spec(bundles["2.0.0"], "2.0.0")}))
+    assert host.get("digits").version == "2.0.0"
+    assert reconciler.rollback("digits") == "serving digits 1.0.0"  # reloaded from disk and golden-checked
+    assert host.get("digits").version == "1.0.0"
+    assert reports.model().state == ModelState.serving and reports.model().error == "rolled back on command"
+    assert store.current("digits").manifest.version == "1.0.0" and store.previous("digits").manifest.version == "2.0.0"
+    reconciler.settle()
+    assert host.get("digits").version == "1.0.0"  # the same desired revision is not applied again
 
 
 def test_model_failing_its_golden_check_is_never_served(agent, bundles, keys, tmp_path, store):
-    reconciler, engine, reports = agent
-    apply(reconciler, Desired(revision=1, model=ref(bundles["1.0.0"], "1.0.0")))
+    reconciler, host, reports = agent
+    apply(reconciler, Desired(revision=1, models={"digits": spec(bundles["1.0.0"], "1.0.0")}))
     bad = bad_golden_bundle(keys, tmp_path / "bad", "3.0.0", epochs=20)
     install(store, bad, keys)
-    apply(reconciler, Desired(revision=2, model=ref(bad, "3.0.0")))
-    assert reports.last.state == DeviceState.failed and "GoldenCheckError" in reports.last.error
-    assert engine.current.version == "1.0.0" and store.current().manifest.version == "1.0.0"
+    apply(reconciler, Desired(revision=2, models={"digits": spec(bad, "3.0.0")}))
+    assert reports.model().state == ModelState.failed and "GoldenCheckError" in reports.model().error
+    assert host.get("digits").version == "1.0.0" and store.current("digits").manifest.version == "1.0.0"
 
 
-def test_runtime_change_rebuilds_the_session_and_batching_follows(agent, bundles):
-    reconciler, engine, reports = agent
-    model = ref(bundles["1.0.0"], "1.0.0")
-    apply(reconciler, Desired(revision=1, model=model))
-    first = engine.current
-    apply(reconciler, Desired(revision=2, model=model, runtime=RuntimeConfig(batching=Batching(enabled=True))))
-    assert engine.current is first and engine.batching.enabled  # batching is the engine's: no new session
-    apply(reconciler, Desired(revision=3, model=model, runtime=RuntimeConfig(intra_op_threads=2)))
-    assert engine.current is not first and engine.current.runtime.intra_op_threads == 2
-    assert not engine.batching.enabled and reports.last.state == DeviceState.serving
+def test_runtime_change_rebuilds_the_session_and_batching_follows(agent, bundles, store):
+    reconciler, host, reports = agent
+    apply(reconciler, Desired(revision=1, models={"digits": spec(bundles["1.0.0"], "1.0.0")}))
+    first = host.get("digits")
+    batched = Runtime(batching=Batching(enabled=True))
+    apply(reconciler, Desired(revision=2, models={"digits": spec(bundles["1.0.0"], "1.0.0", runtime=batched)}))
+    assert host.get("digits").session is first.session and host.get("digits").batched  # no new session
+    assert store.runtime("digits") == batched
+    apply(reconciler, Desired(revision=3, models={"digits": spec(bundles["1.0.0"], "1.0.0", runtime=Runtime(intra_op_threads=2))}))
+    assert host.get("digits").session is not first.session and host.get("digits").runtime.intra_op_threads == 2
+    assert not host.get("digits").batched and reports.model().state == ModelState.serving
 
 
-def test_boot_serves_previous_when_current_is_broken_and_keeps_runtime_rules(tmp_path, keys, store, digits):
-    settings = AgentSettings(device_id="dev-t", data_dir=store.root, trusted_keys=str(keys.public_path))
-    store.promote(digits["1.0.0"].sha256)
-    store.promote(digits["2.0.0"].sha256)
+def test_boot_serves_previous_when_current_is_broken(store, keys, digits):
+    store.promote("digits", digits["1.0.0"].sha256, None)
+    store.promote("digits", digits["2.0.0"].sha256, None)
     digits["2.0.0"].model_path.write_bytes(b"not a model")  # bit rot in the current model
-    engine = Engine()
-    model = Reconciler(settings, store, engine).boot()
-    assert model is not None and model.version == "1.0.0"
-    assert store.current().sha256 == digits["1.0.0"].sha256 and store.previous() is None
-
-    # The fleet's last runtime rules survive a restart: a device told to require CUDA stays off the CPU offline.
-    store.save_runtime(RuntimeConfig(require_provider="CUDAExecutionProvider"))
-    assert Reconciler(settings, store, Engine()).boot() is None
+    reconciler, host, reports = make(store, keys)
+    [model] = reconciler.boot()
+    assert model.version == "1.0.0"
+    assert store.current("digits").sha256 == digits["1.0.0"].sha256 and store.previous("digits") is None
+    assert reports.model().state == ModelState.serving and reports.last.revision == 0
 
 
-def test_rollback_command_over_the_local_api(agent, bundles):
-    import httpx
-
-    from edge_agent.server import create_app
-    from tests.edge_agent.conftest import LocalServer
-
-    reconciler, engine, reports = agent
-    with LocalServer(create_app(engine, control=reconciler)) as server:
-        assert httpx.post(f"{server.url}/admin/rollback").status_code == 409  # nothing to roll back to yet
-        apply(reconciler, Desired(revision=1, model=ref(bundles["1.0.0"], "1.0.0")))
-        apply(reconciler, Desired(revision=2, model=ref(bundles["2.0.0"], "2.0.0")))
-        r = httpx.post(f"{server.url}/admin/rollback", timeout=30)
-        assert r.status_code == 200 and r.json() == {"result": "serving digits 1.0.0"}
-        assert httpx.get(f"{server.url}/v2/health/ready").json()["version"] == "1.0.0"
+def test_a_model_left_out_of_the_desired_state_is_unloaded(agent, bundles, other, store):
+    reconciler, host, reports = agent
+    apply(reconciler, Desired(revision=1, models={"digits": spec(bundles["1.0.0"], "1.0.0"), "digits-b": spec(other, "1.0.0")}))
+    kept = host.get("digits")
+    apply(reconciler, Desired(revision=2, models={"digits": spec(bundles["1.0.0"], "1.0.0")}))
+    assert host.names() == ["digits"] and host.get("digits") is kept
+    assert list(reports.last.models) == ["digits"] and store.names() == ["digits"]
+    apply(reconciler, Desired(revision=3))  # and back to no model at all
+    assert host.names() == [] and reports.last.models == {} and reports.last.revision == 3
 
 
-def test_a_desired_state_without_runtime_keeps_the_devices_own_settings(tmp_path, keys, store, digits, bundles):
+def test_a_model_over_the_memory_budget_is_refused_before_loading(agent, bundles, other):
+    reconciler, host, reports = agent
+    apply(reconciler, Desired(revision=1, models={"digits-b": spec(other, "1.0.0")}))
+    b = host.get("digits-b")
+    apply(reconciler, Desired(revision=2, memory_budget_mb=9,
+                              models={"digits-b": spec(other, "1.0.0"), "digits": spec(bundles["2.0.0"], "2.0.0")}))
+    report = reports.model()
+    assert report.state == ModelState.failed and "MemoryBudgetError" in report.error and "9 MiB memory budget" in report.error
+    assert host.get("digits") is None and host.get("digits-b") is b
+    apply(reconciler, Desired(revision=3, memory_budget_mb=64,
+                              models={"digits-b": spec(other, "1.0.0"), "digits": spec(bundles["2.0.0"], "2.0.0")}))
+    assert reports.model().state == ModelState.serving
+
+
+def test_a_desired_state_without_runtime_keeps_the_devices_own_settings(store, keys, digits, bundles):
     """The fleet sets a runtime only on purpose: a plain rollout must not wipe what the device was configured with."""
-    settings = AgentSettings(device_id="dev-own", data_dir=store.root, trusted_keys=str(keys.public_path),
-                             intra_op_threads=2, batching=True)
-    engine, reports = Engine(), Reports()
-    reconciler = Reconciler(settings, store, engine, reports)
+    reconciler, host, reports = make(store, keys, intra_op_threads=2, batching=True)
     try:
-        apply(reconciler, Desired(revision=1, model=ref(bundles["1.0.0"], "1.0.0")))
-        assert reports.last.state == DeviceState.serving
-        assert engine.current.runtime.intra_op_threads == 2 and engine.batching.enabled
-        assert store.load_runtime() is None  # nothing of the fleet's to remember for an offline boot
+        apply(reconciler, Desired(revision=1, models={"digits": spec(bundles["1.0.0"], "1.0.0")}))
+        assert reports.model().state == ModelState.serving
+        assert host.get("digits").runtime.intra_op_threads == 2 and host.get("digits").batched
+        assert store.runtime("digits") is None  # nothing of the fleet's to remember for an offline boot
 
-        fleet = RuntimeConfig(intra_op_threads=1)
-        apply(reconciler, Desired(revision=2, model=ref(bundles["1.0.0"], "1.0.0"), runtime=fleet))
-        assert engine.current.runtime.intra_op_threads == 1 and store.load_runtime() == fleet
-        apply(reconciler, Desired(revision=3, model=ref(bundles["2.0.0"], "2.0.0")))  # the fleet lets go again
-        assert engine.current.runtime.intra_op_threads == 2 and store.load_runtime() is None
+        fleet = Runtime(intra_op_threads=1)
+        apply(reconciler, Desired(revision=2, models={"digits": spec(bundles["1.0.0"], "1.0.0", runtime=fleet)}))
+        assert host.get("digits").runtime.intra_op_threads == 1 and store.runtime("digits") == fleet
+        apply(reconciler, Desired(revision=3, models={"digits": spec(bundles["2.0.0"], "2.0.0")}))  # the fleet lets go
+        assert host.get("digits").runtime.intra_op_threads == 2 and store.runtime("digits") is None
     finally:
-        engine.close()
+        host.close()
 
 
-def test_a_rollback_that_timed_out_never_runs_later(tmp_path, keys, store, digits, bundles):
+def test_a_provider_that_builds_an_engine_reports_building(agent, bundles, monkeypatch):
+    from edge_agent.runtime.providers import CPU
+
+    reconciler, host, reports = agent
+    monkeypatch.setattr(CPU, "builds_engine", True)  # as TensorRT does: the session creation compiles
+    apply(reconciler, Desired(revision=1, models={"digits": spec(bundles["1.0.0"], "1.0.0")}))
+    states = [r.models["digits"].state for r in reports.reports if "digits" in r.models]
+    assert ModelState.building in states and states[-1] == ModelState.serving
+    assert ModelState.loading not in states
+
+
+def _deliver(reconciler: Reconciler, path, r: BundleRef, indices=None) -> None:
+    data = path.read_bytes()
+    for i in indices if indices is not None else range(r.chunk_count):
+        reconciler.on_chunk(r.sha256, i, data[i * r.chunk_size:(i + 1) * r.chunk_size])
+
+
+def test_a_repeated_desired_revision_is_acknowledged_and_never_restarts_a_download(store, keys, digits, bundles, tmp_path):
+    reconciler, host, reports = make(store, keys, chunk_timeout_s=0.3)
+    new = digits_bundle(keys, tmp_path / "b", "3.0.0", epochs=1)
+    new_ref = ref(new, "3.0.0", chunk_size=4096)
+    desired = Desired(revision=5, models={"digits": ModelSpec(bundle=new_ref)})
+    reconciler.start()
+    try:
+        reconciler.submit(desired)
+        wait_for(lambda: reports.fetches, 10, "the first fetch")
+        _deliver(reconciler, new, new_ref, range(new_ref.chunk_count // 2))
+        wait_for(lambda: reports.model().state == ModelState.downloading and reports.model().progress >= 0.4, 10, "half the chunks")
+        before = len(reports.reports)
+        reconciler.submit(desired)  # the same revision again (hello answer, re-publication)
+        reconciler.submit(desired.model_copy(update={"revision": 4}))  # an older one
+        assert len(reports.reports) == before + 2 and reports.last.revision == 5  # both acknowledged
+        time.sleep(0.8)  # a few chunk timeouts: the worker asks for what is missing, never for everything
+        for _sha, missing in reports.fetches[1:]:
+            assert len(missing) <= new_ref.chunk_count - new_ref.chunk_count // 2
+        _deliver(reconciler, new, new_ref)
+        wait_for(lambda: reports.model().state == ModelState.serving, 30, "3.0.0 to serve")
+        assert host.get("digits").version == "3.0.0"
+    finally:
+        reconciler.stop()
+        host.close()
+
+
+def test_a_rollback_that_timed_out_never_runs_later(store, keys, digits, bundles, tmp_path):
     """While the worker downloads, the command times out with a clear 409, and is dropped: it must not roll
     back the model that the download then brings."""
     from types import SimpleNamespace
 
     import httpx
 
-    from edge_agent.server import create_app
-    from tests.bundles import digits_bundle
-    from tests.edge_agent.camera.helpers import wait_for
+    from edge_agent.http.server import create_app
     from tests.edge_agent.conftest import LocalServer
 
-    settings = AgentSettings(device_id="dev-busy", data_dir=store.root, trusted_keys=str(keys.public_path),
-                             chunk_timeout_s=0.2)
-    engine, reports = Engine(), Reports()
-    reconciler = Reconciler(settings, store, engine, reports)
-    apply(reconciler, Desired(revision=1, model=ref(bundles["1.0.0"], "1.0.0")))
-    apply(reconciler, Desired(revision=2, model=ref(bundles["2.0.0"], "2.0.0")))
+    reconciler, host, reports = make(store, keys, chunk_timeout_s=0.2)
+    apply(reconciler, Desired(revision=1, models={"digits": spec(bundles["1.0.0"], "1.0.0")}))
+    apply(reconciler, Desired(revision=2, models={"digits": spec(bundles["2.0.0"], "2.0.0")}))
     new = digits_bundle(keys, tmp_path / "b", "3.0.0", epochs=1)
-    new_ref = ModelRef(name="digits", version="3.0.0", sha256=sha256_file(new), size=new.stat().st_size, chunk_size=4096)
+    new_ref = ref(new, "3.0.0", chunk_size=4096)
     reconciler.start()
-    control = SimpleNamespace(rollback=lambda timeout=60.0: reconciler.rollback(timeout=0.5))
+    control = SimpleNamespace(rollback=lambda name, timeout=60.0: reconciler.rollback(name, timeout=0.5))
     try:
-        reconciler.submit(Desired(revision=3, model=new_ref))  # no chunk arrives yet: the worker waits for them
-        wait_for(lambda: reports.last.state == DeviceState.downloading, 5, "the download to start")
-        with LocalServer(create_app(engine, control=control)) as server:
-            r = httpx.post(f"{server.url}/admin/rollback", timeout=10)
+        reconciler.submit(Desired(revision=3, models={"digits": ModelSpec(bundle=new_ref)}))
+        wait_for(lambda: reports.model().state == ModelState.downloading, 5, "the download to start")
+        with LocalServer(create_app(host, control=control)) as server:
+            r = httpx.post(f"{server.url}/admin/models/digits/rollback", timeout=10)
         assert r.status_code == 409 and r.json()["error"] == \
             "the agent is busy applying desired revision 3; rollback not done, try again"
-
-        data = new.read_bytes()
-        for i in range(new_ref.chunk_count):
-            reconciler.on_chunk(new_ref.sha256, i, data[i * new_ref.chunk_size:(i + 1) * new_ref.chunk_size])
-        wait_for(lambda: reports.last.state == DeviceState.serving and reports.last.revision == 3, 30, "3.0.0 to be served")
+        _deliver(reconciler, new, new_ref)
+        wait_for(lambda: reports.model().state == ModelState.serving and reports.model().serving.version == "3.0.0",
+                 30, "3.0.0 to be served")
         time.sleep(1.5)  # the worker wakes at least once a second: a pending rollback would have run by now
-        assert engine.current.version == "3.0.0" and store.current().sha256 == new_ref.sha256
-        assert DeviceState.rolled_back not in [r.state for r in reports.reports]
+        assert host.get("digits").version == "3.0.0" and store.current("digits").sha256 == new_ref.sha256
+        assert all(r.models["digits"].error != "rolled back on command" for r in reports.reports if "digits" in r.models)
     finally:
         reconciler.stop()
-        engine.close()
+        host.close()
 
 
-def test_rollback_command_is_refused_from_the_network(agent, bundles):
-    """No authentication on /admin/rollback: a server bound to a LAN address (the camera page) must refuse it
-    to anyone but the device itself."""
+def test_rollback_command_over_the_local_api_and_refused_from_the_network(agent, bundles):
+    """No authentication on the admin routes: a server bound to a LAN address must refuse them to anyone but
+    the device itself."""
     import httpx
 
-    from edge_agent.server import create_app
+    from edge_agent.http.server import create_app
     from tests.edge_agent.conftest import LocalServer, lan_address
 
-    address = lan_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback address")
-    reconciler, engine, reports = agent
-    apply(reconciler, Desired(revision=1, model=ref(bundles["1.0.0"], "1.0.0")))
-    apply(reconciler, Desired(revision=2, model=ref(bundles["2.0.0"], "2.0.0")))
-    with LocalServer(create_app(engine, control=reconciler), host="0.0.0.0") as server:
-        r = httpx.post(f"http://{address}:{server.port}/admin/rollback", timeout=30)
-        assert r.status_code == 403 and "127.0.0.1" in r.json()["error"]
-        assert engine.current.version == "2.0.0" and reports.last.state == DeviceState.serving
-        assert httpx.get(f"http://{address}:{server.port}/v2/health/ready").status_code == 200  # the rest is open
-        r = httpx.post(f"{server.url}/admin/rollback", timeout=30)  # from the device itself
-        assert r.status_code == 200 and engine.current.version == "1.0.0"
+    reconciler, host, reports = agent
+    apply(reconciler, Desired(revision=1, models={"digits": spec(bundles["1.0.0"], "1.0.0")}))
+    with LocalServer(create_app(host, control=reconciler), host="0.0.0.0") as server:
+        assert httpx.post(f"{server.url}/admin/models/digits/rollback").status_code == 409  # nothing to roll back to
+        assert httpx.post(f"{server.url}/admin/models/nope/rollback").status_code == 409
+        apply(reconciler, Desired(revision=2, models={"digits": spec(bundles["2.0.0"], "2.0.0")}))
+        address = lan_address()
+        if address is not None:
+            r = httpx.post(f"http://{address}:{server.port}/admin/models/digits/rollback", timeout=30)
+            assert r.status_code == 403 and "127.0.0.1" in r.json()["error"]
+            assert host.get("digits").version == "2.0.0"
+            assert httpx.get(f"http://{address}:{server.port}/v2/health/ready").status_code == 200  # the rest is open
+        r = httpx.post(f"{server.url}/admin/models/digits/rollback", timeout=30)  # from the device itself
+        assert r.status_code == 200 and r.json() == {"result": "serving digits 1.0.0"}
+        assert httpx.get(f"{server.url}/v2/health/ready").json()["models"]["digits"]["version"] == "1.0.0"

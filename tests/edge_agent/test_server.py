@@ -11,21 +11,32 @@ import httpx
 import numpy as np
 import pytest
 
-from edge_agent.engine import Engine
-from edge_agent.server import create_app
-from fleet_protocol.messages import Batching
+from edge_agent.http.server import create_app
+from edge_agent.runtime.host import ModelHost
+from fleet_protocol.messages import Batching, Runtime
 from tests.edge_agent.conftest import LocalServer, binary_outputs, binary_request, load_checked
 
 LIMIT = 64 * 1024
 
 
+class Served:
+    """What the tests ask of the host: the digits model it serves now."""
+
+    def __init__(self, host: ModelHost) -> None:
+        self.host = host
+
+    @property
+    def current(self):
+        return self.host.get("digits")
+
+
 @pytest.fixture
 def served(digits, store):
-    engine = Engine()
-    engine.swap(load_checked(digits["2.0.0"], store.cache))
-    with LocalServer(create_app(engine, max_request_bytes=LIMIT)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
-        yield engine, client
-    engine.close()
+    host = ModelHost()
+    host.swap(load_checked(digits["2.0.0"], store.cache))
+    with LocalServer(create_app(host, max_request_bytes=LIMIT)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        yield Served(host), client
+    host.close()
 
 
 def json_body(array: np.ndarray, name: str = "image", datatype: str = "FP32") -> dict:
@@ -36,7 +47,7 @@ def test_health_metadata_and_json_infer(served, images):
     engine, client = served
     assert client.get("/v2/health/live").json() == {"live": True}
     ready = client.get("/v2/health/ready").json()
-    assert ready["version"] == "2.0.0" and ready["provider"] == "CPUExecutionProvider"
+    assert ready["models"] == {"digits": {"version": "2.0.0", "provider": "CPUExecutionProvider", "precision": "fp32"}}
     meta = client.get("/v2/models/digits").json()
     assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
     assert meta["parameters"]["provider"] == "CPUExecutionProvider"
@@ -45,7 +56,7 @@ def test_health_metadata_and_json_infer(served, images):
     body = r.json()
     assert body["id"] == "42" and body["model_version"] == "2.0.0"
     got = np.asarray(body["outputs"][0]["data"], dtype=np.float32).reshape(body["outputs"][0]["shape"])
-    np.testing.assert_allclose(got, engine.current.run({"image": images[:3]})["probabilities"], rtol=1e-6)
+    np.testing.assert_allclose(got, engine.current.infer({"image": images[:3]})["probabilities"], rtol=1e-6)
     assert client.post("/v2/models/digits/versions/2.0.0/infer", json=json_body(images[:1])).status_code == 200
     assert client.post("/v2/models/digits/versions/1.0.0/infer", json=json_body(images[:1])).status_code == 404
     assert client.post("/v2/models/other/infer", json=json_body(images[:1])).status_code == 404
@@ -57,7 +68,7 @@ def test_binary_tensors_both_ways(served, images):
     r = client.post("/v2/models/digits/infer", content=body, headers=headers)
     assert r.status_code == 200, r.text
     out = binary_outputs(r.content, int(r.headers["inference-header-content-length"]))
-    np.testing.assert_array_equal(out["probabilities"], engine.current.run({"image": images[:5]})["probabilities"])
+    np.testing.assert_array_equal(out["probabilities"], engine.current.infer({"image": images[:5]})["probabilities"])
 
 
 BAD = {
@@ -128,21 +139,22 @@ def test_metrics_count_requests_failures_latency_with_version_and_provider(serve
     assert f"edgefleet_agent_requests_total{{{labels.format('ok')}}} 5.0" in text
     assert f"edgefleet_agent_requests_total{{{labels.format('bad_request')}}} 1.0" in text
     assert 'edgefleet_agent_inference_seconds_count{model="digits",provider="CPUExecutionProvider",version="2.0.0"} 5.0' in text
-    assert 'edgefleet_agent_queue_seconds_bucket' in text or "edgefleet_agent_queue_seconds" in text
-    assert 'edgefleet_agent_model_info{model="digits",provider="CPUExecutionProvider",providers="CPUExecutionProvider"' in text
+    # Unbatched requests never wait in a queue: the queue histogram counts none of them (batched: see below).
+    assert 'edgefleet_agent_queue_seconds_count{model="digits",provider="CPUExecutionProvider",version="2.0.0"} 0.0' in text
+    assert 'edgefleet_agent_model_info{model="digits",precision="fp32",provider="CPUExecutionProvider",providers="CPUExecutionProvider"' in text
     assert "process_resident_memory_bytes" in text
 
 
 def test_swaps_over_http_with_batching_fail_no_request(digits, store, images):
     """The same promise as the in-process swap test, through the real HTTP path and the batcher."""
-    engine = Engine()
-    engine.configure_batching(Batching(enabled=True, max_batch_size=8, max_delay_ms=1))
-    models = {v: load_checked(digits[v], store.cache) for v in ("1.0.0", "2.0.0")}
-    reference = {v: m.run({"image": images})["probabilities"] for v, m in models.items()}
-    engine.swap(models["1.0.0"])
+    host = ModelHost()
+    runtime = Runtime(batching=Batching(enabled=True, max_batch_size=8, max_delay_ms=1))
+    models = {v: load_checked(digits[v], store.cache, runtime) for v in ("1.0.0", "2.0.0")}
+    reference = {v: m.infer({"image": images})["probabilities"] for v, m in models.items()}
+    host.swap(models["1.0.0"])
     stop = threading.Event()
     results: list[tuple[int, int, str, np.ndarray | None]] = []
-    with LocalServer(create_app(engine)) as server:
+    with LocalServer(create_app(host)) as server:
         def client(seed: int) -> None:
             rng = np.random.default_rng(seed)
             with httpx.Client(base_url=server.url, timeout=10) as c:
@@ -161,12 +173,12 @@ def test_swaps_over_http_with_batching_fail_no_request(digits, store, images):
         for t in threads:
             t.start()
         for k in range(10):
-            engine.swap(load_checked(digits["2.0.0" if k % 2 == 0 else "1.0.0"], store.cache))
+            host.swap(load_checked(digits["2.0.0" if k % 2 == 0 else "1.0.0"], store.cache, runtime))
             threading.Event().wait(0.03)
         stop.set()
         for t in threads:
             t.join()
-    engine.close()
+    host.close()
     assert [r for r in results if r[0] != 200] == []
     assert {r[2] for r in results} == {"1.0.0", "2.0.0"}
     for _, i, version, probs in results:
@@ -174,36 +186,35 @@ def test_swaps_over_http_with_batching_fail_no_request(digits, store, images):
 
 
 def test_one_batched_path_for_http_and_in_process_requests(digits, store, images):
-    """`Engine.submit_batched` validates, queues and records; HTTP and `Engine.run_on` both go through it."""
+    """`LoadedModel.submit` validates, queues and counts; HTTP and `LoadedModel.run` both go through it."""
     from prometheus_client import generate_latest
 
-    from edge_agent.engine import InputError
+    from edge_agent.runtime.errors import InputError
 
-    engine = Engine()
-    engine.configure_batching(Batching(enabled=True, max_batch_size=8, max_delay_ms=1.0))
-    model = load_checked(digits["2.0.0"], store.cache)
-    engine.swap(model)
+    host = ModelHost()
+    host.swap(load_checked(digits["2.0.0"], store.cache, Runtime(batching=Batching(enabled=True, max_batch_size=8, max_delay_ms=1.0))))
+    model = host.get("digits")
     try:
+        assert model.batched
         answered = threading.Event()
         got = {}
-        engine.submit_batched(model, engine.batched(model), {"image": images[:2]},
-                              lambda outputs, err: (got.update(outputs=outputs, err=err), answered.set()))
+        model.submit({"image": images[:2]}, lambda outputs, err: (got.update(outputs=outputs, err=err), answered.set()))
         assert answered.wait(10) and got["err"] is None
-        np.testing.assert_array_equal(got["outputs"]["probabilities"], model.run({"image": images[:2]})["probabilities"])
+        np.testing.assert_array_equal(got["outputs"]["probabilities"], model.run_checked({"image": images[:2]})["probabilities"])
         with pytest.raises(InputError, match="'image'"):
-            engine.submit_batched(model, engine.batched(model), {"image": images[:1, :, :, :4]}, lambda *a: pytest.fail("called"))
+            model.submit({"image": images[:1, :, :, :4]}, lambda *a: pytest.fail("called"))
 
-        _, out = engine.predict({"image": images[:1]})  # in process, blocking
+        model.run({"image": images[:1]})  # in process, blocking
         with pytest.raises(InputError):
-            engine.predict({"pixels": images[:1]})
-        with LocalServer(create_app(engine)) as server:
+            model.run({"pixels": images[:1]})
+        with LocalServer(create_app(host)) as server:
             assert httpx.post(f"{server.url}/v2/models/digits/infer", json=json_body(images[:1])).status_code == 200
             assert httpx.post(f"{server.url}/v2/models/digits/infer", json=json_body(images[:1], name="pixels")).status_code == 400
-        text = generate_latest(engine.stats.registry).decode()
+        text = generate_latest(host.stats.registry).decode()
         labels = 'model="digits",outcome="{}",provider="CPUExecutionProvider",version="2.0.0"'
         assert f"edgefleet_agent_requests_total{{{labels.format('ok')}}} 3.0" in text
         assert f"edgefleet_agent_requests_total{{{labels.format('bad_request')}}} 3.0" in text
         assert 'edgefleet_agent_queue_seconds_count{model="digits",provider="CPUExecutionProvider",version="2.0.0"} 3.0' in text
         assert 'edgefleet_agent_inference_seconds_count{model="digits",provider="CPUExecutionProvider",version="2.0.0"} 3.0' in text
     finally:
-        engine.close()
+        host.close()

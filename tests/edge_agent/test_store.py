@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from edge_agent.engine import Engine
 from edge_agent.reconcile import Reconciler
+from edge_agent.runtime.host import ModelHost
 from edge_agent.settings import AgentSettings
 from edge_agent.store import ModelStore
 from tests.bundles import digits_bundle
@@ -26,24 +26,44 @@ def test_keeps_current_previous_and_the_newest_up_to_k(tmp_path, keys, bundles):
     shas = []
     for path in paths:
         stored = install(store, path, keys)
-        load_checked(stored, store.cache)  # leaves an optimized graph in the cache, to be collected with it
-        store.promote(stored.sha256)
+        load_checked(stored, store.cache)
+        store.promote("digits", stored.sha256, None)
         shas.append(stored.sha256)
         time.sleep(0.01)
-    assert store.current().sha256 == shas[-1] and store.previous().sha256 == shas[-2]
+    assert store.current("digits").sha256 == shas[-1] and store.previous("digits").sha256 == shas[-2]
     assert sorted(p.name for p in store.models.iterdir()) == sorted(shas[-3:])
-    assert {f.name.split("-")[0] for f in (store.cache / "optimized").iterdir()} <= set(shas[-3:])
 
 
-def test_optimized_graph_is_cached_so_a_restart_does_not_reoptimize(store, digits, images):
-    first = load_checked(digits["2.0.0"], store.cache)
-    assert not first.from_cache and list((store.cache / "optimized").glob(f"{digits['2.0.0'].sha256}-*.onnx"))
-    again = load_checked(digits["2.0.0"], store.cache)  # golden check passes on the cached graph too
-    assert again.from_cache
-    np.testing.assert_array_equal(first.run({"image": images})["probabilities"], again.run({"image": images})["probabilities"])
-    for f in (store.cache / "optimized").iterdir():
-        f.write_bytes(b"garbage")  # a damaged cache is rebuilt, never trusted
-    assert not load_checked(digits["2.0.0"], store.cache).from_cache
+def test_serving_sessions_write_no_optimized_graph_and_v1_caches_are_removed(store, digits):
+    """The optimized-graph file cost 2× the model in RSS while loading (see runtime/session.py): gone."""
+    (store.cache / "optimized").mkdir(parents=True)
+    (store.cache / "optimized" / f"{digits['2.0.0'].sha256}-ort1.17-all-t1.onnx").write_bytes(b"left by a v1 agent")
+    load_checked(digits["2.0.0"], store.cache)
+    store.promote("digits", digits["2.0.0"].sha256, None)
+    assert not (store.cache / "optimized").exists()
+
+
+def test_every_models_current_and_previous_are_kept(tmp_path, keys, bundles):
+    store = ModelStore(tmp_path / "data", keep=2)
+    paths = {(n, v): digits_bundle(keys, tmp_path / n, f"{v}.0.0", epochs=1, name=n) for n in "ab" for v in (1, 2)}
+    a, b = [], []
+    for n, v in (("a", 1), ("b", 1), ("a", 2), ("b", 2)):
+        stored = install(store, paths[n, v], keys)
+        store.promote(n, stored.sha256, None)
+        (a if n == "a" else b).append(stored)
+    assert sorted(p.name for p in store.models.iterdir()) == sorted(s.sha256 for s in a + b)  # 4 pinned > keep
+    assert store.names() == ["a", "b"] and store.current("b").sha256 == b[1].sha256
+    store.forget("a")
+    assert sorted(p.name for p in store.models.iterdir()) == sorted(s.sha256 for s in b)
+
+
+def test_a_v1_state_file_is_read_as_one_model(tmp_path, keys, bundles):
+    import json
+
+    store = ModelStore(tmp_path / "data")
+    stored = install(store, bundles["1.0.0"], keys)
+    (store.root / "state.json").write_text(json.dumps({"current": stored.sha256, "previous": None}))
+    assert store.names() == ["digits"] and store.current("digits").sha256 == stored.sha256
 
 
 CHURN = textwrap.dedent("""
@@ -62,11 +82,9 @@ CHURN = textwrap.dedent("""
         sha = sha256_file(path)
         if store.get(sha) is None:
             read_bundle(path, [key], extract_to=store.models / sha)
-        for cached in (store.cache / "optimized").glob(sha + "-*"):
-            cached.unlink()  # so the optimized graph is written again, and can be torn by the kill
         stored = store.get(sha)
         load_checked(stored, store.cache)
-        store.promote(sha)
+        store.promote("digits", sha, None)
         if n == 0:
             print("ready", flush=True)  # one model has passed: from here on a kill may land anywhere
 """)
@@ -87,10 +105,8 @@ def test_kill_9_at_any_point_boots_on_a_model_that_passed(tmp_path, keys, bundle
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         store = ModelStore(data, keep=2)
-        engine = Engine()
-        model = Reconciler(settings, store, engine).boot()  # golden-checks what it serves
-        assert model is not None
-        assert model.sha256 == store.current().sha256
+        [model] = Reconciler(settings, store, ModelHost()).boot()  # golden-checks what it serves
+        assert model.sha256 == store.current("digits").sha256
         assert not [p for p in store.models.iterdir() if p.name.startswith(".")]  # half-extracted bundles gone
         booted.add(model.version)
     assert len(booted) >= 2  # the kills landed at different points of the churn
@@ -98,11 +114,11 @@ def test_kill_9_at_any_point_boots_on_a_model_that_passed(tmp_path, keys, bundle
 
 def _partial(store: ModelStore, path, name: str = "digits", version: str = "1.0.0", chunks: int | None = None):
     """A download of `path` as the reconciler makes one: chunks written into DATA_DIR/downloads/{sha256}/."""
-    from fleet_protocol.messages import ModelRef
+    from fleet_protocol.messages import BundleRef
     from fleet_protocol.signing import sha256_file
 
     data = path.read_bytes()
-    ref = ModelRef(name=name, version=version, sha256=sha256_file(path), size=len(data), chunk_size=4096)
+    ref = BundleRef(name=name, version=version, sha256=sha256_file(path), size=len(data), chunk_size=4096)
     partial = store.partial(ref)
     for i in range(ref.chunk_count if chunks is None else chunks):
         assert partial.put(i, data[i * ref.chunk_size:(i + 1) * ref.chunk_size])
@@ -136,11 +152,11 @@ def test_unfinished_downloads_survive_boot_and_go_at_the_next_promote(tmp_path, 
     assert abandoned.missing()
 
     settings = AgentSettings(device_id="dev-gc", data_dir=store.root, trusted_keys=str(keys.public_path))
-    Reconciler(settings, store, Engine()).boot()  # boot collects garbage but a download resumes after a restart
+    Reconciler(settings, store, ModelHost()).boot()  # boot collects garbage but a download resumes after a restart
     assert sorted(p.name for p in abandoned.folder.iterdir()) == ["0", "1"]
 
     done = _partial(store, bundles["1.0.0"])
     stored = store.install(done, [keys.public])
-    store.promote(stored.sha256)
+    store.promote("digits", stored.sha256, None)
     assert list(store.downloads.iterdir()) == []  # the abandoned download is gone with the promote
-    assert store.current().sha256 == stored.sha256
+    assert store.current("digits").sha256 == stored.sha256

@@ -9,10 +9,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.engine import Engine, InputError
+from edge_agent.mqtt.link import AgentLink
 from edge_agent.reconcile import Reconciler
+from edge_agent.runtime.errors import InputError
+from edge_agent.runtime.host import ModelHost
 from edge_agent.settings import AgentSettings
-from edge_agent.sync import AgentLink
 from edge_agent.telemetry import TelemetryLoop
 from fleet_protocol.messages import Telemetry
 from fleet_protocol.topics import Topics
@@ -23,9 +24,9 @@ def test_telemetry_reaches_the_broker_every_interval_with_real_numbers(broker, k
     monkeypatch.setenv("EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S", "0.3")
     settings = AgentSettings(device_id="dev-m", broker_url=broker.url, data_dir=store.root, trusted_keys=str(keys.public_path))
     assert settings.telemetry_interval_s == 0.3
-    engine = Engine()
-    engine.swap(load_checked(digits["2.0.0"], store.cache))
-    link = AgentLink(settings, Reconciler(settings, store, engine))
+    host = ModelHost()
+    host.swap(load_checked(digits["2.0.0"], store.cache))
+    link = AgentLink(settings, Reconciler(settings, store, host))
     received: queue.Queue[Telemetry] = queue.Queue()
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     sub.on_message = lambda _c, _u, msg: received.put(Telemetry.parse(msg.payload))
@@ -34,7 +35,7 @@ def test_telemetry_reaches_the_broker_every_interval_with_real_numbers(broker, k
     sub.subscribe(Topics().telemetry("dev-m"), qos=0)
     sub.loop_start()
     link.start()
-    loop = TelemetryLoop(engine, link.send_telemetry, settings.telemetry_interval_s)
+    loop = TelemetryLoop(host, link.send_telemetry, settings.telemetry_interval_s)
     try:
         import time
 
@@ -42,22 +43,22 @@ def test_telemetry_reaches_the_broker_every_interval_with_real_numbers(broker, k
         while not link.connected and time.monotonic() < deadline:
             time.sleep(0.05)
         loop.start()
+        model = host.get("digits")
         for i in range(200):
-            engine.predict({"image": images[i % 64:i % 64 + 1]})
+            model.run({"image": images[i % 64:i % 64 + 1]})
         for _ in range(3):
             with pytest.raises(InputError):
-                engine.predict({"image": images[:1].astype(np.float64)})
+                model.run({"image": images[:1].astype(np.float64)})
         windows = [received.get(timeout=5) for _ in range(3)]
     finally:
         loop.stop()
         link.stop()
         sub.loop_stop()
         sub.disconnect()
-    busy = next(w for w in windows if w.requests)
+    busy = next(w.models["digits"] for w in windows if w.models["digits"].requests)
     assert busy.requests == 203 and busy.errors == 3
     assert 0 < busy.latency_ms_p50 <= busy.latency_ms_p95 <= busy.latency_ms_p99 < 50
-    assert busy.model.version == "2.0.0" and busy.provider == "CPUExecutionProvider"
-    assert busy.memory_mb > 10 and busy.cpu_percent is not None
+    assert busy.version == "2.0.0" and busy.provider == "CPUExecutionProvider"
     assert all(0.2 < w.window_s < 1.5 for w in windows)
-    quiet = windows[-1]  # later windows count only their own requests
+    quiet = windows[-1].models["digits"]  # later windows count only their own requests
     assert quiet.requests == 0 and quiet.latency_ms_p95 is None

@@ -11,12 +11,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .engine import InputError, LoadedModel
-from .preprocess import REDUCED, Preprocessor, jpeg_size
+from ..runtime.errors import InputError
+from ..runtime.model import LoadedModel
+
+from ..preprocess import REDUCED, Preprocessor, jpeg_size
 
 
 class ImageInputs:
-    """Turns BYTES inputs into the tensors the model takes; one preprocessor per model, built on first use."""
+    """Turns BYTES inputs into the tensors the model takes; one preprocessor per model version, built on first use."""
 
     def __init__(self) -> None:
         self._pre: dict[str, Preprocessor] = {}
@@ -47,7 +49,9 @@ class ImageInputs:
                 pre = Preprocessor(model.stored.manifest.preprocessing, shape)
             except ValueError as exc:
                 raise InputError(f"this model cannot take encoded images: {exc}") from None
-            self._pre = {model.sha256: pre}  # one model is served at a time: keep only its preprocessor
+            if len(self._pre) >= 64:  # models come and go: never grow without bound
+                self._pre.clear()
+            self._pre[model.sha256] = pre
         return pre
 
 

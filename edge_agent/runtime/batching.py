@@ -19,7 +19,7 @@ import numpy as np
 from fleet_protocol.messages import Batching
 
 if TYPE_CHECKING:
-    from .engine import LoadedModel
+    from .model import LoadedModel
 
 log = logging.getLogger(__name__)
 

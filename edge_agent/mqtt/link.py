@@ -1,7 +1,11 @@
 """The agent's one MQTT connection (paho-mqtt 2, MQTT 5): desired state in, chunks in, reports out.
 
-Reconnects by itself. A retained `status` with a last will tells the fleet when the device drops off.
-Payloads are parsed and validated here; the reconciler only ever sees valid messages.
+Reconnects by itself. On every (re)connect it publishes `hello` with the newest desired revision it holds, and
+the fleet API answers with the desired state from its database: a broker restarted without persistence (no
+retained messages) loses nothing; the retained desired state only spares that round trip.
+A retained `status` with a last will tells the fleet when the device drops off.
+Payloads are parsed and validated here; the reconciler only ever sees valid messages, and is told of refused
+ones (Reported.error), which are also counted.
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import Counter
 
 from fleet_protocol.broker import parse_broker_url
-from fleet_protocol.messages import Desired, Event, Fetch, ProtocolError, Reported, Status, Telemetry
+from fleet_protocol.messages import Desired, Event, Fetch, Hello, ProtocolError, Reported, Status, Telemetry, UnknownSchema
 from fleet_protocol.topics import Topics
 
-from . import __version__
-from .reconcile import Reconciler
-from .settings import AgentSettings
+from .. import __version__
+from ..reconcile import Reconciler
+from ..settings import AgentSettings
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +93,11 @@ class AgentLink:
     def report(self, reported: Reported) -> None:
         self.client.publish(self.topics.reported(self.device_id), reported.to_bytes(), qos=1, retain=True)
 
+    def hello(self) -> None:
+        """Ask the fleet for the desired state (answered from its database)."""
+        revision = self.reconciler.revision if self.reconciler is not None else 0
+        self.client.publish(self.topics.hello(self.device_id), Hello(revision=revision, agent_version=__version__).to_bytes(), qos=1)
+
     def send_telemetry(self, telemetry: Telemetry) -> None:
         self.client.publish(self.topics.telemetry(self.device_id), telemetry.to_bytes(), qos=0)
 
@@ -108,6 +117,7 @@ class AgentLink:
                 client.subscribe(self.topics.artifact_chunks(sha), qos=1)
             if (last := self.reconciler.last_reported) is not None:
                 self.report(last)  # the fleet may have missed it while we were away
+            self.hello()
         self._connected.set()
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _props) -> None:
@@ -122,10 +132,18 @@ class AgentLink:
             if not msg.payload:
                 return  # retained desired cleared: nothing asked of us
             try:
-                self.reconciler.submit(Desired.parse(msg.payload))
+                desired = Desired.parse(msg.payload)
+            except UnknownSchema as exc:
+                REJECTED.labels("unknown_schema").inc()
+                log.error("refusing desired state%s: %s", f" revision {exc.revision}" if exc.revision is not None else "", exc)
+                self.reconciler.refuse(f"desired state refused: {exc}; still running what was applied before")
+                return
             except ProtocolError as exc:
                 REJECTED.labels("malformed_desired").inc()
                 log.error("refusing desired state: %s", exc)
+                self.reconciler.refuse(f"desired state refused: {exc}")
+                return
+            self.reconciler.submit(desired)
             return
         try:
             sha, index = self.topics.parse_artifact_chunk(topic)

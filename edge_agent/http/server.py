@@ -1,4 +1,5 @@
-"""Local HTTP API: KServe v2 inference protocol and Prometheus metrics. A thin shell over the engine.
+"""Local HTTP API: KServe v2 inference protocol for every model the device serves, and Prometheus metrics.
+A thin shell over the ModelHost.
 
 The infer path is a raw ASGI handler that runs before FastAPI's routing and middleware: FastAPI's request
 and response objects, dependency resolution and threadpool hop cost more than the whole digits model
@@ -21,8 +22,11 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from . import __version__, kserve
-from .engine import Engine, InferenceError, InputError, LoadedModel
+from .. import __version__
+from ..runtime.errors import InferenceError, InputError
+from ..runtime.host import ModelHost
+from ..runtime.model import LoadedModel
+from . import kserve
 from .images import ImageInputs
 
 log = logging.getLogger(__name__)
@@ -35,7 +39,7 @@ _BINARY = b"application/octet-stream"
 class Control(Protocol):
     """What the local API may ask of the agent's core besides inference."""
 
-    def rollback(self, timeout: float = ...) -> str: ...
+    def rollback(self, name: str, timeout: float = ...) -> str: ...
 
 
 def error(status: int, message: str) -> JSONResponse:
@@ -61,8 +65,8 @@ class InferEndpoint:
     go to the batcher's thread and the loop awaits their future.
     """
 
-    def __init__(self, engine: Engine, max_request_bytes: int, inline_below_ms: float, workers: int | None = None) -> None:
-        self.engine = engine
+    def __init__(self, host: ModelHost, max_request_bytes: int, inline_below_ms: float, workers: int | None = None) -> None:
+        self.host = host
         self.max_request_bytes = max_request_bytes
         self.inline_below_ms = inline_below_ms
         # As many session runs at once as there are cores: more only thrash the caches (measured on BlazeFace).
@@ -98,13 +102,9 @@ class InferEndpoint:
         if len(body) > limit:
             return await _reply(send, 413, _error_body(f"request body exceeds the limit of {limit} bytes"), close=True)
 
-        engine = self.engine
-        model = engine.current
-        if model is None:
-            return await _reply(send, 503, _error_body("no model loaded yet"))
-        if model.name != name or (version is not None and version != model.version):
-            wanted = f"model {name!r}" + (f" version {version!r}" if version else "")
-            return await _reply(send, 404, _error_body(f"{wanted} is not served here (serving {model.name} {model.version})"))
+        model = self.host.get(name)  # one read: the whole request runs on this model, whatever swaps meanwhile
+        if model is None or (version is not None and version != model.version):
+            return await _reply(send, 404, _error_body(_not_served(self.host, name, version)))
         try:
             if header_length == -1:
                 raise kserve.ProtocolError("Inference-Header-Content-Length must be a non-negative integer")
@@ -112,12 +112,12 @@ class InferEndpoint:
             if ImageInputs.wanted(inputs):  # decoding takes milliseconds: never on the event loop
                 inputs = await asyncio.get_running_loop().run_in_executor(self.pool, self.images.convert, model, inputs)
         except InputError as exc:
-            engine.record(model, 0.0, 0.0, exc)
+            model.record(0.0, None, exc)
             return await _reply(send, 400, _error_body(f"{exc}; the model takes {model.signature()}"))
         except Exception as exc:  # a request the parser did not foresee: still the client's, never a traceback
             bad = InputError(f"malformed request ({type(exc).__name__}: {exc})")
             log.warning("%s %s: %s", model.name, model.version, bad)
-            engine.record(model, 0.0, 0.0, bad)
+            model.record(0.0, None, bad)
             return await _reply(send, 400, _error_body(f"{bad}; the model takes {model.signature()}"))
         try:
             outputs = await self._run(model, inputs)  # accounts for its own failures
@@ -137,16 +137,22 @@ class InferEndpoint:
         await _send(send, 200, payload, headers)
 
     async def _run(self, model: LoadedModel, inputs: dict) -> dict:
-        engine = self.engine
-        batcher = engine.batched(model)
-        if batcher is None:
+        if not model.batched:
             if model.run_ms is None or model.run_ms < self.inline_below_ms:
-                return engine.run_on(model, inputs)
-            return await asyncio.get_running_loop().run_in_executor(self.pool, engine.run_on, model, inputs)
+                return model.infer(inputs)
+            return await asyncio.get_running_loop().run_in_executor(self.pool, model.infer, inputs)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        engine.submit_batched(model, batcher, inputs, lambda outputs, err: loop.call_soon_threadsafe(_resolve, future, outputs, err))
+        model.submit(inputs, lambda outputs, err: loop.call_soon_threadsafe(_resolve, future, outputs, err))
         return await future
+
+
+def _not_served(host: ModelHost, name: str, version: str | None) -> str:
+    model = host.get(name)
+    wanted = f"model {name!r}" + (f" version {version!r}" if version else "")
+    if model is not None:
+        return f"{wanted} is not served here (serving {name} {model.version})"
+    return f"{wanted} is not served here (serving: {', '.join(host.names()) or 'nothing yet'})"
 
 
 def _resolve(future: asyncio.Future, outputs, err) -> None:
@@ -187,11 +193,15 @@ class AgentApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-def create_app(engine: Engine, max_request_bytes: int = 64 << 20, *, routers: Iterable[APIRouter] = (),
+def create_app(host: ModelHost, max_request_bytes: int = 64 << 20, *, routers: Iterable[APIRouter] = (),
                control: Control | None = None, inline_below_ms: float = 0.25, workers: int | None = None) -> AgentApp:
     """The agent's local HTTP app. More routers can be passed here or added later with `include_router`."""
     app = AgentApp(title="edgefleet agent", docs_url=None, redoc_url=None, openapi_url=None)
-    app.infer_endpoint = InferEndpoint(engine, max_request_bytes, inline_below_ms, workers)
+    app.infer_endpoint = InferEndpoint(host, max_request_bytes, inline_below_ms, workers)
+
+    def served(name: str, version: str | None) -> LoadedModel | None:
+        model = host.get(name)
+        return model if model is not None and (version is None or version == model.version) else None
 
     @app.get("/v2/health/live")
     def live() -> dict:
@@ -199,43 +209,50 @@ def create_app(engine: Engine, max_request_bytes: int = 64 << 20, *, routers: It
 
     @app.get("/v2/health/ready")
     def ready() -> Response:
-        model = engine.current
-        if model is None:
+        """Ready once a model serves; the body says which (every model the device serves now)."""
+        models = host.models()
+        if not models:
             return error(503, "no model loaded yet")
-        return JSONResponse({"ready": True, "model": model.name, "version": model.version, "provider": model.provider})
+        return JSONResponse({"ready": True, "models": {
+            n: {"version": m.version, "provider": m.provider, "precision": m.precision.value} for n, m in sorted(models.items())}})
 
     @app.get("/v2")
     def server_metadata() -> dict:
         return {"name": "edgefleet-agent", "version": __version__, "extensions": ["binary_tensor_data"]}
 
+    @app.post("/v2/repository/index")
+    def repository_index() -> Response:
+        return JSONResponse([{"name": n, "version": m.version, "state": "READY"} for n, m in sorted(host.models().items())])
+
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
     def model_metadata(name: str, version: str | None = None) -> Response:
-        model = engine.current
-        if model is None or model.name != name or (version is not None and version != model.version):
-            return error(404, f"model {name!r} is not served here")
+        model = served(name, version)
+        if model is None:
+            return error(404, _not_served(host, name, version))
         return JSONResponse(kserve.metadata(model))
 
     @app.get("/v2/models/{name}/ready")
-    def model_ready(name: str) -> Response:
-        model = engine.current
-        if model is None or model.name != name:
-            return error(404, f"model {name!r} is not served here")
-        return JSONResponse({"name": name, "ready": True})
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    def model_ready(name: str, version: str | None = None) -> Response:
+        model = served(name, version)
+        if model is None:
+            return error(404, _not_served(host, name, version))
+        return JSONResponse({"name": name, "version": model.version, "ready": True})
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(generate_latest(REGISTRY) + generate_latest(engine.stats.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(REGISTRY) + generate_latest(host.stats.registry), media_type=CONTENT_TYPE_LATEST)
 
     if control is not None:
-        @app.post("/admin/rollback")
-        def rollback(request: Request) -> Response:
-            """Serve the previous model again (it must pass its golden check first). Loopback clients only:
-            the route has no authentication and the server may listen on a LAN address (the camera page)."""
+        @app.post("/admin/models/{name}/rollback")
+        def rollback(name: str, request: Request) -> Response:
+            """Serve the previous version of a model again (it must pass its golden check first). Loopback
+            clients only: the route has no authentication and the server may listen on a LAN address."""
             if not _loopback(request.client.host if request.client is not None else None):
-                return error(403, "/admin/rollback is only accepted from the device itself (127.0.0.1 or ::1)")
+                return error(403, "/admin rollback is only accepted from the device itself (127.0.0.1 or ::1)")
             try:
-                return JSONResponse({"result": control.rollback()})
+                return JSONResponse({"result": control.rollback(name)})
             except Exception as exc:
                 return error(409, str(exc))
 

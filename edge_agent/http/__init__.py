@@ -1,0 +1,1 @@
+"""The local HTTP shell: KServe v2 inference for every model the device serves, health, metrics, admin."""

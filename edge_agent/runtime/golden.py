@@ -1,0 +1,126 @@
+"""The golden check: before a model serves, it must reproduce its bundle's golden outputs on this device.
+
+The tolerance follows the runtime's precision: the manifest's atol/rtol are made for fp32, and an fp16 or
+int8 engine is held to what that arithmetic can keep (a correct fp16 model passes as fp16 and fails as
+fp32; a broken one fails both). Where the bundle says so, the check is task-aware instead (same top-1 class,
+IoU-matched boxes, same text), which is what the application sees whatever the precision.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fleet_protocol.bundle import GOLDEN
+from fleet_protocol.manifest import Golden
+from fleet_protocol.messages import Precision
+
+from .errors import GoldenCheckError, first_line
+from .model import LoadedModel
+
+INPUT_PREFIX = "input:"
+OUTPUT_PREFIX = "output:"
+
+# The least atol/rtol each precision can hold: fp16 keeps ~3 decimal digits, int8 ~2.
+PRECISION_TOLERANCE: dict[Precision, tuple[float, float]] = {
+    Precision.fp32: (0.0, 0.0),  # the manifest's own (made for fp32)
+    Precision.fp16: (1e-2, 1e-2),
+    Precision.int8: (5e-2, 5e-2),
+}
+
+
+def tolerance(golden: Golden, precision: Precision) -> tuple[float, float]:
+    least_atol, least_rtol = PRECISION_TOLERANCE[precision]
+    return max(golden.atol, least_atol), max(golden.rtol, least_rtol)
+
+
+def load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The bundle's golden file → (inputs, expected outputs), by tensor name."""
+    with np.load(path, allow_pickle=False) as z:
+        inputs = {k[len(INPUT_PREFIX):]: z[k] for k in z.files if k.startswith(INPUT_PREFIX)}
+        expected = {k[len(OUTPUT_PREFIX):]: z[k] for k in z.files if k.startswith(OUTPUT_PREFIX)}
+    return inputs, expected
+
+
+def check(model: LoadedModel) -> None:
+    """Run the golden inputs (which also warms the session up) and compare; GoldenCheckError if they differ."""
+    path = model.stored.directory / GOLDEN
+    if not path.exists():
+        raise GoldenCheckError("bundle has no golden data")
+    inputs, expected = load(path)
+    try:
+        model.validate(inputs)
+        model.run_checked(inputs)  # the first run pays for lazy allocations: warm-up, not what requests see
+        started = time.perf_counter()
+        actual = model.run_checked(inputs)
+        model.run_ms = (time.perf_counter() - started) * 1000 / max(1, len(next(iter(inputs.values()))))
+    except Exception as exc:  # onnxruntime errors are not typed
+        raise GoldenCheckError(f"golden inputs fail to run: {first_line(exc)}") from None
+    compare(actual, expected, model.manifest.golden, model.precision)
+    model.golden_passed = True
+
+
+def compare(actual: dict[str, np.ndarray], expected: dict[str, np.ndarray], golden: Golden, precision: Precision) -> None:
+    for name, want in expected.items():
+        got = actual.get(name)
+        if got is None or got.shape != want.shape:
+            raise GoldenCheckError(f"output {name!r}: shape {None if got is None else got.shape}, golden {want.shape}")
+        if golden.compare == "tolerance":
+            _within(name, got, want, *tolerance(golden, precision), precision)
+        elif golden.compare == "top1":
+            _same_argmax(name, got, want, "class")
+        elif golden.compare == "text":
+            _same_argmax(name, got, want, "symbol")
+        else:
+            _boxes_match(name, got, want, golden.iou)
+
+
+def _within(name: str, got: np.ndarray, want: np.ndarray, atol: float, rtol: float, precision: Precision) -> None:
+    got64, want64 = got.astype(np.float64), want.astype(np.float64)
+    if not np.allclose(got64, want64, atol=atol, rtol=rtol, equal_nan=True):
+        worst = float(np.nanmax(np.abs(got64 - want64)))
+        raise GoldenCheckError(f"output {name!r} differs from the golden output by up to {worst:.3g} "
+                               f"(precision {precision.value}: atol {atol:g}, rtol {rtol:g})")
+
+
+def _same_argmax(name: str, got: np.ndarray, want: np.ndarray, what: str) -> None:
+    a, b = np.argmax(got, axis=-1), np.argmax(want, axis=-1)
+    wrong = int(np.count_nonzero(a != b))
+    if wrong:
+        raise GoldenCheckError(f"output {name!r}: {wrong} of {a.size} {what}es differ from the golden output"
+                               if what == "class" else f"output {name!r}: the {what} sequence differs from the golden output at {wrong} of {a.size} positions")
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a (N×4) with every box in b (M×4) → N×M."""
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def _boxes_match(name: str, got: np.ndarray, want: np.ndarray, threshold: float) -> None:
+    if got.shape[-1] < 4:
+        # Scores and the like beside the boxes: they only have to pick the same best candidate.
+        _same_argmax(name, got, want, "class")
+        return
+    a = got.reshape(-1, got.shape[-1])[:, :4].astype(np.float64)
+    b = want.reshape(-1, want.shape[-1])[:, :4].astype(np.float64)
+    unmatched = 0
+    free = np.ones(len(a), dtype=bool)
+    ious = _iou(b, a)
+    for i in range(len(b)):  # greedy: each golden box takes its best free match
+        candidates = np.where(free, ious[i], -1.0)
+        j = int(np.argmax(candidates)) if len(a) else -1
+        if j < 0 or candidates[j] < threshold:
+            unmatched += 1
+        else:
+            free[j] = False
+    if unmatched:
+        raise GoldenCheckError(f"output {name!r}: {unmatched} of {len(b)} golden boxes have no match with IoU >= {threshold}")
