@@ -32,7 +32,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from fastapi import Request  # module level: FastAPI resolves the route's string annotations here
+from fastapi import (
+    Request,  # module level: FastAPI resolves the route's string annotations here
+)
 from fastapi.responses import JSONResponse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -292,7 +294,7 @@ class _PeakSampler:
         while not self._stop.wait(0.001):
             self.peak = max(self.peak, _rss_mb())
 
-    def __enter__(self) -> "_PeakSampler":
+    def __enter__(self) -> _PeakSampler:
         self._thread.start()
         return self
 
@@ -309,7 +311,7 @@ def measure_load(how: str, store_dir: str, sha: str) -> dict:
     # Imported before the baseline, so their own memory is not counted as the load's.
     import onnxruntime  # noqa: F401
 
-    import edge_agent.runtime.golden  # noqa: F401
+    import edge_agent.runtime.golden
     import edge_agent.runtime.model  # noqa: F401
     from edge_agent.store import ModelStore
 

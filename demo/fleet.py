@@ -64,8 +64,11 @@ def upload(api: httpx.Client, bundle: Path) -> dict:
 
 
 def roll_out(api: httpx.Client, model: str, version: str, selector: str = "", waves: str = "100%",
-             gates: dict | None = None, timeout: float = 120) -> dict:
-    r = api.post("/v1/rollouts", json={"model": model, "version": version, "selector": selector, "waves": waves, "gates": gates or {}})
+             gates: dict | None = None, timeout: float = 120, runtime: dict | None = None) -> dict:
+    body = {"model": model, "version": version, "selector": selector, "waves": waves, "gates": gates or {}}
+    if runtime is not None:
+        body["runtime"] = runtime
+    r = api.post("/v1/rollouts", json=body)
     r.raise_for_status()
     rollout_id = r.json()["id"]
     return wait_for(lambda: _finished(api, rollout_id), timeout, f"rollout {rollout_id} of {model} {version}", interval=0.2)
@@ -125,18 +128,21 @@ class Fleet:
         self.close()
 
 
-def device_table(api: httpx.Client) -> list[dict]:
+def device_table(api: httpx.Client, model: str | None = "digits") -> list[dict]:
+    """One row per device and model it reports (`model`: only that one; None: every model)."""
     rows = []
     for d in api.get("/v1/devices").json():
-        reported = d.get("reported") or {}
-        model = reported.get("model") or {}
-        rows.append({
-            "device": d["id"], "online": d["online"], "state": reported.get("state"), "model": model.get("name"),
-            "version": model.get("version"), "provider": reported.get("provider"),
-        })
+        models = d.get("models") or {}
+        names = sorted(models) if model is None else [model]
+        for name in names:
+            m = models.get(name) or {}
+            rows.append({
+                "device": d["id"], "online": d["online"], "model": name, "state": m.get("state"),
+                "version": m.get("version"), "provider": m.get("provider"), "error": m.get("error"),
+            })
     return rows
 
 
-def wait_serving(api: httpx.Client, version: str, timeout: float = 60) -> None:
-    wait_for(lambda: all(r["state"] == "serving" and r["version"] == version for r in device_table(api)), timeout,
-             f"every device serving {version}")
+def wait_serving(api: httpx.Client, version: str, timeout: float = 60, model: str = "digits") -> None:
+    wait_for(lambda: all(r["state"] == "serving" and r["version"] == version for r in device_table(api, model)), timeout,
+             f"every device serving {model} {version}")

@@ -8,7 +8,7 @@ import platform
 import onnxruntime as ort
 
 
-def facts() -> dict[str, object]:
+def facts() -> dict[str, str | int | float | bool | None]:
     try:
         memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1 << 20)
     except (ValueError, OSError, AttributeError):

@@ -20,7 +20,8 @@ import math
 import queue
 import threading
 import time
-from concurrent.futures import Future, TimeoutError as FuturesTimeout
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -28,12 +29,24 @@ import onnxruntime as ort
 
 from fleet_protocol.bundle import BundleError
 from fleet_protocol.messages import (
-    BundleRef, Desired, ModelReport, ModelSpec, ModelState, Reported, Runtime, ServingModel,
+    BundleRef,
+    Desired,
+    ModelReport,
+    ModelSpec,
+    ModelState,
+    Reported,
+    Runtime,
+    ServingModel,
 )
 
 from . import __version__, hardware
 from .runtime import golden
-from .runtime.errors import GoldenCheckError, MemoryBudgetError, ModelLoadError, ProviderError
+from .runtime.errors import (
+    GoldenCheckError,
+    MemoryBudgetError,
+    ModelLoadError,
+    ProviderError,
+)
 from .runtime.host import ModelHost
 from .runtime.model import LoadedModel, load
 from .runtime.session import providers_for

@@ -47,6 +47,8 @@ class AgentSettings(BaseSettings):
     memory_budget_mb: int = 0
     keep_models: int = 3  # bundles kept on disk besides every model's current and previous
     telemetry_interval_s: float = 10.0
+    # No desired state this long after connecting: say hello again (doubling, up to a minute).
+    hello_retry_s: float = 5.0
     chunk_timeout_s: float = 3.0  # no chunk for this long: ask again for what is still missing
     download_timeout_s: float = 600.0
 

@@ -21,6 +21,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from fleet_protocol.bundle import BundleError, VerifiedBundle, read_bundle
@@ -116,8 +117,7 @@ class PartialDownload:
 
     def assemble(self, dest: Path) -> None:
         with open(dest, "wb") as out:
-            for i in range(self.ref.chunk_count):
-                out.write((self.folder / str(i)).read_bytes())
+            out.writelines((self.folder / str(i)).read_bytes() for i in range(self.ref.chunk_count))
 
     def discard(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -179,7 +179,7 @@ class ModelStore:
         except ValueError:
             return None
 
-    def promote(self, name: str, sha256: str, runtime: Runtime | None, active: set[str] = frozenset()) -> None:
+    def promote(self, name: str, sha256: str, runtime: Runtime | None, active: AbstractSet[str] = frozenset()) -> None:
         """Make `sha256` the current of `name` and its old current previous, in one atomic replace. The runtime
         it applied with is remembered with it: only a runtime that applied is ever persisted.
 
@@ -213,7 +213,7 @@ class ModelStore:
             if state.pop(name, None) is not None:
                 self._write_state(state)
 
-    def _write_state(self, state: dict[str, Any], promoted: str | None = None, active: set[str] = frozenset()) -> None:
+    def _write_state(self, state: dict[str, Any], promoted: str | None = None, active: AbstractSet[str] = frozenset()) -> None:
         # The folders are touched so garbage collection sees the most recently served models as the newest.
         for sha in self._pinned(state):
             if (self.models / sha).is_dir():
@@ -272,7 +272,7 @@ class ModelStore:
         assert stored is not None
         return stored
 
-    def collect_garbage(self, promoted: str | None = None, active: set[str] = frozenset()) -> None:
+    def collect_garbage(self, promoted: str | None = None, active: AbstractSet[str] = frozenset()) -> None:
         """Keep every model's current and previous, and the newest others up to `keep` in all; remove the rest
         and whatever a kill -9 left half-done (staging folders, temporary files, v1 optimized-graph files).
 

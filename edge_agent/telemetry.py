@@ -37,7 +37,7 @@ LABELS = ("model", "version", "provider")
 class _Window:
     """The requests of one model name since the last telemetry message (every version of it)."""
 
-    __slots__ = ("samples", "seen", "errors", "start")
+    __slots__ = ("errors", "samples", "seen", "start")
 
     def __init__(self) -> None:
         self.samples: list[float] = []
@@ -59,7 +59,7 @@ class Window:
 class ModelMetrics:
     """The metric children of one loaded model, bound once so the request path does no label lookups."""
 
-    __slots__ = ("ok", "bad_request", "error", "latency", "queue", "window")
+    __slots__ = ("bad_request", "error", "latency", "ok", "queue", "window")
 
     def __init__(self, stats: Stats, labels: tuple[str, str, str], window: _Window) -> None:
         self.ok = stats.requests.labels(*labels, "ok")
@@ -127,10 +127,11 @@ class Stats:
             requests, w.seen = w.seen, 0
             errors, w.errors = w.errors, 0
             seconds, w.start = max(now - w.start, 1e-6), now
+            p50: float | None = None
+            p95: float | None = None
+            p99: float | None = None
             if samples:
                 p50, p95, p99 = (float(v) * 1000 for v in np.percentile(np.asarray(samples), [50, 95, 99]))
-            else:
-                p50 = p95 = p99 = None
             out[name] = Window(seconds, requests + errors, errors, p50, p95, p99)
         return out
 

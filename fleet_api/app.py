@@ -19,7 +19,7 @@ from .metrics import FleetCollector
 from .mqtt import handlers
 from .mqtt.broker import Broker
 from .mqtt.dynsec import DynSec
-from .routes import devices, health, models, rollouts, security
+from .routes import devices, health, models, profiles, rollouts, security
 from .service import FleetService
 from .settings import ApiSettings
 
@@ -77,7 +77,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             service.close()
             engine.dispose()
 
-    app = FastAPI(title="edgefleet fleet API", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="edgefleet fleet API", version="0.2.0", lifespan=lifespan)
 
     @app.exception_handler(FleetError)
     async def _fleet_error(_request: Request, exc: FleetError) -> JSONResponse:
@@ -89,6 +89,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
         return JSONResponse({"error": "invalid request: " + "; ".join(problems), "detail": exc.errors()}, status_code=422)
 
-    for router in (health.router, security.router, models.router, devices.router, rollouts.router, web.router):
+    for router in (health.router, security.router, models.router, devices.router, profiles.router, rollouts.router,
+                   web.router):
         app.include_router(router)
     return app

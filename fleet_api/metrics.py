@@ -20,11 +20,14 @@ class FleetCollector(Collector):
         except Exception:  # a scrape must not fail because the database is briefly away
             log.exception("fleet metrics unavailable")
             return
-        devices = GaugeMetricFamily("edgefleet_fleet_devices", "Devices by reported state and model version",
+        devices = GaugeMetricFamily("edgefleet_fleet_devices", "Devices by the reported state and version of each model",
                                     labels=["state", "model", "version"])
-        for (state, model, version), n in sorted(summary["devices"].items()):
+        for (state, model, version), n in sorted(summary["models"].items()):
             devices.add_metric([state, model, version], n)
         yield devices
+        registered = GaugeMetricFamily("edgefleet_fleet_devices_registered", "Devices registered and not revoked")
+        registered.add_metric([], summary["total"])
+        yield registered
         online = GaugeMetricFamily("edgefleet_fleet_devices_online", "Devices whose broker status is online")
         online.add_metric([], summary["online"])
         yield online

@@ -17,23 +17,31 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from prometheus_client import Counter
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleet_protocol.messages import Event, Fetch, Reported, Status, Telemetry
+from fleet_protocol.messages import Event, Fetch, Hello, Reported, Runtime, Status, Telemetry
 from fleet_protocol.topics import Topics
 
 from . import auth, telemetry
 from .auth import SYSTEM, Principal
 from .chunk_server import ChunkServer
-from .db.tables import Bundle, Device, Rollout, RolloutDevice
+from .db.tables import Bundle, Device, Rollout, RolloutDevice, utcnow
+from .desired import outbox
+from .desired import state as desired_state
+from .desired.specs import DeviceConfig, ProfileSpec
 from .errors import Conflict, Invalid, NotFound
 from .publisher import BrokerAdmin, Publisher
 from .registry import bundles as bundle_registry
 from .registry import devices as device_registry
+from .registry import profiles as profile_registry
 from .registry.artifacts import ArtifactStore
-from .rollouts import desired as desired_state
-from .rollouts import engine
+from .registry.bundles import pick_variant
+from .registry.devices import HARDWARE_LABEL
+from .rollouts import machine
+from .rollouts.gates import Gates
+from .rollouts.states import ACTIVE, RolloutState
 from .settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -42,6 +50,7 @@ EVENTS = Counter("edgefleet_api_device_events_total", "Device events received", 
 REJECTED = Counter("edgefleet_api_messages_rejected_total", "Device messages rejected", ["channel", "reason"])
 TELEMETRY = Counter("edgefleet_api_telemetry_messages_total", "Telemetry messages ingested")
 DESIRED_SENT = Counter("edgefleet_api_desired_published_total", "Desired-state revisions published")
+HELLOS = Counter("edgefleet_api_hellos_total", "Devices that asked for their desired state on connect")
 
 KNOWN_DEVICE_TTL_S = 30.0
 
@@ -61,6 +70,7 @@ class FleetService:
         self.chunks = ChunkServer(self.store, publisher, self.topics, settings.chunk_coalesce_ms / 1000)
         self.telemetry = telemetry.TelemetryBuffer()
         self._outbox_lock = threading.Lock()
+        self._outbox_dirty = threading.Event()
         self._known: dict[str, float] = {}  # device id → when we last saw it registered (telemetry hot path)
 
     @contextmanager
@@ -127,10 +137,12 @@ class FleetService:
             credentials = None
             if self.broker_admin is not None:
                 credentials = self._issue_credentials(device)
+            desired_state.recompose(db, device, self.settings.chunk_size)  # profiles may match it already
             auth.audit(db, who.actor, "device.register", f"device:{device_id}",
                        {"labels": device.labels, "broker_client": credentials is not None})
             view = device_view(device)
         self._known[device_id] = time.monotonic()
+        self.flush_outbox()
         if credentials:
             view["credentials"] = credentials
         return view
@@ -154,18 +166,18 @@ class FleetService:
 
     def revoke_device(self, device_id: str, who: Principal) -> dict[str, Any]:
         """Revoke: the broker client goes (the broker disconnects it), the device leaves active rollouts, and its
-        retained desired state is cleared. The row stays, for history and the audit trail."""
+        retained desired state, reported state and status are cleared. The row stays, for history and audit."""
         with self.transaction() as db:
-            device = device_registry.get_device(db, device_id)
+            device = device_registry.get_device(db, device_id, lock=True)
             if device.revoked:
                 return device_view(device)
             if self.broker_admin is not None and device.broker_username:
                 self.broker_admin.delete_device_client(device.id, device.broker_username)
             device.revoked = True
             device.online = False
-            engine.remove_device(db, device_id)
-            # Clearing the retained desired state goes through the outbox like any change, so it is retried
-            # until the broker has it, and nothing publishes the old one again.
+            machine.remove_device(db, device_id)
+            # Clearing the retained messages goes through the outbox like any change, so it is retried until the
+            # broker has it, and nothing publishes the old desired state again.
             device.desired = None
             device.desired_revision += 1
             auth.audit(db, who.actor, "device.revoke", f"device:{device_id}")
@@ -182,42 +194,160 @@ class FleetService:
         with self.transaction() as db:
             return device_view(device_registry.get_device(db, device_id))
 
+    def update_labels(self, device_id: str, changes: dict[str, str | None], who: Principal = SYSTEM) -> dict[str, Any]:
+        """Change labels (None removes one): the profiles that match may change, and so the desired state."""
+        with self.transaction() as db:
+            before = dict(device_registry.get_active_device(db, device_id).labels or {})
+            device = device_registry.update_labels(db, device_id, changes)
+            changed = desired_state.recompose(db, device, self.settings.chunk_size)
+            auth.audit(db, who.actor, "device.labels", f"device:{device_id}",
+                       {"before": before, "after": device.labels, "new_revision": device.desired_revision if changed else None})
+            view = device_view(device)
+        self.flush_outbox()
+        return view
+
+    def get_config(self, device_id: str) -> dict[str, Any]:
+        with self.transaction() as db:
+            device = device_registry.get_device(db, device_id)
+            return config_view(device)
+
+    def set_config(self, device_id: str, config: DeviceConfig, who: Principal = SYSTEM) -> dict[str, Any]:
+        """Replace the device's own configuration (it wins over every profile)."""
+        with self.transaction() as db:
+            device = device_registry.get_active_device(db, device_id, lock=True)
+            device.config = config.model_dump(mode="json", exclude_none=True)
+            changed = desired_state.recompose(db, device, self.settings.chunk_size)
+            auth.audit(db, who.actor, "device.config", f"device:{device_id}",
+                       {"config": device.config, "new_revision": device.desired_revision if changed else None})
+            view = config_view(device)
+        self.flush_outbox()
+        return view
+
+    def assign_model(self, device_id: str, model: str, version: str, runtime: Runtime | None,
+                     who: Principal = SYSTEM) -> dict[str, Any]:
+        """Give one device a bundle of a model directly (its hardware variant), outside any rollout."""
+        with self.transaction() as db:
+            device = device_registry.get_active_device(db, device_id, lock=True)
+            self._not_in_rollout(db, device_id, model)
+            bundle = pick_variant(bundle_registry.variants(db, model, version), device.labels.get(HARDWARE_LABEL))
+            desired_state.assign(db, device_id, model, bundle.sha256,
+                                 runtime.model_dump(mode="json") if runtime is not None else None, None)
+            changed = desired_state.recompose(db, device, self.settings.chunk_size)
+            auth.audit(db, who.actor, "device.model.assign", f"device:{device_id}",
+                       {"model": model, "version": version, "sha256": bundle.sha256,
+                        "runtime": runtime.model_dump(mode="json") if runtime else None,
+                        "new_revision": device.desired_revision if changed else None})
+            view = self._desired_view(db, device)
+        self.flush_outbox()
+        return view
+
+    def remove_model(self, device_id: str, model: str, who: Principal = SYSTEM) -> dict[str, Any]:
+        with self.transaction() as db:
+            device = device_registry.get_active_device(db, device_id, lock=True)
+            self._not_in_rollout(db, device_id, model)
+            if not desired_state.unassign(db, device_id, model):
+                raise NotFound(f"device {device_id!r} has no model {model!r}")
+            desired_state.recompose(db, device, self.settings.chunk_size)
+            auth.audit(db, who.actor, "device.model.remove", f"device:{device_id}",
+                       {"model": model, "new_revision": device.desired_revision})
+            view = self._desired_view(db, device)
+        self.flush_outbox()
+        return view
+
+    @staticmethod
+    def _not_in_rollout(db: Session, device_id: str, model: str) -> None:
+        rollout_id = machine.active_rollout_of(db, device_id, model)
+        if rollout_id is not None:
+            raise Conflict(f"rollout {rollout_id} is moving {model!r} on device {device_id!r}; "
+                           "finish, abort or pause-and-abort it first")
+
+    def get_desired(self, device_id: str) -> dict[str, Any]:
+        with self.transaction() as db:
+            return self._desired_view(db, device_registry.get_device(db, device_id))
+
+    def _desired_view(self, db: Session, device: Device) -> dict[str, Any]:
+        composed = desired_state.compose_device(db, device, self.settings.chunk_size)
+        return {"device_id": device.id, "revision": device.desired_revision, "published_revision": device.published_revision,
+                "desired": device.desired, "sources": composed.sources}
+
     def device_telemetry(self, device_id: str, since: dt.datetime | None = None, until: dt.datetime | None = None,
-                         limit: int = 60) -> dict[str, Any]:
+                         limit: int = 60, model: str | None = None) -> dict[str, Any]:
         self.flush_telemetry()  # what this replica holds in memory is part of the answer
         with self.transaction() as db:
             device_registry.get_device(db, device_id)
-            return {"device_id": device_id, "minutes": telemetry.query(db, device_id, since, until, limit)}
+            return {"device_id": device_id, "minutes": telemetry.query(db, device_id, since, until, limit, model)}
+
+    # --- profiles -----------------------------------------------------------------------------------------
+    def list_profiles(self) -> list[dict[str, Any]]:
+        with self.transaction() as db:
+            return [profile_registry.view(p) for p in profile_registry.list_all(db)]
+
+    def get_profile(self, name: str) -> dict[str, Any]:
+        with self.transaction() as db:
+            return profile_registry.view(profile_registry.get(db, name))
+
+    def put_profile(self, name: str, spec: ProfileSpec, who: Principal = SYSTEM, create_only: bool = False) -> tuple[dict[str, Any], bool]:
+        with self.transaction() as db:
+            if create_only:
+                row, created = profile_registry.create(db, name, spec), True
+            else:
+                row, created = profile_registry.replace(db, name, spec)
+            moved = desired_state.recompose_all(db, self.settings.chunk_size)
+            auth.audit(db, who.actor, "profile.create" if created else "profile.update", f"profile:{name}",
+                       {"spec": spec.model_dump(mode="json", exclude_none=True), "devices": moved[:100], "device_count": len(moved)})
+            view = profile_registry.view(row)
+        self.flush_outbox()
+        return {**view, "devices_changed": moved}, created
+
+    def delete_profile(self, name: str, who: Principal = SYSTEM) -> dict[str, Any]:
+        with self.transaction() as db:
+            row = profile_registry.delete(db, name)
+            view = profile_registry.view(row)
+            moved = desired_state.recompose_all(db, self.settings.chunk_size)
+            auth.audit(db, who.actor, "profile.delete", f"profile:{name}", {"devices": moved[:100], "device_count": len(moved)})
+        self.flush_outbox()
+        return {**view, "devices_changed": moved}
 
     # --- rollouts -----------------------------------------------------------------------------------------
-    def create_rollout(self, model: str, version: str, selector: str | dict, waves: str | list, gates: dict,
-                       who: Principal = SYSTEM) -> dict[str, Any]:
+    def create_rollout(self, model: str, version: str, selector: str | dict, waves: str | list,
+                       gates: Gates | dict[str, Any] | None = None, who: Principal = SYSTEM,
+                       runtime: Runtime | None = None, now: dt.datetime | None = None) -> dict[str, Any]:
+        if not isinstance(gates, Gates):
+            try:
+                gates = Gates.model_validate(gates or {})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise Invalid(f"gates: {'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg')}") from None
         with self.transaction() as db:
-            rollout = engine.create_rollout(
+            rollout = machine.create_rollout(
                 db, model=model, version=version, selector=device_registry.parse_selector(selector), waves=waves,
-                gates=gates, chunk_size=self.settings.chunk_size,
+                gates=gates, runtime=runtime, chunk_size=self.settings.chunk_size, now=now,
             )
             auth.audit(db, who.actor, "rollout.create", f"rollout:{rollout.id}",
                        {"model": model, "version": version, "selector": rollout.selector, "waves": rollout.waves,
-                        "gates": rollout.gates})
+                        "gates": rollout.gates, "runtime": rollout.runtime})
             rollout_id = rollout.id
-        self.evaluate(rollout_id)  # devices already serving the bundle may pass the first wave at once
+        self.evaluate(rollout_id, now)  # devices already serving the bundle may pass the first wave at once
         self.flush_outbox()
         return self.get_rollout(rollout_id)
 
-    def control_rollout(self, rollout_id: int, action: str, who: Principal, reason: str | None = None) -> dict[str, Any]:
-        """pause, resume, abort or rollback; the latter two send devices their previous model."""
+    def control_rollout(self, rollout_id: int, action: str, who: Principal, reason: str | None = None,
+                        now: dt.datetime | None = None) -> dict[str, Any]:
+        """pause, resume, abort or rollback; the latter two give devices their previous bundle of the model."""
+        chunk = self.settings.chunk_size
         ops = {
-            "pause": lambda db: engine.pause(db, rollout_id, reason),
-            "resume": lambda db: engine.resume(db, rollout_id),
-            "abort": lambda db: engine.abort_manually(db, rollout_id, reason),
-            "rollback": lambda db: engine.rollback(db, rollout_id, reason),
+            "pause": lambda db: machine.pause(db, rollout_id, reason),
+            "resume": lambda db: machine.resume(db, rollout_id, now),
+            "abort": lambda db: machine.abort_manually(db, rollout_id, reason, chunk),
+            "rollback": lambda db: machine.rollback(db, rollout_id, reason, chunk),
         }
+        if action not in ops:
+            raise Invalid(f"unknown action {action!r}; one of {sorted(ops)}")
         with self.transaction() as db:
             rollout = ops[action](db)
             auth.audit(db, who.actor, f"rollout.{action}", f"rollout:{rollout_id}", {"reason": reason, "state": rollout.state})
         if action == "resume":
-            self.evaluate(rollout_id)
+            self.evaluate(rollout_id, now)
         self.flush_outbox()
         return self.get_rollout(rollout_id)
 
@@ -229,7 +359,9 @@ class FleetService:
             members = db.scalars(
                 select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id).order_by(RolloutDevice.wave, RolloutDevice.device_id)
             ).all()
-            return rollout_view(rollout, members)
+            reported = dict(db.execute(select(Device.id, Device.reported).where(
+                Device.id.in_([m.device_id for m in members]))).all()) if members else {}
+            return rollout_view(rollout, members, reported)
 
     def list_rollouts(self, limit: int = 100) -> list[dict[str, Any]]:
         with self.transaction() as db:
@@ -243,74 +375,100 @@ class FleetService:
                 counts.setdefault(rid, {})[state] = n
             return [{**rollout_view(r, None), "device_states": counts.get(r.id, {})} for r in rollouts]
 
-    def evaluate(self, rollout_id: int) -> str:
+    def evaluate(self, rollout_id: int, now: dt.datetime | None = None) -> str:
         with self.transaction() as db:
-            before = db.get(Rollout, rollout_id)
-            state_before = before.state if before else None
-            state = engine.evaluate(db, rollout_id, self.settings.chunk_size)
-            if state != state_before and state in ("aborted", "succeeded"):
+            before, state = machine.evaluate(db, rollout_id, self.settings.chunk_size, now)
+            if state != before and state in (RolloutState.aborted.value, RolloutState.succeeded.value):
                 r = db.get(Rollout, rollout_id)
                 auth.audit(db, SYSTEM.actor, f"rollout.{'auto_abort' if state == 'aborted' else 'succeed'}",
                            f"rollout:{rollout_id}", {"reason": r.reason if r else None})
             return state
 
-    def tick_rollouts(self) -> None:
+    def tick_rollouts(self, now: dt.datetime | None = None) -> None:
         with self.transaction() as db:
-            ids = engine.active_rollout_ids(db)
+            ids = machine.active_rollout_ids(db)
         for rollout_id in ids:
-            self.evaluate(rollout_id)
+            self.evaluate(rollout_id, now)
         self.flush_outbox()
 
-    def tick(self) -> None:
+    def tick(self, now: dt.datetime | None = None) -> None:
         """Periodic work: telemetry to the database, then gates that depend on time and telemetry (soak,
-        timeouts), then anything left in the outbox."""
+        timeouts), then anything left in the outbox. `now` is injected by tests; the ticker passes none."""
         try:
             self.flush_telemetry()
         except Exception:
             log.exception("telemetry flush failed; kept for the next tick")
-        self.tick_rollouts()
+        self.tick_rollouts(now)
 
     def _publish_desired(self, pending: list[tuple[str, int, bytes]]) -> list[bool]:
         if not pending:
             return []
-        return self.publisher.publish_batch([(self.topics.desired(dev), payload, 1, True) for dev, _, payload in pending])
+        messages: list[tuple[str, bytes, int, bool]] = []
+        spans = []
+        for dev, _, payload in pending:
+            start = len(messages)
+            messages.append((self.topics.desired(dev), payload, 1, True))
+            if not payload:  # revoked: clear everything the broker retains of the device
+                messages += [(self.topics.reported(dev), b"", 1, True), (self.topics.status(dev), b"", 1, True)]
+            spans.append((start, len(messages)))
+        acks = self.publisher.publish_batch(messages)
+        return [all(acks[a:b]) for a, b in spans]
 
     def flush_outbox(self) -> int:
-        """Publish every desired revision not yet acknowledged by the broker, once, in revision order.
+        """Publish every desired revision not yet acknowledged by the broker, in revision order (at least once:
+        see desired/outbox.py for what is guaranteed).
 
         PostgreSQL: the claimed rows stay locked while we publish and mark them, so another API process skips them.
         SQLite locks the whole file for a writer, and waiting for the broker's acknowledgements (seconds, if the
         link drops) would stall every request: there the claim, the publish and the marking are three steps.
         """
+        # One flush at a time per process. A caller that finds one running does not wait for it (it may be
+        # waiting seconds for the broker): it marks the outbox dirty and the running flush goes round again.
         sent = 0
-        with self._outbox_lock:
-            while True:
-                with self.transaction() as db:
-                    pending = desired_state.claim_unpublished(db, self.settings.outbox_batch)
-                    if self._row_locks:
-                        acks = self._publish_desired(pending)
-                        _mark_published(db, pending, acks)
-                if not self._row_locks:
+        self._outbox_dirty.set()
+        while True:
+            if not self._outbox_lock.acquire(blocking=False):
+                return sent
+            try:
+                while self._outbox_dirty.is_set():
+                    self._outbox_dirty.clear()
+                    done, complete = self._flush_outbox_once()
+                    sent += done
+                    if not complete:
+                        return sent  # the broker did not take everything: the next tick retries
+            finally:
+                self._outbox_lock.release()
+            if not self._outbox_dirty.is_set():
+                return sent
+
+    def _flush_outbox_once(self) -> tuple[int, bool]:
+        sent = 0
+        while True:
+            with self.transaction() as db:
+                pending = outbox.claim_unpublished(db, self.settings.outbox_batch)
+                if self._row_locks:
                     acks = self._publish_desired(pending)
-                    with self.transaction() as db:
-                        _mark_published(db, pending, acks)
-                if not pending:
-                    break
-                done = sum(acks)
-                sent += done
-                DESIRED_SENT.inc(done)
-                if done < len(pending):
-                    log.warning("%d desired revision(s) not acknowledged by the broker; will retry", len(pending) - done)
-                    break
-        return sent
+                    _mark_published(db, pending, acks)
+            if not self._row_locks:
+                acks = self._publish_desired(pending)
+                with self.transaction() as db:
+                    _mark_published(db, pending, acks)
+            if not pending:
+                return sent, True
+            done = sum(acks)
+            sent += done
+            DESIRED_SENT.inc(done)
+            if done < len(pending):
+                log.warning("%d desired revision(s) not acknowledged by the broker; will retry", len(pending) - done)
+                return sent, False
 
     # --- device messages (from the MQTT shell) ------------------------------------------------------------
-    def on_reported(self, device_id: str, reported: Reported) -> None:
+    def on_reported(self, device_id: str, reported: Reported, now: dt.datetime | None = None) -> None:
         with self.transaction() as db:
             device_registry.record_reported(db, device_id, reported)
-            touched = engine.on_reported(db, device_id, reported)
+            touched = machine.on_reported(db, device_id, reported, now)
         for rollout_id in touched:
-            self.evaluate(rollout_id)
+            self.evaluate(rollout_id, now)
         if touched:
             self.flush_outbox()
 
@@ -318,18 +476,34 @@ class FleetService:
         with self.transaction() as db:
             device_registry.record_status(db, device_id, status)
 
+    def on_hello(self, device_id: str, hello: Hello) -> bool:
+        """A device (re)connected and asks for its desired state: publish it again from the database, so a broker
+        that lost its retained messages (restarted without persistence) costs nothing. → whether there was one."""
+        with self.transaction() as db:
+            device = device_registry.get_active_device(db, device_id, lock=True)
+            device.last_seen = utcnow()
+            if device.desired_revision == 0:
+                return False  # nothing was ever set for it
+            outbox.owe_again(device)
+        HELLOS.inc()
+        self.flush_outbox()
+        return True
+
     def on_fetch(self, device_id: str, fetch: Fetch) -> int:
         with self.transaction() as db:
             device = device_registry.get_active_device(db, device_id)
-            wanted = (device.desired or {}).get("model") or {}
             # Only what the device was told to fetch, cut as it was told: anything else would let one device
             # make the API publish any bundle, in any chunk size, as often as it likes.
-            if wanted.get("sha256") != fetch.sha256 or wanted.get("chunk_size") != fetch.chunk_size:
+            if (fetch.sha256, fetch.chunk_size) not in _wanted(device.desired):
                 raise Invalid(f"artifact {fetch.sha256[:12]} in {fetch.chunk_size}-byte chunks is not in this device's desired state")
             bundle = db.scalar(select(Bundle).where(Bundle.sha256 == fetch.sha256))
             if bundle is None:
                 raise NotFound(f"unknown artifact {fetch.sha256[:12]}")
             size = bundle.size
+        count = -(-size // fetch.chunk_size)
+        beyond = [i for i in fetch.missing if i >= count]
+        if beyond:
+            raise Invalid(f"chunk index {beyond[0]} is out of range: artifact {fetch.sha256[:12]} has {count} chunks")
         return self.chunks.request(fetch.sha256, size, fetch.chunk_size, fetch.missing)
 
     def _check_known(self, device_id: str) -> None:
@@ -358,29 +532,40 @@ class FleetService:
         with self.transaction() as db:
             devices = db.execute(select(Device.id, Device.online, Device.revoked, Device.reported)).all()
             by_state: dict[tuple[str, str, str], int] = {}
-            online = 0
+            online = total = 0
             for _id, is_online, revoked, reported in devices:
                 if revoked:
                     continue
+                total += 1
                 online += bool(is_online)
-                rep = reported or {}
-                model = rep.get("model") or {}
-                key = (rep.get("state") or "unknown", model.get("name") or "", model.get("version") or "")
-                by_state[key] = by_state.get(key, 0) + 1
+                for name, entry in ((reported or {}).get("models") or {}).items():
+                    version = (entry.get("serving") or entry.get("desired") or {}).get("version") or ""
+                    key = (entry.get("state") or "unknown", name, version)
+                    by_state[key] = by_state.get(key, 0) + 1
             rollouts = []
-            for r in db.scalars(select(Rollout).where(Rollout.state.in_(engine.ACTIVE))):
+            for r in db.scalars(select(Rollout).where(Rollout.state.in_([s.value for s in ACTIVE]))):
                 states = dict(db.execute(
                     select(RolloutDevice.state, func.count()).where(RolloutDevice.rollout_id == r.id).group_by(RolloutDevice.state)
                 ).all())
                 rollouts.append({"id": r.id, "model": r.model, "version": r.version, "state": r.state,
                                  "wave": r.current_wave + 1, "waves": len(r.waves), "devices": states})
-            return {"devices": by_state, "online": online, "total": sum(by_state.values()), "active_rollouts": rollouts}
+            return {"models": by_state, "online": online, "total": total, "active_rollouts": rollouts}
+
+
+def _wanted(desired: dict[str, Any] | None) -> set[tuple[str, int]]:
+    """(sha256, chunk size) of every bundle the desired state names: the models' and their shadows'."""
+    out = set()
+    for spec in ((desired or {}).get("models") or {}).values():
+        for bundle in (spec.get("bundle"), (spec.get("shadow") or {}).get("bundle")):
+            if bundle:
+                out.add((bundle["sha256"], bundle["chunk_size"]))
+    return out
 
 
 def _mark_published(db: Session, pending: list[tuple[str, int, bytes]], acks: list[bool]) -> None:
     for (device_id, revision, _), ok in zip(pending, acks):
         if ok:
-            desired_state.mark_published(db, device_id, revision)
+            outbox.mark_published(db, device_id, revision)
 
 
 def bundle_view(b: Bundle) -> dict[str, Any]:
@@ -391,25 +576,62 @@ def bundle_view(b: Bundle) -> dict[str, Any]:
     }
 
 
-def device_view(d: Device) -> dict[str, Any]:
+def model_summary(entry: dict[str, Any]) -> dict[str, Any]:
+    """One reported model, flattened for lists: what serves, where its desired bundle is, why it failed."""
+    serving, desired = entry.get("serving") or {}, entry.get("desired") or {}
     return {
-        "id": d.id, "labels": d.labels, "online": d.online, "revoked": d.revoked,
-        "last_seen": d.last_seen.isoformat() if d.last_seen else None,
-        "desired_revision": d.desired_revision, "published_revision": d.published_revision, "desired": d.desired,
-        "reported": d.reported, "broker_username": d.broker_username,
+        "state": entry.get("state"), "version": serving.get("version"), "sha256": serving.get("sha256"),
+        "desired_version": desired.get("version"), "provider": entry.get("provider"), "precision": entry.get("precision"),
+        "progress": entry.get("progress"), "golden_passed": entry.get("golden_passed"), "error": entry.get("error"),
+        "rollout_id": entry.get("rollout_id"),
     }
 
 
-def rollout_view(r: Rollout, members: list[RolloutDevice] | None) -> dict[str, Any]:
+def device_view(d: Device) -> dict[str, Any]:
+    reported = d.reported or {}
+    return {
+        "id": d.id, "labels": d.labels or {}, "online": d.online, "revoked": d.revoked,
+        "last_seen": d.last_seen.isoformat() if d.last_seen else None,
+        "desired_revision": d.desired_revision, "published_revision": d.published_revision,
+        "reported_revision": reported.get("revision"),
+        "models": {name: model_summary(e) for name, e in (reported.get("models") or {}).items()},
+        "cameras": reported.get("cameras") or {},
+        "error": reported.get("error"),
+        "desired": d.desired, "reported": d.reported, "broker_username": d.broker_username,
+    }
+
+
+def config_view(d: Device) -> dict[str, Any]:
+    return {"device_id": d.id, "config": DeviceConfig.model_validate(d.config or {}).model_dump(mode="json"),
+            "desired_revision": d.desired_revision}
+
+
+def member_view(m: RolloutDevice, model: str, reported: dict[str, Any] | None) -> dict[str, Any]:
+    entry = ((reported or {}).get("models") or {}).get(model) or {}
+    return {"device_id": m.device_id, "wave": m.wave, "state": m.state, "bundle_sha256": m.bundle_sha256,
+            "revision": m.revision, "error": m.error,
+            "previous_version": (m.previous or {}).get("version"),
+            "reported": model_summary(entry) if entry else None}
+
+
+def rollout_view(r: Rollout, members: list[RolloutDevice] | None, reported: dict[str, Any] | None = None) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": r.id, "model": r.model, "version": r.version, "selector": r.selector, "waves": r.waves,
-        "gates": r.gates, "state": r.state, "current_wave": r.current_wave, "reason": r.reason,
+        "gates": r.gates, "runtime": r.runtime, "state": r.state, "current_wave": r.current_wave, "reason": r.reason,
         "created_at": r.created_at.isoformat(),
     }
     if members is not None:
-        view["devices"] = [
-            {"device_id": m.device_id, "wave": m.wave, "state": m.state, "bundle_sha256": m.bundle_sha256,
-             "revision": m.revision, "error": m.error}
-            for m in members
+        reported = reported or {}
+        view["devices"] = [member_view(m, r.model, reported.get(m.device_id)) for m in members]
+        view["wave_progress"] = [
+            {"wave": k + 1, "devices": len(in_wave), "states": _count(m.state for m in in_wave)}
+            for k in range(len(r.waves)) for in_wave in [[m for m in members if m.wave == k]]
         ]
     return view
+
+
+def _count(states: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in states:
+        out[s] = out.get(s, 0) + 1
+    return out

@@ -1,7 +1,9 @@
-"""Telemetry: rolled up in memory per device, minute and model, written to the database in one transaction a tick.
+"""Telemetry: rolled up in memory per device, minute, model and version, written to the database once a tick.
 
 A fleet of thousands sends a message per device every few seconds; one transaction per message would make the
-database the bottleneck. What a crash loses is at most one tick of a QoS-0 stream that is lossy anyway.
+database the bottleneck. What a crash loses is at most one tick of a QoS-0 stream that is lossy anyway. A
+rollup the database refuses (a value out of its range, say) is counted and dropped on its own: the other
+devices' minutes of that flush are stored.
 """
 
 from __future__ import annotations
@@ -11,19 +13,24 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
+from prometheus_client import Counter
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from fleet_protocol.messages import Telemetry
+from fleet_protocol.messages import ModelTelemetry, Telemetry
 
 from .db.tables import Device, TelemetryMinute, utcnow
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, dt.datetime, str]  # device id, minute, model sha256 ("" without a model)
+ROLLUPS_REFUSED = Counter("edgefleet_api_telemetry_rollups_refused_total",
+                          "Telemetry minute rollups the database refused (dropped; the rest of the flush is stored)")
+
+Key = tuple[str, dt.datetime, str, str]  # device id, minute, model name ("": the device itself), version
+DEVICE = ""
 
 
 def minute_of(ts: float) -> dt.datetime:
@@ -33,7 +40,6 @@ def minute_of(ts: float) -> dt.datetime:
 
 @dataclass
 class Rollup:
-    model_version: str | None = None
     provider: str | None = None
     messages: int = 0
     requests: int = 0
@@ -46,8 +52,7 @@ class Rollup:
     cpu: float = 0.0
     memory_max: float | None = None
 
-    def add(self, t: Telemetry) -> None:
-        self.model_version = t.model.version if t.model else self.model_version
+    def add_model(self, t: ModelTelemetry) -> None:
         self.provider = t.provider or self.provider
         self.messages += 1
         self.requests += t.requests
@@ -58,12 +63,31 @@ class Rollup:
             self.p95 += t.latency_ms_p95
             self.p99 += t.latency_ms_p99 or 0.0
             self.p95_max = max(self.p95_max or 0.0, t.latency_ms_p95)
-        self.cpu += t.cpu_percent or 0.0
-        if t.memory_mb is not None:
-            self.memory_max = max(self.memory_max or 0.0, t.memory_mb)
+
+    def add_device(self, t: Telemetry) -> None:
+        self.messages += 1
+        if t.health is not None:
+            self.cpu += t.health.cpu_percent or 0.0
+            memory = t.health.agent_rss_mb if t.health.agent_rss_mb is not None else t.health.memory_used_mb
+            if memory is not None:
+                self.memory_max = max(self.memory_max or 0.0, memory)
+
+    def fold(self, other: Rollup) -> None:
+        self.provider = other.provider or self.provider
+        self.messages += other.messages
+        self.requests += other.requests
+        self.errors += other.errors
+        self.latency_messages += other.latency_messages
+        self.p50 += other.p50
+        self.p95 += other.p95
+        self.p99 += other.p99
+        if other.p95_max is not None:
+            self.p95_max = max(self.p95_max or 0.0, other.p95_max)
+        self.cpu += other.cpu
+        if other.memory_max is not None:
+            self.memory_max = max(self.memory_max or 0.0, other.memory_max)
 
     def merge_into(self, row: TelemetryMinute) -> None:
-        row.model_version = self.model_version or row.model_version
         row.provider = self.provider or row.provider
         row.messages = (row.messages or 0) + self.messages
         row.requests = (row.requests or 0) + self.requests
@@ -87,9 +111,11 @@ class TelemetryBuffer:
     def add(self, device_id: str, t: Telemetry, received: float | None = None) -> None:
         # Filed by when we received it, not by the device's clock: a camera without RTC or NTP may live in 1970,
         # and the health gates compare minutes with the server's own time.
-        key = (device_id, minute_of(time.time() if received is None else received), t.model.sha256 if t.model else "")
+        minute = minute_of(time.time() if received is None else received)
         with self._lock:
-            self._rollups.setdefault(key, Rollup()).add(t)
+            self._rollups.setdefault((device_id, minute, DEVICE, ""), Rollup()).add_device(t)
+            for name, mt in t.models.items():
+                self._rollups.setdefault((device_id, minute, name, mt.version), Rollup()).add_model(mt)
 
     def __len__(self) -> int:
         return len(self._rollups)
@@ -106,95 +132,106 @@ class TelemetryBuffer:
                 if mine is None:
                     self._rollups[key] = rollup
                 else:  # newer messages came meanwhile: fold the older ones in
-                    _fold(mine, rollup)
-
-
-def _fold(into: Rollup, other: Rollup) -> None:
-    into.messages += other.messages
-    into.requests += other.requests
-    into.errors += other.errors
-    into.latency_messages += other.latency_messages
-    into.p50 += other.p50
-    into.p95 += other.p95
-    into.p99 += other.p99
-    if other.p95_max is not None:
-        into.p95_max = max(into.p95_max or 0.0, other.p95_max)
-    into.cpu += other.cpu
-    if other.memory_max is not None:
-        into.memory_max = max(into.memory_max or 0.0, other.memory_max)
+                    mine.fold(rollup)
 
 
 def write(db: Session, rollups: dict[Key, Rollup]) -> None:
     """Merge rollups into their minute rows (insert or add). Caller commits; IntegrityError means another
     replica inserted the same row meanwhile: the caller retries, and the row is then found."""
-    by_device: dict[str, list[Key]] = {}
-    for key in rollups:
-        by_device.setdefault(key[0], []).append(key)
-    minutes = {k[1] for k in rollups}
+    devices = sorted({k[0] for k in rollups})
+    minutes = sorted({k[1] for k in rollups})
     existing: dict[Key, TelemetryMinute] = {}
     if rollups:
         rows = db.scalars(
-            select(TelemetryMinute).where(
-                TelemetryMinute.device_id.in_(list(by_device)), TelemetryMinute.minute.in_(list(minutes))
-            ).with_for_update()
+            select(TelemetryMinute).where(TelemetryMinute.device_id.in_(devices), TelemetryMinute.minute.in_(minutes))
+            .with_for_update().execution_options(populate_existing=True)
         )
         for row in rows:
-            existing[(row.device_id, _aware(row.minute), row.model_sha256)] = row
+            existing[(row.device_id, _aware(row.minute), row.model, row.model_version)] = row
     for key, rollup in rollups.items():
         row = existing.get(key)
         if row is None:
-            row = TelemetryMinute(device_id=key[0], minute=key[1], model_sha256=key[2])
+            row = TelemetryMinute(device_id=key[0], minute=key[1], model=key[2], model_version=key[3])
             db.add(row)
         rollup.merge_into(row)
+    db.flush()
     # telemetry is the liveness signal of devices that say nothing else
-    db.execute(update(Device).where(Device.id.in_(list(by_device))).values(last_seen=utcnow()))
+    db.execute(update(Device).where(Device.id.in_(devices)).values(last_seen=utcnow()))
 
 
 def _aware(t: dt.datetime) -> dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)  # SQLite hands back naive datetimes
 
 
-def flush(sessions, buffer: TelemetryBuffer) -> int:
-    taken = buffer.take()
-    if not taken:
-        return 0
+def _write_all(sessions: Callable[[], Session], rollups: dict[Key, Rollup]) -> None:
     for attempt in range(3):
         try:
             with sessions() as db, db.begin():
-                write(db, taken)
-            return len(taken)
-        except IntegrityError as exc:  # another replica inserted the same minute first: merge again
+                write(db, rollups)
+            return
+        except IntegrityError:  # another replica inserted the same minute first: merge again
             if attempt == 2:
-                # Refused three times over: putting it back would block every later flush behind it.
-                log.error("dropping %d telemetry rollups the database refuses: %s", len(taken), str(exc).splitlines()[0])
-                return 0
-        except OperationalError:  # the database is away: keep the minutes for the next tick
-            buffer.put_back(taken)
+                raise
+
+
+def flush(sessions: Callable[[], Session], buffer: TelemetryBuffer) -> int:
+    """Write what the buffer holds; → rollups stored. The database away: everything is kept for the next tick.
+    A batch the database refuses is written rollup by rollup, and only the refused ones are dropped (counted)."""
+    taken = buffer.take()
+    if not taken:
+        return 0
+    try:
+        _write_all(sessions, taken)
+        return len(taken)
+    except OperationalError:
+        buffer.put_back(taken)
+        raise
+    except Exception as exc:  # noqa: BLE001 - one bad rollup (overflow, a row the database refuses): split
+        log.warning("telemetry flush of %d rollups refused (%s); storing them one by one", len(taken),
+                    str(exc).splitlines()[0][:200])
+    stored = 0
+    for key, rollup in taken.items():
+        try:
+            _write_all(sessions, {key: rollup})
+            stored += 1
+        except OperationalError:
+            # the database went away mid-way: keep what is not stored yet
+            keys = list(taken)
+            buffer.put_back({k: taken[k] for k in keys[keys.index(key):]})
             raise
-    return 0
+        except Exception as exc:  # noqa: BLE001 - this rollup alone is bad: count it, keep the rest
+            ROLLUPS_REFUSED.inc()
+            log.error("dropping the telemetry rollup of device %s, minute %s, model %r: %s", key[0],
+                      key[1].isoformat(), key[2], str(exc).splitlines()[0][:200])
+    return stored
 
 
 def row_view(r: TelemetryMinute) -> dict[str, Any]:
     n = r.latency_messages or 0
     return {
-        "minute": _aware(r.minute).isoformat(), "model_sha256": r.model_sha256 or None, "model_version": r.model_version,
+        "minute": _aware(r.minute).isoformat(), "model": r.model or None, "model_version": r.model_version or None,
         "provider": r.provider, "messages": r.messages, "requests": r.requests, "errors": r.errors,
         "error_rate": (r.errors / r.requests) if r.requests else 0.0,
         "latency_ms_p50": r.latency_ms_p50_sum / n if n else None,
         "latency_ms_p95": r.latency_ms_p95_sum / n if n else None,
         "latency_ms_p99": r.latency_ms_p99_sum / n if n else None,
         "latency_ms_p95_max": r.latency_ms_p95_max,
-        "cpu_percent": r.cpu_percent_sum / r.messages if r.messages else None, "memory_mb_max": r.memory_mb_max,
+        "cpu_percent": r.cpu_percent_sum / r.messages if r.messages and not r.model else None,
+        "memory_mb_max": r.memory_mb_max,
     }
 
 
-def query(db: Session, device_id: str, since: dt.datetime | None, until: dt.datetime | None, limit: int) -> list[dict[str, Any]]:
+def query(db: Session, device_id: str, since: dt.datetime | None, until: dt.datetime | None, limit: int,
+          model: str | None = None) -> list[dict[str, Any]]:
     q = select(TelemetryMinute).where(TelemetryMinute.device_id == device_id)
+    if model is not None:
+        q = q.where(TelemetryMinute.model == model)
     if since:
         q = q.where(TelemetryMinute.minute >= since)
     if until:
         q = q.where(TelemetryMinute.minute <= until)
-    rows = db.scalars(q.order_by(TelemetryMinute.minute.desc(), TelemetryMinute.id).limit(max(1, min(limit, 10_000))))
+    rows = db.scalars(q.order_by(TelemetryMinute.minute.desc(), TelemetryMinute.model, TelemetryMinute.id)
+                      .limit(max(1, min(limit, 10_000))))
     return [row_view(r) for r in rows]
 
 
@@ -210,16 +247,17 @@ class Health:
         return self.errors / self.requests if self.requests else 0.0
 
 
-def health(db: Session, device_ids: Iterable[str], shas: Iterable[str], since: dt.datetime) -> Health:
-    """Aggregate telemetry of these devices while serving these bundles, from the minute of `since` on."""
-    device_ids, shas = list(device_ids), [s for s in shas if s]
-    if not device_ids or not shas:
+def health(db: Session, device_ids: Iterable[str], model: str, versions: Iterable[str | None],
+           since: dt.datetime) -> Health:
+    """Aggregate telemetry of one model on these devices while at these versions, from the minute of `since` on."""
+    device_ids, versions = list(device_ids), [v for v in versions if v]
+    if not device_ids or not versions:
         return Health()
     start = since.replace(second=0, microsecond=0)
     rows = db.scalars(
         select(TelemetryMinute).where(
-            TelemetryMinute.device_id.in_(device_ids), TelemetryMinute.model_sha256.in_(shas), TelemetryMinute.minute >= start
-        )
+            TelemetryMinute.device_id.in_(device_ids), TelemetryMinute.model == model,
+            TelemetryMinute.model_version.in_(versions), TelemetryMinute.minute >= start)
     ).all()
     h = Health()
     lat_n, lat_sum = 0, 0.0

@@ -122,3 +122,12 @@ def fp16_bundle(keys: Keys, out: Path, version: str, epochs: int = 20, broken: b
     path = out / f"digits-{version}.bundle"
     write_bundle(path, manifest, {MODEL: model.SerializeToString(), GOLDEN: golden.to_npz(inputs, outputs)}, keys.private)
     return path
+
+
+def zoo_bundle(name: str, keys: Keys, out: Path, version: str = "1.0.0") -> Path:
+    """A model of model_tools' zoo (e.g. blazeface) as a signed bundle, with its task, labels and settings."""
+    zoo = prepare(name)
+    path, _ = pack_bundle(zoo.onnx, name=name, version=version, golden_inputs=zoo.golden_inputs,
+                          private_key_pem=keys.private_path.read_bytes(), out_dir=out, task=zoo.task, labels=zoo.labels,
+                          preprocessing=zoo.preprocessing, extra=zoo.extra, force=True)
+    return path

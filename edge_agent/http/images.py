@@ -11,10 +11,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..preprocess import REDUCED, Preprocessor, jpeg_size
 from ..runtime.errors import InputError
 from ..runtime.model import LoadedModel
-
-from ..preprocess import REDUCED, Preprocessor, jpeg_size
 
 
 class ImageInputs:

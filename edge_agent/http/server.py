@@ -14,8 +14,8 @@ import ipaddress
 import json
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Request
@@ -143,7 +143,10 @@ class InferEndpoint:
             return await asyncio.get_running_loop().run_in_executor(self.pool, model.infer, inputs)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        model.submit(inputs, lambda outputs, err: loop.call_soon_threadsafe(_resolve, future, outputs, err))
+        def answered(outputs, err) -> None:
+            loop.call_soon_threadsafe(_resolve, future, outputs, err)
+
+        model.submit(inputs, answered)
         return await future
 
 

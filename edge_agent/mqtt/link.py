@@ -19,7 +19,17 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import Counter
 
 from fleet_protocol.broker import parse_broker_url
-from fleet_protocol.messages import Desired, Event, Fetch, Hello, ProtocolError, Reported, Status, Telemetry, UnknownSchema
+from fleet_protocol.messages import (
+    Desired,
+    Event,
+    Fetch,
+    Hello,
+    ProtocolError,
+    Reported,
+    Status,
+    Telemetry,
+    UnknownSchema,
+)
 from fleet_protocol.topics import Topics
 
 from .. import __version__
@@ -44,6 +54,12 @@ class AgentLink:
         self.host, self.port = address.host, address.port
         self._watched: set[str] = set()
         self._connected = threading.Event()
+        # Set once a desired state (any) arrived since the last connect: the fleet has answered our hello. Until
+        # then the hello is repeated, with backoff: the API may reconnect to a restarted broker after we did,
+        # and a hello sent while nobody listens is gone.
+        self._answered = threading.Event()
+        self._stopping = threading.Event()
+        self._hello_thread = threading.Thread(target=self._hello_loop, name="hello", daemon=True)
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"device-{self.device_id}", protocol=mqtt.MQTTv5)
         if settings.mqtt_username:
             self.client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
@@ -61,8 +77,11 @@ class AgentLink:
     def start(self) -> None:
         self.client.connect_async(self.host, self.port, keepalive=30, clean_start=True)
         self.client.loop_start()
+        if self.reconciler is not None:
+            self._hello_thread.start()
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._connected.is_set():
             info = self.client.publish(
                 self.topics.status(self.device_id), Status(online=False, agent_version=__version__).to_bytes(), qos=1, retain=True
@@ -98,6 +117,16 @@ class AgentLink:
         revision = self.reconciler.revision if self.reconciler is not None else 0
         self.client.publish(self.topics.hello(self.device_id), Hello(revision=revision, agent_version=__version__).to_bytes(), qos=1)
 
+    def _hello_loop(self) -> None:
+        delay = self.settings.hello_retry_s
+        while not self._stopping.wait(delay):
+            if self._answered.is_set() or not self._connected.is_set():
+                delay = self.settings.hello_retry_s
+                continue
+            log.info("no desired state since connecting; asking again")
+            self.hello()
+            delay = min(delay * 2, 60.0)
+
     def send_telemetry(self, telemetry: Telemetry) -> None:
         self.client.publish(self.topics.telemetry(self.device_id), telemetry.to_bytes(), qos=0)
 
@@ -117,6 +146,7 @@ class AgentLink:
                 client.subscribe(self.topics.artifact_chunks(sha), qos=1)
             if (last := self.reconciler.last_reported) is not None:
                 self.report(last)  # the fleet may have missed it while we were away
+            self._answered.clear()
             self.hello()
         self._connected.set()
 
@@ -129,10 +159,11 @@ class AgentLink:
             return
         topic = msg.topic
         if topic == self.topics.desired(self.device_id):
+            self._answered.set()
             if not msg.payload:
                 return  # retained desired cleared: nothing asked of us
             try:
-                desired = Desired.parse(msg.payload)
+                desired = Desired.parse(bytes(msg.payload))
             except UnknownSchema as exc:
                 REJECTED.labels("unknown_schema").inc()
                 log.error("refusing desired state%s: %s", f" revision {exc.revision}" if exc.revision is not None else "", exc)
@@ -151,4 +182,4 @@ class AgentLink:
             REJECTED.labels("unexpected_topic").inc()
             log.warning("ignoring message on unexpected topic %r", topic)
             return
-        self.reconciler.on_chunk(sha, index, msg.payload)
+        self.reconciler.on_chunk(sha, index, bytes(msg.payload))

@@ -27,9 +27,9 @@ Done = Callable[[dict[str, np.ndarray] | None, BaseException | None, float], Non
 
 
 class _Item:
-    __slots__ = ("model", "inputs", "done", "enqueued", "rows")
+    __slots__ = ("done", "enqueued", "inputs", "model", "rows")
 
-    def __init__(self, model: "LoadedModel", inputs: dict[str, np.ndarray], done: Done) -> None:
+    def __init__(self, model: LoadedModel, inputs: dict[str, np.ndarray], done: Done) -> None:
         self.model = model
         self.inputs = inputs
         self.done = done
@@ -49,7 +49,7 @@ class Batcher:
         for t in self._threads:
             t.start()
 
-    def submit(self, model: "LoadedModel", inputs: dict[str, np.ndarray], done: Done) -> None:
+    def submit(self, model: LoadedModel, inputs: dict[str, np.ndarray], done: Done) -> None:
         item = _Item(model, inputs, done)
         with self._lock:  # closing and queueing exclude each other, so nothing is queued after the stop mark
             if not self._closed:

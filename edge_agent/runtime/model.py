@@ -81,7 +81,7 @@ def has_batch_axis(args) -> bool:
 class _Waiter:
     """Blocks a synchronous caller until the batcher answered."""
 
-    __slots__ = ("event", "outputs", "error")
+    __slots__ = ("error", "event", "outputs")
 
     def __init__(self) -> None:
         self.event = threading.Event()

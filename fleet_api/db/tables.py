@@ -36,6 +36,34 @@ class Device(Base):
     revoked: Mapped[bool] = mapped_column(default=False)
     # the device's broker username when the broker runs dynamic security (its password is never stored here)
     broker_username: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # the device's own configuration (desired.specs.DeviceConfig); None: profiles and defaults only
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class DeviceModel(Base):
+    """A model assigned to a device: by a rollout (rollout_id set) or directly. The desired state's `models`."""
+
+    __tablename__ = "device_models"
+
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    bundle_sha256: Mapped[str] = mapped_column(String(64))
+    runtime: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # None: config / profiles decide
+    rollout_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class Profile(Base):
+    """Settings for every device whose labels match `selector` (desired.specs.ProfileSpec, stored in `spec`)."""
+
+    __tablename__ = "profiles"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    selector: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 
 class Bundle(Base):
@@ -65,7 +93,8 @@ class Rollout(Base):
     selector: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     waves: Mapped[list[Any]] = mapped_column(JSON)  # cumulative device counts per wave
     gates: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    runtime: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # carried to every device it moves
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # rollouts.states.RolloutState
     current_wave: Mapped[int] = mapped_column(Integer, default=-1)
     wave_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # when the current wave reached its success ratio: the soak runs from here
@@ -82,26 +111,29 @@ class RolloutDevice(Base):
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True, index=True)
     wave: Mapped[int] = mapped_column(Integer)
     bundle_sha256: Mapped[str] = mapped_column(String(64))
-    # the model the device served before, so an abort can send it back
+    # the device's assignment of the rollout's model before it ({sha256, version, runtime, rollout_id}), so an
+    # abort can give it back; None: the device had no such model, and an abort removes it
     previous: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     revision: Mapped[int | None] = mapped_column(Integer, nullable=True)  # desired revision that moved it
-    state: Mapped[str] = mapped_column(String(16), default="waiting")  # waiting, notified, succeeded, failed, reverted
+    state: Mapped[str] = mapped_column(String(16), default="waiting")  # rollouts.states.MemberState
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     succeeded_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 
 class TelemetryMinute(Base):
-    """Telemetry rolled up per device, minute and model: raw messages are never stored (a fleet sends too many)."""
+    """Telemetry rolled up per device, minute, model and version: raw messages are never stored (a fleet sends too
+    many). The row with model "" holds the device itself (messages, cpu, memory)."""
 
     __tablename__ = "telemetry_minutes"
-    __table_args__ = (UniqueConstraint("device_id", "minute", "model_sha256"), Index("ix_telemetry_minutes_minute", "minute"))
+    __table_args__ = (UniqueConstraint("device_id", "minute", "model", "model_version", name="uq_telemetry_minute"),
+                      Index("ix_telemetry_minutes_minute", "minute"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"), index=True)
     minute: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-    model_sha256: Mapped[str] = mapped_column(String(64), default="")  # "" when no model was served
-    model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model: Mapped[str] = mapped_column(String(128), default="")
+    model_version: Mapped[str] = mapped_column(String(64), default="")
     provider: Mapped[str | None] = mapped_column(String(64), nullable=True)
     messages: Mapped[int] = mapped_column(Integer, default=0)
     requests: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
 API_ROLE = "edgefleet-api"
-DEVICE_SEND = ("reported", "fetch", "telemetry", "events", "status")
+DEVICE_SEND = ("reported", "hello", "fetch", "telemetry", "events", "status")
 TOLERATED = ("already exists", "not found", "already has", "internal error")  # idempotent re-runs
 
 
@@ -45,6 +45,9 @@ def device_acls(topics: Topics, device_id: str) -> list[dict[str, Any]]:
 def api_acls(topics: Topics) -> list[dict[str, Any]]:
     return [
         {"acltype": "publishClientSend", "topic": f"{topics.prefix}/devices/+/desired", "priority": 10, "allow": True},
+        # clearing a revoked device's retained reported state and status
+        {"acltype": "publishClientSend", "topic": f"{topics.prefix}/devices/+/reported", "priority": 10, "allow": True},
+        {"acltype": "publishClientSend", "topic": f"{topics.prefix}/devices/+/status", "priority": 10, "allow": True},
         {"acltype": "publishClientSend", "topic": f"{topics.prefix}/artifacts/#", "priority": 10, "allow": True},
         {"acltype": "subscribePattern", "topic": f"{topics.prefix}/devices/#", "priority": 10, "allow": True},
         {"acltype": "publishClientReceive", "topic": f"{topics.prefix}/devices/#", "priority": 10, "allow": True},

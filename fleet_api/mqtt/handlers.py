@@ -1,10 +1,16 @@
-"""Device messages: parse and validate the topic and payload, then call the core. Bad input is counted and logged."""
+"""Device messages: parse and validate the topic and payload, then call the core.
+
+Bad input — not JSON, a field out of bounds, an unknown field, a schema this API does not know, a message
+larger than the contract allows, an unknown or revoked device — is counted
+(`edgefleet_api_messages_rejected_total{channel, reason}`) and logged in one line; the next message is handled
+as usual. Nothing a device sends can stop the handler.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from fleet_protocol.messages import Event, Fetch, ProtocolError, Reported, Status, Telemetry
+from fleet_protocol.messages import Event, Fetch, Hello, ProtocolError, Reported, Status, Telemetry, UnknownSchema
 from fleet_protocol.topics import Topics
 
 from ..errors import FleetError
@@ -16,19 +22,22 @@ log = logging.getLogger(__name__)
 ROUTES = {
     "reported": (Reported, "on_reported"),
     "status": (Status, "on_status"),
+    "hello": (Hello, "on_hello"),
     "fetch": (Fetch, "on_fetch"),
     "telemetry": (Telemetry, "on_telemetry"),
     "events": (Event, "on_event"),
 }
 CHANNELS = tuple(ROUTES)
+# Retained reported/status must reach every replica (brokers send no retained messages to shared subscriptions);
+# the rest is split among them. Any replica answers a hello: it reads the database.
+SHARED = ("hello", "fetch", "telemetry", "events")
 
 
 def subscriptions(topics: Topics, shared_group: str = "") -> list[tuple[str, int]]:
     subs = []
     for channel in CHANNELS:
         topic = topics.all_devices(channel)
-        # Retained reported/status must reach every replica; the high-volume channels are shared among them.
-        if shared_group and channel in ("fetch", "telemetry", "events"):
+        if shared_group and channel in SHARED:
             topic = f"$share/{shared_group}/{topic}"
         subs.append((topic, 0 if channel == "telemetry" else 1))
     return subs
@@ -39,7 +48,7 @@ def handle(service: FleetService, topic: str, payload: bytes) -> None:
         device_id, channel = service.topics.parse_device(topic)
     except ValueError:
         REJECTED.labels("unknown", "topic").inc()
-        log.warning("ignoring message on unexpected topic %r", topic)
+        log.warning("ignoring message on unexpected topic %r", topic[:200])
         return
     if channel not in ROUTES:
         REJECTED.labels(channel, "direction").inc()
@@ -50,9 +59,15 @@ def handle(service: FleetService, topic: str, payload: bytes) -> None:
     message_type, method = ROUTES[channel]
     try:
         getattr(service, method)(device_id, message_type.parse(payload))
+    except UnknownSchema as exc:
+        REJECTED.labels(channel, "schema").inc()
+        log.warning("device %s: %s message refused: %s", device_id, channel, exc)
     except ProtocolError as exc:
         REJECTED.labels(channel, "malformed").inc()
         log.warning("device %s: %s", device_id, exc)
     except FleetError as exc:
         REJECTED.labels(channel, type(exc).__name__.lower()).inc()
         log.warning("device %s: %s message rejected: %s", device_id, channel, exc)
+    except Exception:  # a bug or the database away: counted, logged with its traceback, the next message goes on
+        REJECTED.labels(channel, "error").inc()
+        log.exception("device %s: handling a %s message failed", device_id, channel)

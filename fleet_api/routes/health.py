@@ -6,17 +6,20 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
+from .deps import ServiceDep
+from .schemas import Health, Ready
+
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness")
+@router.get("/healthz", response_model=Health, summary="Liveness")
 def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: database and broker reachable")
-def readyz(request: Request, response: Response) -> dict:
-    service = request.app.state.service
+@router.get("/readyz", response_model=Ready, responses={503: {"model": Ready}},
+            summary="Readiness: database and broker reachable")
+def readyz(request: Request, response: Response, service: ServiceDep) -> dict:
     checks = {"broker": bool(request.app.state.broker.connected)}
     try:
         with service.sessions() as db:
@@ -29,7 +32,10 @@ def readyz(request: Request, response: Response) -> dict:
     return {"ready": all(checks.values()), **checks}
 
 
-@router.get("/metrics", summary="Prometheus metrics: process counters, fleet by state and version, rollout progress")
+@router.get("/metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+                             "description": "Prometheus text format"}},
+            summary="Prometheus metrics: process counters, fleet by model state and version, rollout progress")
 def metrics(request: Request) -> Response:
     # Unauthenticated like the probes: scrapers inside the cluster; it carries counts, not device data.
     body = generate_latest(REGISTRY) + generate_latest(request.app.state.metrics)

@@ -5,16 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..auth import Principal
 from ..errors import Invalid, TooLarge
-from .security import operator, viewer
+from .deps import Operator, ServiceDep, Viewer
+from .schemas import ERRORS, BundleOut
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERRORS)
 
 
-@router.post("", status_code=201, summary="Upload a signed bundle (raw body, application/octet-stream)")
-async def upload(request: Request, response: Response, who: Principal = operator) -> dict:
-    service = request.app.state.service
+@router.post("", status_code=201, response_model=BundleOut, responses={200: {"model": BundleOut}},
+             summary="Upload a signed bundle (raw body, application/octet-stream); 200 if it was there already")
+async def upload(request: Request, response: Response, service: ServiceDep, who: Operator) -> dict:
     limit = int(service.settings.max_bundle_mb * 1024 * 1024)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
@@ -40,6 +40,6 @@ async def upload(request: Request, response: Response, who: Principal = operator
     return view
 
 
-@router.get("", summary="List bundles")
-def list_models(request: Request, _: Principal = viewer) -> list[dict]:
-    return request.app.state.service.list_bundles()
+@router.get("", response_model=list[BundleOut], summary="List bundles")
+def list_models(service: ServiceDep, _: Viewer) -> list[dict]:
+    return service.list_bundles()

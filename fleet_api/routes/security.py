@@ -1,61 +1,41 @@
-"""HTTP: bearer tokens → the caller's role (the core decides), and the token and audit endpoints."""
+"""HTTP: the token and audit endpoints (bearer tokens → the caller's role: see deps.py; the core decides)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from typing import Annotated
 
-from ..auth import Principal
+from fastapi import APIRouter, Query
 
-COOKIE = "edgefleet_token"  # the dashboard's way to carry the same bearer token
+from .deps import COOKIE, Admin, BeforeId, ServiceDep, TokenId, Viewer, token_of
+from .schemas import ERRORS, AuditOut, TokenCreated, TokenIn, TokenOut, WhoAmI
 
+__all__ = ["COOKIE", "router", "token_of"]
 
-def token_of(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return request.cookies.get(COOKIE)
+router = APIRouter(tags=["auth"], responses=ERRORS)
 
 
-def require(role: str):
-    def dependency(request: Request) -> Principal:
-        return request.app.state.service.authenticate(token_of(request), role)
-
-    return Depends(dependency)
+@router.post("/v1/tokens", status_code=201, response_model=TokenCreated, summary="Create an API token (shown once)")
+def create_token(body: TokenIn, service: ServiceDep, who: Admin) -> dict:
+    return service.create_token(who, body.name, body.role)
 
 
-viewer, operator, admin = require("viewer"), require("operator"), require("admin")
-
-router = APIRouter(tags=["auth"])
-
-
-class TokenIn(BaseModel):
-    name: str = Field(min_length=1, max_length=128)
-    role: str = Field(description="viewer (read), operator (+ upload models, roll out), admin (+ devices, tokens)")
+@router.get("/v1/tokens", response_model=list[TokenOut], summary="List API tokens (never the tokens themselves)")
+def list_tokens(service: ServiceDep, _: Admin) -> list[dict]:
+    return service.list_tokens()
 
 
-@router.post("/v1/tokens", status_code=201, summary="Create an API token (shown once)")
-def create_token(body: TokenIn, request: Request, who: Principal = admin) -> dict:
-    return request.app.state.service.create_token(who, body.name, body.role)
+@router.delete("/v1/tokens/{token_id}", response_model=TokenOut, summary="Revoke an API token")
+def revoke_token(token_id: TokenId, service: ServiceDep, who: Admin) -> dict:
+    return service.revoke_token(who, token_id)
 
 
-@router.get("/v1/tokens", summary="List API tokens (never the tokens themselves)")
-def list_tokens(request: Request, _: Principal = admin) -> list[dict]:
-    return request.app.state.service.list_tokens()
-
-
-@router.delete("/v1/tokens/{token_id}", summary="Revoke an API token")
-def revoke_token(token_id: int, request: Request, who: Principal = admin) -> dict:
-    return request.app.state.service.revoke_token(who, token_id)
-
-
-@router.get("/v1/whoami", summary="The caller's token name and role")
-def whoami(who: Principal = viewer) -> dict:
+@router.get("/v1/whoami", response_model=WhoAmI, summary="The caller's token name and role")
+def whoami(who: Viewer) -> dict:
     return {"name": who.name, "role": who.role, "token_id": who.token_id}
 
 
-@router.get("/v1/audit", summary="Audit log, newest first")
-def audit(request: Request, _: Principal = viewer, limit: int = Query(100, ge=1, le=1000),
-          action: str | None = Query(None, description="prefix, e.g. 'rollout.'"), before_id: int | None = None) -> list[dict]:
-    return request.app.state.service.audit_log(limit, action, before_id)
+@router.get("/v1/audit", response_model=list[AuditOut], summary="Audit log, newest first")
+def audit(service: ServiceDep, _: Viewer, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+          action: Annotated[str | None, Query(max_length=64, description="prefix, e.g. 'rollout.'")] = None,
+          before_id: BeforeId = None) -> list[dict]:
+    return service.audit_log(limit, action, before_id)

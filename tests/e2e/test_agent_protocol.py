@@ -16,7 +16,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from demo.cluster import EdgeAgent, wait_for
-from fleet_protocol.messages import Desired, Fetch, ModelRef
+from fleet_protocol.messages import BundleRef, Desired, Fetch, ModelSpec
 from fleet_protocol.signing import sha256_file
 from fleet_protocol.topics import Topics
 from tests.bundles import Keys, digits_bundle
@@ -32,6 +32,7 @@ class ScriptedFleet:
     def __init__(self, broker_url: str, mutate=None) -> None:
         self.topics = Topics()
         self.files: dict[str, Path] = {}
+        self.wanted: dict[int, str] = {}
         self.mutate = mutate or (lambda i, n, d: d)
         self.requests: Counter[int] = Counter()
         self.reported: list[dict] = []
@@ -60,18 +61,26 @@ class ScriptedFleet:
     def offer(self, bundle: Path, version: str, revision: int) -> str:
         sha = sha256_file(bundle)
         self.files[sha] = bundle
-        desired = Desired(revision=revision, model=ModelRef(name="digits", version=version, sha256=sha,
-                                                            size=bundle.stat().st_size, chunk_size=CHUNK))
+        self.wanted[revision] = sha
+        desired = Desired(revision=revision, models={"digits": ModelSpec(bundle=BundleRef(
+            name="digits", version=version, sha256=sha, size=bundle.stat().st_size, chunk_size=CHUNK))})
         self.client.publish(self.topics.desired(DEVICE), desired.to_bytes(), qos=1, retain=True).wait_for_publish(5)
         return sha
 
     def raw_desired(self, payload: bytes) -> None:
         self.client.publish(self.topics.desired(DEVICE), payload, qos=1, retain=True).wait_for_publish(5)
 
-    def last(self, revision: int) -> dict | None:
+    def last(self, revision: int, model: str = "digits") -> dict | None:
+        """The report of `model` once it finished with `revision` (serving or failed), else None."""
         with self.lock:
-            done = [r for r in self.reported if r["revision"] == revision and r["state"] in ("serving", "failed")]
+            done = [r["models"][model] for r in self.reported if r["revision"] == revision and model in r["models"]
+                    and r["models"][model]["state"] in ("serving", "failed")
+                    and (r["models"][model]["desired"] or {}).get("sha256") == self.wanted.get(revision)]
         return done[-1] if done else None
+
+    def errors(self) -> list[str]:
+        with self.lock:
+            return [r["error"] for r in self.reported if r.get("error")]
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -87,7 +96,7 @@ def agent(tmp_path, broker, keys):
 
 def ready_version(agent: EdgeAgent) -> str | None:
     r = httpx.get(f"{agent.url}/v2/health/ready", timeout=2)
-    return r.json().get("version") if r.status_code == 200 else None
+    return r.json()["models"]["digits"]["version"] if r.status_code == 200 else None
 
 
 def test_corrupt_and_truncated_chunks_are_fetched_again(broker, agent, bundles):
@@ -103,7 +112,7 @@ def test_corrupt_and_truncated_chunks_are_fetched_again(broker, agent, bundles):
         fleet.offer(bundles["2.0.0"], "2.0.0", revision=1)
         final = wait_for(lambda: fleet.last(1), 60, "the agent to finish revision 1")
         assert final["state"] == "serving", final
-        assert final["model"]["version"] == "2.0.0" and final["golden_passed"] is True
+        assert final["serving"]["version"] == "2.0.0" and final["golden_passed"] is True
         assert fleet.requests[2] >= 2  # the truncated chunk was asked for again
         assert fleet.requests[1] >= 2  # the corrupt one too, after the digest check failed
         assert ready_version(agent) == "2.0.0"
@@ -118,14 +127,15 @@ def test_malformed_desired_and_untrusted_bundle_leave_the_old_model_serving(brok
         assert wait_for(lambda: fleet.last(1), 60, "revision 1")["state"] == "serving"
 
         fleet.raw_desired(b"{not json")
-        fleet.raw_desired(b'{"revision": 2, "model": {"name": "digits"}}')
+        fleet.raw_desired(b'{"schema": 2, "revision": 2, "model": {"name": "digits"}}')
+        wait_for(lambda: any("model: Extra inputs" in e for e in fleet.errors()), 30, "the malformed desired state reported")
         stranger = Keys(tmp_path / "stranger")
         forged = digits_bundle(stranger, tmp_path / "forged", "2.0.0")
         fleet.offer(forged, "2.0.0", revision=3)
         failed = wait_for(lambda: fleet.last(3), 60, "revision 3 to be refused")
         assert failed["state"] == "failed"
         assert "signature" in failed["error"]
-        assert failed["model"]["version"] == "1.0.0"  # still serving the old one
+        assert failed["serving"]["version"] == "1.0.0"  # still serving the old one
         assert ready_version(agent) == "1.0.0"
         assert not (agent.root / "data" / "models" / sha256_file(forged)).exists()
         assert "Traceback" not in agent.process.tail(200)

@@ -50,7 +50,7 @@ class DesiredMonitor:
 
 
 def agent_version(agent) -> str:
-    return httpx.get(f"{agent.url}/v2/health/ready", timeout=2).json()["version"]
+    return httpx.get(f"{agent.url}/v2/health/ready", timeout=2).json()["models"]["digits"]["version"]
 
 
 def test_bad_model_aborts_after_the_first_wave_and_the_canary_serves_the_old_one(tmp_path, keys, bundles):
@@ -70,9 +70,10 @@ def test_bad_model_aborts_after_the_first_wave_and_the_canary_serves_the_old_one
         assert states == [("dev-1", 0, "reverted"), ("dev-2", 1, "waiting"), ("dev-3", 2, "waiting")]
         # Wave 2 never started: those devices never got a desired state of the bad model.
         for dev in ("dev-2", "dev-3"):
-            assert api.get(f"/v1/devices/{dev}").json()["desired"]["model"]["version"] == "1.0.0"
+            assert api.get(f"/v1/devices/{dev}").json()["desired"]["models"]["digits"]["bundle"]["version"] == "1.0.0"
         # The canary gets the old model back as desired state and reports serving it; nobody intervened.
-        wait_for(lambda: (r := api.get("/v1/devices/dev-1").json()["reported"]) and r["revision"] == 3 and r["state"] == "serving",
+        wait_for(lambda: (d := api.get("/v1/devices/dev-1").json())["reported_revision"] == 3
+                 and d["models"]["digits"]["state"] == "serving" and d["models"]["digits"]["version"] == "1.0.0",
                  30, "the canary to report the old model again")
         assert [(r["device"], r["state"], r["version"]) for r in device_table(api)] == [
             (d, "serving", "1.0.0") for d in DEVICES]

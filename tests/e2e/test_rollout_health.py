@@ -39,7 +39,7 @@ class Load:
                 self.sent += 1
                 self.stop.wait(0.002)
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         for t in self.threads:
             t.start()
         return self
@@ -72,4 +72,4 @@ def test_a_slow_model_is_stopped_by_the_p95_gate_after_the_canary(tmp_path, keys
         assert waves[canary][1] == "reverted"
         assert all(state == "waiting" for w, state in waves.values() if w > 0)  # wave 2 never started
         wait_serving(api, "2.0.0")  # the canary serves the old version again, nobody stepped in
-        assert httpx.get(f"{fleet.agents[canary].url}/v2/health/ready").json()["version"] == "2.0.0"
+        assert httpx.get(f"{fleet.agents[canary].url}/v2/health/ready").json()["models"]["digits"]["version"] == "2.0.0"

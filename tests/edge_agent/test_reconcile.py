@@ -11,7 +11,13 @@ from edge_agent.reconcile import Reconciler
 from edge_agent.runtime.host import ModelHost
 from edge_agent.settings import AgentSettings
 from fleet_protocol.messages import (
-    Batching, BundleRef, Desired, ModelSpec, ModelState, Reported, Runtime,
+    Batching,
+    BundleRef,
+    Desired,
+    ModelSpec,
+    ModelState,
+    Reported,
+    Runtime,
 )
 from fleet_protocol.signing import sha256_file
 from tests.bundles import bad_golden_bundle, digits_bundle

@@ -14,7 +14,12 @@ import pytest
 from edge_agent.http.server import create_app
 from edge_agent.runtime.host import ModelHost
 from fleet_protocol.messages import Batching, Runtime
-from tests.edge_agent.conftest import LocalServer, binary_outputs, binary_request, load_checked
+from tests.edge_agent.conftest import (
+    LocalServer,
+    binary_outputs,
+    binary_request,
+    load_checked,
+)
 
 LIMIT = 64 * 1024
 

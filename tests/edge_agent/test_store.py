@@ -10,8 +10,6 @@ import sys
 import textwrap
 import time
 
-import numpy as np
-
 from edge_agent.reconcile import Reconciler
 from edge_agent.runtime.host import ModelHost
 from edge_agent.settings import AgentSettings

@@ -101,7 +101,7 @@ def test_devices_get_own_credentials_limited_to_their_own_topics(api, dynsec_bro
         assert r.status_code == 201, r.text
         topic, payload = wait_for(lambda: next((m for m in dev.messages if m[0] == TOPICS.desired("cam-a")), None), 10,
                                   "the desired state to reach the device")
-        assert Desired.parse(payload).model.version == "1.0.0"
+        assert Desired.parse(payload).models["digits"].bundle.version == "1.0.0"
 
         # Revoking removes the broker client: the session is cut, and the credentials no longer connect.
         assert api.delete("/v1/devices/cam-a").json()["revoked"] is True

@@ -8,7 +8,8 @@ import tarfile
 import pytest
 
 from fleet_protocol.bundle import BundleError, read_bundle
-from fleet_protocol.messages import Desired, Fetch, ModelRef, ProtocolError, Reported
+from fleet_protocol.messages import (BundleRef, Desired, Fetch, Hello, ModelSpec, ProtocolError, Reported, Status,
+                                     Telemetry, UnknownSchema)
 from fleet_protocol.signing import generate_keypair, load_public_key
 from fleet_protocol.topics import Topics
 
@@ -27,9 +28,11 @@ def test_topics_round_trip_and_refuse_foreign_topics():
 
 @pytest.mark.parametrize("payload, where", [
     (b"not json", "invalid Desired"),
-    (b'{"revision": -1}', "revision"),
-    (b'{"revision": 1, "model": {"name": "m", "version": "1", "sha256": "xyz", "size": 1}}', "sha256"),
-    (b'{"revision": 1, "surprise": true}', "surprise"),
+    (b'{"schema": 2, "revision": -1}', "revision"),
+    (b'{"schema": 2, "revision": 1, "models": {"m": {"bundle": {"name": "m", "version": "1", "sha256": "xyz", "size": 1}}}}', "sha256"),
+    (b'{"schema": 2, "revision": 1, "models": {"m": {"bundle": {"name": "m", "version": "1", "sha256": "' + b"0" * 64
+     + b'", "size": 1}, "runtime": {"require_providr": "CUDAExecutionProvider"}}}}', "require_providr"),
+    (b'{"schema": 2, "revision": 1, "surprise": true}', "surprise"),
 ])
 def test_desired_refuses_malformed_payloads_with_a_clear_message(payload, where):
     with pytest.raises(ProtocolError, match=where):
@@ -37,15 +40,36 @@ def test_desired_refuses_malformed_payloads_with_a_clear_message(payload, where)
 
 
 def test_messages_round_trip():
-    ref = ModelRef(name="digits", version="1.0.0", sha256="0" * 64, size=300_000, chunk_size=128 * 1024)
+    ref = BundleRef(name="digits", version="1.0.0", sha256="0" * 64, size=300_000, chunk_size=128 * 1024)
     assert ref.chunk_count == 3
-    d = Desired(revision=3, model=ref)
+    d = Desired(revision=3, models={"digits": ModelSpec(bundle=ref)})
     assert Desired.parse(d.to_bytes()) == d
+    assert Hello.parse(Hello(revision=3).to_bytes()).revision == 3
     assert Fetch.parse(Fetch(sha256="0" * 64, missing=[0, 2]).to_bytes()).missing == [0, 2]
     with pytest.raises(ProtocolError):
         Fetch.parse(b'{"sha256": "' + b"0" * 64 + b'", "missing": []}')
     with pytest.raises(ProtocolError, match="state"):
-        Reported.parse(b'{"revision": 1, "state": "exploded"}')
+        Reported.parse(b'{"schema": 2, "revision": 1, "models": {"digits": {"state": "exploded"}}}')
+
+
+def test_status_online_must_be_a_real_boolean():
+    """Issue 12 #11: `{"online": "yes"}` was taken for true."""
+    assert Status.parse(b'{"online": true}').online is True
+    for bad in (b'{"online": "yes"}', b'{"online": 1}', b'{"online": "true"}'):
+        with pytest.raises(ProtocolError, match="online"):
+            Status.parse(bad)
+
+
+def test_a_foreign_schema_is_its_own_error_and_oversized_payloads_are_refused_before_parsing():
+    with pytest.raises(UnknownSchema) as info:
+        Desired.parse(b'{"schema": 3, "revision": 7}')
+    assert info.value.revision == 7
+    with pytest.raises(UnknownSchema):
+        Reported.parse(b'{"revision": 7, "state": "serving"}')  # schema 1 carried no `schema` field
+    with pytest.raises(ProtocolError, match="bytes, more than"):
+        Telemetry.parse(b'{"window_s": 1, "pad": "' + b"x" * 300_000 + b'"}')
+    with pytest.raises(ProtocolError, match="requests"):
+        Telemetry.parse(b'{"window_s": 1, "models": {"m": {"version": "1", "requests": 9223372036854775808}}}')
 
 
 def _rewrite(src, dst, mutate):

@@ -1,0 +1,1 @@
+"""Desired state: the specs operators set (profiles, device config), the pure composition, and the outbox."""

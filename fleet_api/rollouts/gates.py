@@ -1,0 +1,26 @@
+"""A rollout's gates: one model, used by the HTTP route to validate and by the rollout machine to judge."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ..strict import StrictModel
+
+DAY = 86_400.0
+
+
+class Gates(StrictModel):
+    # share of a wave that must serve the new version before the next wave starts
+    min_success_ratio: float = Field(default=1.0, ge=0, le=1)
+    # share of a wave that may fail before the rollout aborts by itself
+    max_failure_ratio: float = Field(default=0.0, ge=0, le=1)
+    # time a wave must stay healthy after reaching its success ratio
+    soak_s: float = Field(default=0.0, ge=0, le=30 * DAY)
+    # a wave that has not passed by then aborts the rollout
+    wave_timeout_s: float = Field(default=1800.0, gt=0, le=30 * DAY)
+    # Health during the soak (None: not checked). The wave's mean p95 on the new version may exceed the previous
+    # version's by at most this many percent; its error rate (errors / requests) must stay at or below the limit.
+    max_p95_increase_pct: float | None = Field(default=None, ge=0, le=100_000)
+    max_error_rate: float | None = Field(default=None, ge=0, le=1)
+    # how far back the previous version's telemetry is taken for the baseline
+    baseline_window_s: float = Field(default=3600.0, gt=0, le=30 * DAY)
