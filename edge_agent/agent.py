@@ -49,6 +49,8 @@ class Agent:
         self.reconciler.transport = self.link
         self.cameras = camera_manager(self.host, self.link.send_event)
         self.reconciler.cameras = self.cameras
+        if self.cameras is not None:  # a camera that fails, recovers or gets its models is reported at once
+            self.cameras.on_change = self.reconciler.publish
         self.probe = ProcessProbe()
         self.telemetry = TelemetryLoop(self.host, self.link.send_telemetry, settings.telemetry_interval_s,
                                        cameras=self.cameras, health=self.health)

@@ -62,21 +62,21 @@ class Capture:
             try:
                 self.source.open()
             except SourceError as exc:
+                self.state, self.error = "reconnecting", str(exc)  # state before the event: reports read it
                 if not lost:
                     log.warning("%s", exc)
                     self.on_lifecycle("source_unavailable", {"error": str(exc)})
                 lost = True
-                self.state, self.error = "reconnecting", str(exc)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.config.retry_max_s)
                 continue
+            self.state, self.error = "live", None
+            self.ever_live = True
             if lost:
                 self.reconnects += 1
                 log.info("%s is back", self.source.name)
                 self.on_lifecycle("source_reconnected", {"reconnects": self.reconnects})
             lost, delay = False, self.config.retry_s
-            self.state, self.error = "live", None
-            self.ever_live = True
             try:
                 self._read_until_failure()
             except EndOfStream:
@@ -85,9 +85,9 @@ class Capture:
                 break
             except SourceError as exc:
                 log.warning("%s", exc)
-                self.on_lifecycle("source_lost", {"error": str(exc)})
                 lost = True
                 self.state, self.error = "reconnecting", str(exc)
+                self.on_lifecycle("source_lost", {"error": str(exc)})
             except Exception as exc:  # a backend bug must not kill the thread: treat it as a lost source
                 log.exception("capture from %s failed", self.source.name)
                 lost = True

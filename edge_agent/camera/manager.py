@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from fleet_protocol.cameras import Camera
@@ -25,10 +26,18 @@ log = logging.getLogger(__name__)
 
 
 class CameraManager:
-    def __init__(self, host: Host, on_event: EventSink | None = None,
+    def __init__(self, host: Host, on_event: EventSink | None = None, *, on_change: Callable[[], None] | None = None,
                  pipeline_factory: Callable[..., Pipeline] = Pipeline) -> None:
         self.host = host
         self.on_event = on_event
+        # Called after a camera's state changed (its lifecycle events), so the agent can report it at once
+        # instead of at its next model change. From a thread of its own: the caller may hold the lock under
+        # which it called `apply`, and `apply` waits for pipelines whose threads send these events.
+        self.on_change = on_change
+        self._changed = threading.Event()
+        self._closed = False
+        self._notifier = threading.Thread(target=self._notify, name="camera-changes", daemon=True)
+        self._notifier.start()
         self.pipelines: dict[str, Pipeline] = {}
         self.cameras: list[Camera] = []  # as last applied, including any that could not start
         self._factory = pipeline_factory
@@ -49,7 +58,7 @@ class CameraManager:
                 if camera.name in self.pipelines:
                     continue
                 try:
-                    pipeline = self._factory(camera, Resolver(camera, self.host), self.on_event).start()
+                    pipeline = self._factory(camera, Resolver(camera, self.host), self._event).start()
                 except Exception as exc:  # one camera must never stop the others from starting
                     log.error("camera %s could not start: %s", camera.name, exc)
                     self._lifecycle(camera.name, "camera_failed", f"{type(exc).__name__}: {exc}")
@@ -87,6 +96,28 @@ class CameraManager:
             for pipeline in self.pipelines.values():
                 pipeline.stop()
             self.pipelines.clear()
+        self._closed = True
+        self._changed.set()
+
+    def _event(self, event: Event) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+        if event.kind == "lifecycle":
+            self._changed.set()
+
+    def _notify(self) -> None:
+        while not self._closed:
+            self._changed.wait()
+            self._changed.clear()
+            if self._closed:
+                return
+            time.sleep(0.05)  # a burst of changes (several cameras starting) is one report
+            callback = self.on_change
+            if callback is not None:
+                try:
+                    callback()
+                except Exception:  # reporting must never stop a camera
+                    log.exception("reporting a camera's change failed")
 
     def _lifecycle(self, camera: str, what: str, error: str) -> None:
         if self.on_event is None:

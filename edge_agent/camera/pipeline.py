@@ -169,18 +169,19 @@ class Pipeline:
 
     def _set_problem(self, problem: str | None, chain: Chain | None = None) -> None:
         """Report changes only: a model going missing, coming back, or being swapped for another version."""
+        # State first, then the event: whoever the event makes look (the reported state) sees the new state.
         if problem is not None:
-            if problem != self.problem:
+            changed, self.problem = problem != self.problem, problem
+            if changed:
                 log.warning("camera %s: %s; frames are not inferred until it is", self.name, problem)
                 self.events.lifecycle("models_unavailable", {"error": problem})
-            self.problem = problem
             return
         before, self.chain = self.chain, chain
-        if self.problem is not None or before is None or before is not chain:
-            if self.problem is not None or before is not None:
+        had_problem, self.problem = self.problem is not None, None
+        if had_problem or before is not chain:
+            if had_problem or before is not None:
                 log.info("camera %s: now %s", self.name, chain.describe() if chain else None)
             self.events.lifecycle("models_ready", {"models": chain.describe() if chain else ""})
-        self.problem = None
 
     def _decode_scale(self, frame_size: tuple[int, int]) -> int:
         chain = self.chain

@@ -158,11 +158,14 @@ def test_a_bad_camera_does_not_disturb_the_others(host, face_video, ppocr, tmp_p
         Camera(name="bad-setting", source={"type": "file", "path": str(face_video.path), "loop": True}, detector="blazeface",
                postprocess={"score_treshold": 0.7}),
     ]
-    events = []
-    manager = CameraManager(host, on_event=events.append)
+    events, changes = [], []
+    manager = CameraManager(host, on_event=events.append, on_change=lambda: changes.append(manager.report()))
     try:
         manager.apply(cameras)
         wait_for(lambda: all(r.state != CameraState.starting for r in manager.report().values()), 20, "every camera to settle")
+        # Each change is reported when it happens (the agent republishes its reported state), already showing it.
+        wait_for(lambda: any(c.get("no-source") and c["no-source"].state == CameraState.failed for c in changes), 10,
+                 "the failed source reported at once")
         wait_for(lambda: manager.pipelines["good"].stats()["detections"] > 0, 20, "the good camera's faces")
         reports = manager.report()
         assert reports["good"].state == CameraState.running and reports["good"].error is None
