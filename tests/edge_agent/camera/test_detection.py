@@ -138,3 +138,21 @@ def test_camera_sources_from_strings_and_objects():
         Camera(name="a", source={"type": "webcam", "index": 0}, detector="m")
     with pytest.raises(ValidationError):
         Camera(name="a", source="0", detector="m", colour="red")  # unknown fields are refused
+
+
+def test_a_blazeface_bundle_made_with_the_model_tools_command_finds_the_faces(face_video, tmp_path):
+    """Issue 10: a BlazeFace bundle packed with `model-tools bundle` was refused by the camera (the command could
+    not set the task). Packed as `make demo` packs it (--task detection --labels --preprocessing), it works."""
+    from demo.fleet import build_blazeface_bundle, model_tools
+    from edge_agent.camera.model import load
+    from fleet_protocol.signing import load_public_key
+
+    model_tools("keygen", "--out", str(tmp_path / "signing"))
+    (tmp_path / "bundles").mkdir()
+    bundle = build_blazeface_bundle(tmp_path, tmp_path / "signing")
+    model = load(str(bundle), [load_public_key((tmp_path / "signing.pub.pem").read_bytes())])
+    assert model.manifest.task == "detection" and model.manifest.labels == ["face"]
+    results, _, _ = run_video(face_video, model)
+    hit = sum(1 for r in results if face_video.boxes[r.frame.seq - 1]
+              and all(any(iou(t, d.box) >= 0.5 for d in r.detections) for t in face_video.boxes[r.frame.seq - 1]))
+    assert hit / len(face_video.face_frames) >= 0.9
