@@ -58,7 +58,8 @@ def measure(name: str, video, models: list, seconds: float) -> dict:
     from edge_agent.camera.pipeline import Pipeline
     from edge_agent.camera.sources import FileSource
     from edge_agent.camera.stages import Chain, Detector, Reader, Resolver
-    from fleet_protocol.cameras import Camera, FileSource as FileSourceSpec
+    from fleet_protocol.cameras import Camera
+    from fleet_protocol.cameras import FileSource as FileSourceSpec
 
     detector = Detector(models[0])
     chain = Chain(detector, [Reader(m) for m in models[1:]])
@@ -82,7 +83,7 @@ def measure(name: str, video, models: list, seconds: float) -> dict:
     found = [detector.postprocess(*og) for og in outputs]
     stages = {"capture": capture_fps, "preprocess": pre_fps, "inference": raw_fps, "postprocess": post_fps}
     if two_stage:
-        pairs = list(zip(frames, found))
+        pairs = list(zip(frames, found, strict=True))
         stages["later stages"] = rate(lambda fd: chain.read(fd[0], size, fd[1]), pairs)
 
     # --- the pipeline, all stages at once -------------------------------------------------------------
@@ -107,7 +108,7 @@ def measure(name: str, video, models: list, seconds: float) -> dict:
     processed = s1["frames_processed"] - s0["frames_processed"]
     captured = s1["frames_captured"] - s0["frames_captured"]
     per_frame_ms = {"capture": (c1 - c0) / max(captured, 1) * 1000}
-    for key, a, b in zip(("preprocess", "inference", "postprocess", "later stages"), times0, times1):
+    for key, a, b in zip(("preprocess", "inference", "postprocess", "later stages"), times0, times1, strict=True):
         per_frame_ms[key] = (b - a) / max(processed, 1) * 1000
     if not two_stage:
         per_frame_ms.pop("later stages")

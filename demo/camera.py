@@ -91,7 +91,7 @@ def make_video(path: Path, *, fps: float = 30.0, seconds: float = 4.0, empty_s: 
             else:  # two faces, apart, one moving down and one up
                 v = (u - 0.5) * 2
                 placements = [(30, 20 + 220 * v, 200), (400, 260 - 220 * v, 210)]
-            for (patch, rel), (x, y, side) in zip(faces, placements):
+            for (patch, rel), (x, y, side) in zip(faces, placements, strict=False):
                 x, y, side = int(x), int(y), int(side)
                 side = min(side, WIDTH - x, HEIGHT - y)
                 frame[y:y + side, x:x + side] = cv2.resize(patch, (side, side), interpolation=cv2.INTER_AREA)

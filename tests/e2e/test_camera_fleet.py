@@ -10,7 +10,6 @@ from __future__ import annotations
 import threading
 import time
 
-import httpx
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion

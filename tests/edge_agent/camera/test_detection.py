@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-
 from pydantic import ValidationError
 
 from edge_agent.camera import postprocess

@@ -88,7 +88,7 @@ def test_model_that_cannot_be_had_exits_2(face_video, keys, tmp_path, capsys):
     assert "ppocr-rec (ocr-recognition) cannot be a camera's detector" in capsys.readouterr().err
 
 
-def test_the_camera_takes_signed_bundles_only(face_video, blazeface_bundle, keys, tmp_path, monkeypatch, capsys):
+def test_the_camera_takes_signed_bundles_only(face_video, blazeface_bundle, tmp_path, monkeypatch, capsys):
     """A device has no model_tools: a zoo name is no model; a bundle is verified with the agent's trusted keys."""
     from tests.bundles import Keys
 
