@@ -117,3 +117,23 @@ def test_edge_agent_never_imports_model_tools():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{path.relative_to(root)}:{node.lineno}" for n in names if n.split(".")[0] == "model_tools"]
     assert offenders == []
+
+
+def test_the_camera_core_knows_no_transport():
+    """The camera's core is plain classes; only the view, the metrics and the CLI speak HTTP, Prometheus or MQTT."""
+    import ast
+
+    import edge_agent.camera as camera
+
+    root = Path(camera.__file__).parent
+    shells = {"view.py", "metrics.py", "cli.py"}
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name in shells:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names
+                          if n.split(".")[0] in {"fastapi", "starlette", "uvicorn", "paho", "prometheus_client", "httpx"}]
+    assert offenders == []
