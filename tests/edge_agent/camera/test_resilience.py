@@ -137,3 +137,12 @@ def test_the_camera_core_knows_no_transport():
             offenders += [f"{path.relative_to(root)}: {n}" for n in names
                           if n.split(".")[0] in {"fastapi", "starlette", "uvicorn", "paho", "prometheus_client", "httpx"}]
     assert offenders == []
+
+
+def test_a_stage_that_does_not_read_crops_exits_2(face_video, blazeface_bundle, keys, tmp_path, capsys):
+    det = pack_zoo("ppocr-det", keys, tmp_path)
+    run = ["camera", "--source", str(face_video.path), "--trusted-key", str(keys.public_path), "--seconds", "1", "--http-port", "0"]
+    assert cli.main([*run, "--model", str(det), "--stage", str(blazeface_bundle)]) == 2
+    assert "blazeface (detection) cannot be a later stage: it does not read crops" in capsys.readouterr().err
+    assert cli.main([*run, "--model", str(det), "--stage", str(det)]) == 2
+    assert "two bundles of one model name" in capsys.readouterr().err
