@@ -12,16 +12,25 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from prometheus_client import Counter
 from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleet_protocol.messages import Event, Fetch, Hello, Reported, Runtime, Status, Telemetry
+from fleet_protocol.messages import (
+    Event,
+    Fetch,
+    Hello,
+    Reported,
+    Runtime,
+    Status,
+    Telemetry,
+)
 from fleet_protocol.topics import Topics
 
 from . import auth, telemetry
@@ -356,10 +365,10 @@ class FleetService:
             rollout = db.get(Rollout, rollout_id)
             if rollout is None:
                 raise NotFound(f"unknown rollout {rollout_id}")
-            members = db.scalars(
+            members = list(db.scalars(
                 select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id).order_by(RolloutDevice.wave, RolloutDevice.device_id)
-            ).all()
-            reported = dict(db.execute(select(Device.id, Device.reported).where(
+            ))
+            reported: dict[str, Any] = dict(db.execute(select(Device.id, Device.reported).where(
                 Device.id.in_([m.device_id for m in members]))).all()) if members else {}
             return rollout_view(rollout, members, reported)
 
@@ -476,7 +485,7 @@ class FleetService:
         with self.transaction() as db:
             device_registry.record_status(db, device_id, status)
 
-    def on_hello(self, device_id: str, hello: Hello) -> bool:
+    def on_hello(self, device_id: str, _hello: Hello) -> bool:
         """A device (re)connected and asks for its desired state: publish it again from the database, so a broker
         that lost its retained messages (restarted without persistence) costs nothing. → whether there was one."""
         with self.transaction() as db:
@@ -563,7 +572,7 @@ def _wanted(desired: dict[str, Any] | None) -> set[tuple[str, int]]:
 
 
 def _mark_published(db: Session, pending: list[tuple[str, int, bytes]], acks: list[bool]) -> None:
-    for (device_id, revision, _), ok in zip(pending, acks):
+    for (device_id, revision, _), ok in zip(pending, acks, strict=True):
         if ok:
             outbox.mark_published(db, device_id, revision)
 

@@ -9,8 +9,17 @@ from fastapi import APIRouter, Query
 
 from ..desired.specs import DeviceConfig
 from .deps import Admin, DeviceIdPath, ModelNamePath, Operator, ServiceDep, Viewer
-from .schemas import (ERRORS, DesiredOut, DeviceConfigOut, DeviceIn, DeviceOut, DeviceWithCredentials, LabelsPatch, ModelAssignIn,
-                      TelemetryOut)
+from .schemas import (
+    ERRORS,
+    DesiredOut,
+    DeviceConfigOut,
+    DeviceIn,
+    DeviceOut,
+    DeviceWithCredentials,
+    LabelsPatch,
+    ModelAssignIn,
+    TelemetryOut,
+)
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=ERRORS)
 

@@ -11,13 +11,13 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import REGISTRY
 
+from demo.cluster import wait_for
 from edge_agent.mqtt.link import AgentLink
 from edge_agent.reconcile import Reconciler
 from edge_agent.runtime.host import ModelHost
 from edge_agent.settings import AgentSettings
 from fleet_protocol.messages import Desired, Hello, ModelSpec, ModelState, Reported
 from fleet_protocol.topics import Topics
-from tests.edge_agent.camera.helpers import wait_for
 from tests.edge_agent.test_reconcile import ref
 
 DEVICE = "dev-link"

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from demo.cluster import wait_for
 from edge_agent.reconcile import Reconciler
 from edge_agent.runtime.host import ModelHost
 from edge_agent.settings import AgentSettings
@@ -21,7 +22,6 @@ from fleet_protocol.messages import (
 )
 from fleet_protocol.signing import sha256_file
 from tests.bundles import bad_golden_bundle, digits_bundle
-from tests.edge_agent.camera.helpers import wait_for
 from tests.edge_agent.conftest import install
 
 
