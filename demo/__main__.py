@@ -1,4 +1,5 @@
-"""`make demo`: a broker, the fleet API and three agents on this machine; roll out a real model, v1 then v2.
+"""`make demo`: a broker, the fleet API and three agents on this machine; roll out a real model, v1 then v2,
+then a second model (BlazeFace) and a camera pipeline that uses it, all set through the fleet API.
 
     python -m demo            stays up until Ctrl-C (or SIGTERM), then stops every process it started
     python -m demo --once     exits 0 after the table
@@ -17,7 +18,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .fleet import Fleet, build_digits_bundles, device_table, infer_digit, roll_out, upload, wait_serving
+from .camera import make_video
+from .fleet import (
+    CAMERA, Fleet, build_blazeface_bundle, build_digits_bundles, camera_stats, device_table, infer_digit, roll_out,
+    set_up_cameras, upload, wait_serving,
+)
 
 DEVICES = {
     "cam-01": {"site": "lab", "hw": "cpu"},
@@ -49,6 +54,8 @@ def _run(argv: list[str] | None) -> int:
 
     with console.status("training the digits CNN and signing bundles 1.0.0, 2.0.0 and a mixed-up 3.0.0 …"):
         trusted_key, bundles = build_digits_bundles(work)
+        bundles.append(build_blazeface_bundle(work, work / "signing"))
+        video = make_video(work / "video" / "faces.avi", fps=25.0, seconds=8.0, empty_s=1.0).path
     console.print(f"[green]✓[/green] bundles: {', '.join(b.name for b in bundles)}")
 
     with console.status("starting mosquitto, the fleet API and three agents …"):
@@ -72,22 +79,36 @@ def _run(argv: list[str] | None) -> int:
                 if rollout["state"] != expected:
                     return 1
             wait_serving(api, "2.0.0")
+            # A second model on every device, and a camera that uses it: a rollout and a profile, nothing local.
+            with console.status(f"rolling out blazeface 1.0.0 and a camera profile ({CAMERA!r} on a face video) …"):
+                rollout = roll_out(api, "blazeface", "1.0.0", "site=lab")
+                set_up_cameras(api, video, "site=lab")
+            console.print(f"[green]✓[/green] rollout {rollout['id']} of blazeface 1.0.0: {rollout['state']}; "
+                          f"camera {CAMERA!r} running on every device")
             from model_tools.zoo.digits import load_split
 
             _, _, x_test, y_test = load_split()
             rows = device_table(api)
+            faces = {r["device"]: r for r in device_table(api, "blazeface")}
+            cameras = {d["id"]: (d.get("cameras") or {}).get(CAMERA, {}) for d in api.get("/v1/devices").json()}
             for i, row in enumerate(rows):
                 agent = fleet.agents[row["device"]]
                 digit, p = infer_digit(agent.url, "digits", x_test[i])
-                row.update(prediction=digit, probability=round(p, 3), label=int(y_test[i]))
+                stats = camera_stats(agent.url)
+                row.update(prediction=digit, probability=round(p, 3), label=int(y_test[i]),
+                           blazeface=f"{faces[row['device']]['version']} {faces[row['device']]['state']}",
+                           camera=f"{' → '.join(cameras[row['device']].get('models', []))} {cameras[row['device']].get('state')}",
+                           camera_fps=stats.get("inference_fps"), frames=stats.get("frames_processed"))
         if args.json:
             print(json.dumps(rows))
         else:
-            table = Table(title="edgefleet demo: every device after v2 rolled out and the bad v3 was stopped")
-            for col in ("device", "state", "version", "provider", "prediction", "label"):
+            table = Table(title="edgefleet demo: every device after digits v2 rolled out (the bad v3 was stopped), "
+                                "BlazeFace beside it and a camera using it")
+            for col in ("device", "digits", "predicted / label", "blazeface", f"camera {CAMERA!r}"):
                 table.add_column(col)
             for r in rows:
-                table.add_row(r["device"], r["state"], r["version"], r["provider"], f"{r['prediction']} (p={r['probability']})", str(r["label"]))
+                table.add_row(r["device"], f"{r['version']} {r['state']}", f"{r['prediction']} / {r['label']} (p={r['probability']})",
+                              r["blazeface"], f"{r['camera']}, {r['camera_fps']} fps")
             console.print(table)
         if args.once:
             return 0

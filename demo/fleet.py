@@ -99,7 +99,7 @@ class Fleet:
         self.devices = devices
         self.agents = {d: EdgeAgent(work / "devices" / d, d, self.broker.url, trusted_key, env=agent_env) for d in devices}
 
-    def start(self) -> "Fleet":
+    def start(self) -> Fleet:
         self.broker.start()
         self.api.start()
         with self.api.client() as api:
@@ -117,7 +117,7 @@ class Fleet:
         self.api.stop()
         self.broker.stop()
 
-    def __enter__(self) -> "Fleet":
+    def __enter__(self) -> Fleet:
         try:
             return self.start()
         except BaseException:
@@ -146,3 +146,45 @@ def device_table(api: httpx.Client, model: str | None = "digits") -> list[dict]:
 def wait_serving(api: httpx.Client, version: str, timeout: float = 60, model: str = "digits") -> None:
     wait_for(lambda: all(r["state"] == "serving" and r["version"] == version for r in device_table(api, model)), timeout,
              f"every device serving {model} {version}")
+
+
+# --- the second model and the camera: BlazeFace, and a camera pipeline that uses it -------------------------
+
+CAMERA = "door"
+
+
+def build_blazeface_bundle(work: Path, key: Path, version: str = "1.0.0") -> Path:
+    """BlazeFace packed with the plain `model-tools bundle` command: task, labels and preprocessing are all the
+    camera needs (its decoder's anchors default to MediaPipe's short-range model)."""
+    import json
+
+    from model_tools.zoo import prepare
+
+    zoo = prepare("blazeface")
+    labels = work / "blazeface-labels.txt"
+    labels.write_text("\n".join(zoo.labels) + "\n")
+    model_tools("bundle", str(zoo.onnx), "--name", "blazeface", "--version", version, "--golden", str(zoo.golden_inputs),
+                "--key", f"{key}.pem", "--out", str(work / "bundles"), "--task", "detection", "--labels", str(labels),
+                "--preprocessing", json.dumps(zoo.preprocessing))
+    return work / "bundles" / f"blazeface-{version}.bundle"
+
+
+def camera_profile(video: Path, selector: str) -> dict:
+    """A profile: every device matching `selector` runs a camera on `video` with BlazeFace as its detector."""
+    return {"selector": selector, "cameras": [{
+        "name": CAMERA, "source": {"type": "file", "path": str(video), "loop": True}, "detector": "blazeface",
+        "fps": 5, "events": {"min_score": 0.6, "max_per_s": 1}}]}
+
+
+def set_up_cameras(api: httpx.Client, video: Path, selector: str, timeout: float = 90) -> None:
+    """The camera profile through the API, then wait until every device reports its camera running."""
+    api.put("/v1/profiles/door-cameras", json=camera_profile(video, selector)).raise_for_status()
+    wait_for(lambda: all((d.get("cameras") or {}).get(CAMERA, {}).get("state") == "running" for d in api.get("/v1/devices").json()),
+             timeout, f"camera {CAMERA!r} running on every device")
+
+
+def camera_stats(agent_url: str) -> dict:
+    """The camera's numbers from the device's own page (/camera/stats)."""
+    r = httpx.get(f"{agent_url}/camera/stats", timeout=5)
+    r.raise_for_status()
+    return next((s for s in r.json() if s["name"] == CAMERA), {})

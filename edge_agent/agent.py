@@ -49,11 +49,19 @@ class Agent:
         self.reconciler.transport = self.link
         self.cameras = camera_manager(self.host, self.link.send_event)
         self.reconciler.cameras = self.cameras
+        if self.cameras is not None:  # a camera that fails, recovers or gets its models is reported at once
+            self.cameras.on_change = self.reconciler.publish
         self.probe = ProcessProbe()
         self.telemetry = TelemetryLoop(self.host, self.link.send_telemetry, settings.telemetry_interval_s,
                                        cameras=self.cameras, health=self.health, on_tick=self.reconciler.refresh)
         self.app = create_app(self.host, int(settings.max_request_mb * 1024 * 1024), control=self.reconciler,
                               inline_below_ms=settings.inline_below_ms, workers=settings.infer_workers or None)
+        if self.cameras is not None:  # the camera page, /stream and /camera/stats; camera numbers on /metrics
+            from .camera.metrics import register
+            from .camera.view import create_router
+
+            register(self.cameras)
+            self.app.include_router(create_router(self.cameras))
 
     def health(self) -> Health | None:
         return collect_health(self.settings.data_dir, self.started_at, 0) or Health(agent_rss_mb=self.probe.rss_mb())

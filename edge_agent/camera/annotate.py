@@ -20,7 +20,7 @@ def draw(result: Result, caption: str | None = None) -> np.ndarray:
         colour = COLOURS[labels.setdefault(d.label, len(labels)) % len(COLOURS)]
         x1, y1, x2, y2 = (int(round(v)) for v in d.box)
         cv2.rectangle(img, (x1, y1), (x2, y2), colour, thick)
-        text = f"{d.label} {d.score:.2f}"
+        text = d.text if d.text else f"{d.label} {d.score:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
         ty = y1 - 4 if y1 - th - 6 >= 0 else y2 + th + 4
         cv2.rectangle(img, (x1, ty - th - 3), (x1 + tw + 4, ty + base - 1), colour, -1)

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class Capture:
-    def __init__(self, source_config, queue: LatestQueue, on_lifecycle: Callable[[str, dict[str, Any]], None] | None = None,
+    def __init__(self, source_config, queue: LatestQueue, on_lifecycle: Callable[[str, dict[str, Any]], object] | None = None,
                  source: Source | None = None, prepare: Callable[[Any, tuple[int, int]], Any] | None = None,
                  scale: Callable[[tuple[int, int]], int] | None = None) -> None:
         self.config = source_config
@@ -33,6 +33,7 @@ class Capture:
         self.on_lifecycle = on_lifecycle or (lambda _kind, _detail: None)
         self.meter = RateMeter()
         self.state = "starting"  # starting, live, reconnecting, ended, stopped
+        self.ever_live = False  # a source that never opened is most likely misaddressed
         self.error: str | None = None
         self.corrupt = 0
         self.reconnects = 0
@@ -42,7 +43,7 @@ class Capture:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"capture-{self.source.name}", daemon=True)
 
-    def start(self) -> "Capture":
+    def start(self) -> Capture:
         self._thread.start()
         return self
 
@@ -61,20 +62,21 @@ class Capture:
             try:
                 self.source.open()
             except SourceError as exc:
+                self.state, self.error = "reconnecting", str(exc)  # state before the event: reports read it
                 if not lost:
                     log.warning("%s", exc)
                     self.on_lifecycle("source_unavailable", {"error": str(exc)})
                 lost = True
-                self.state, self.error = "reconnecting", str(exc)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.config.retry_max_s)
                 continue
+            self.state, self.error = "live", None
+            self.ever_live = True
             if lost:
                 self.reconnects += 1
                 log.info("%s is back", self.source.name)
                 self.on_lifecycle("source_reconnected", {"reconnects": self.reconnects})
             lost, delay = False, self.config.retry_s
-            self.state, self.error = "live", None
             try:
                 self._read_until_failure()
             except EndOfStream:
@@ -83,9 +85,9 @@ class Capture:
                 break
             except SourceError as exc:
                 log.warning("%s", exc)
-                self.on_lifecycle("source_lost", {"error": str(exc)})
                 lost = True
                 self.state, self.error = "reconnecting", str(exc)
+                self.on_lifecycle("source_lost", {"error": str(exc)})
             except Exception as exc:  # a backend bug must not kill the thread: treat it as a lost source
                 log.exception("capture from %s failed", self.source.name)
                 lost = True

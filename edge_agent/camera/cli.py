@@ -7,6 +7,11 @@ import json
 import logging
 import sys
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fleet_protocol.messages import Event
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +23,9 @@ def add_parser(sub) -> None:
                        description="Reads SRC on its own thread, runs the detector on the newest frame, serves "
                                    "/ and /stream (annotated MJPEG) and /metrics, and sends detections as events.")
     p.add_argument("--source", required=True, metavar="SRC", help="camera index, video file, rtsp:// or http(s):// MJPEG URL")
-    p.add_argument("--model", required=True, metavar="BUNDLE", help="a signed bundle file (model-tools bundle)")
+    p.add_argument("--model", required=True, metavar="BUNDLE", help="the detector: a signed bundle file (model-tools bundle)")
+    p.add_argument("--stage", dest="stages", action="append", default=[], metavar="BUNDLE",
+                   help="a later stage run on every box's crop (e.g. OCR recognition), in order; repeatable")
     p.add_argument("--trusted-key", dest="trusted_keys", default=None, help="PEM public key(s) the bundle must be signed with, comma-separated (EDGEFLEET_AGENT_TRUSTED_KEYS)")
     p.add_argument("--name", default="cam0", help="camera name in events and metrics")
     p.add_argument("--loop", action="store_true", help="loop a video file")
@@ -26,7 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--max-fps", type=float, default=None, help="frame-rate cap")
     p.add_argument("--resize", choices=["stretch", "letterbox"], default=None)
     p.add_argument("--min-score", type=float, default=0.5, help="minimum score of a detection to be reported")
-    p.add_argument("--event-interval", type=float, default=1.0, help="at most one detections event per this many seconds")
+    p.add_argument("--event-interval", type=float, default=1.0, help="at most one detections event per this many seconds (≥ 0.01)")
     p.add_argument("--broker", default=None, help="mqtt://HOST:PORT: send events to devices/{id}/events")
     p.add_argument("--device-id", default=None, help="device id in the events topic (default: hostname)")
     p.add_argument("--http-host", default="127.0.0.1")
@@ -58,51 +65,65 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from pydantic import ValidationError
 
-    from .config import CameraConfig, EventsConfig, parse_source
-    from .detector import Detector
-    from .detectors import UnsupportedModel
-    from .model import ModelError, load
+    from fleet_protocol.cameras import Camera, CameraEvents, source_from_text
+
+    from .model import ModelError, StaticHost, load
     from .sources import SourceError
+    from .stages import check
 
     def fail(message: str) -> int:
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USAGE
 
+    source = source_from_text(args.source)
+    options = {"loop": args.loop or None, "realtime": False if args.fast else None, "max_fps": args.max_fps}
+    source.update({k: v for k, v in options.items() if v is not None and (k == "max_fps" or source["type"] == "file")})
     try:
-        source = parse_source(args.source, loop=args.loop, realtime=not args.fast, max_fps=args.max_fps)
-        config = CameraConfig(name=args.name, source=source, resize=args.resize,
-                              events=EventsConfig(min_score=args.min_score, min_interval_s=args.event_interval))
+        events = CameraEvents(min_score=args.min_score, max_per_s=1.0 / max(args.event_interval, 0.01))
+        probe_config = Camera.model_validate({"name": args.name, "source": source, "detector": "probe"}).source
     except (ValidationError, ValueError) as exc:
-        return fail(f"bad camera settings for source {args.source!r}: {exc}")
+        return fail(f"bad camera settings for source {args.source!r}: {_first_error(exc)}")
     import cv2
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our message names the source; OpenCV's add noise
     try:
-        probe(config.source)
+        probe(probe_config)
     except SourceError as exc:
-        return fail(f"cannot open source {args.source!r}: {exc}")
+        return fail(f"cannot open source {probe_config.describe()!r}: {exc}")
+    keys = _trusted_keys(args.trusted_keys)
+    models = []
+    for ref in [args.model, *args.stages]:
+        try:
+            models.append(load(ref, keys, threads=args.threads))
+        except (ModelError, OSError, ValueError) as exc:
+            return fail(f"model {ref!r}: {exc}")
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        return fail(f"two bundles of one model name: {names}")
     try:
-        keys = _trusted_keys(args.trusted_keys)
-        spec, session = load(args.model, keys, threads=args.threads)
-        Detector(spec, session, resize=config.resize)  # refuse a model the camera cannot decode, before serving
-    except (ModelError, UnsupportedModel, OSError, ValueError) as exc:
-        return fail(f"model {args.model!r}: {exc}")
+        camera = Camera.model_validate({"name": args.name, "source": source, "detector": names[0], "stages": names[1:],
+                                        "resize": args.resize, "events": events})
+    except (ValidationError, ValueError) as exc:
+        return fail(f"bad camera settings: {_first_error(exc)}")
+    problem = check(camera, {m.name: m.manifest for m in models})  # refuse what the camera cannot decode, before serving
+    if problem is not None:
+        return fail(f"model {args.model!r}: {problem}")
 
     import uvicorn
     from fastapi import FastAPI
     from fastapi.responses import Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+    from .manager import CameraManager
     from .metrics import register
-    from .service import CameraService
     from .view import create_router
 
-    from ..settings import AgentSettings
-    from ..sync import AgentLink
-
-    sinks = []
+    sinks: list[Callable[[Event], None]] = []
     link = None
     if args.broker:
+        from ..mqtt.link import AgentLink
+        from ..settings import AgentSettings
+
         overrides = {"broker_url": args.broker, **({"device_id": args.device_id} if args.device_id else {})}
         link = AgentLink(AgentSettings(**overrides), reconciler=None)  # the device's connection, events only
         link.start()
@@ -114,12 +135,11 @@ def run(args: argparse.Namespace) -> int:
         for sink in sinks:
             sink(event)
 
-    service = CameraService(on_event=on_event)
-    register(service)
-    service.set_model(spec, session)
-    service.apply([config])
+    manager = CameraManager(StaticHost(models), on_event=on_event)
+    register(manager)
+    manager.apply([camera])
     app = FastAPI(title="edgefleet camera", docs_url=None, redoc_url=None)
-    app.include_router(create_router(service))
+    app.include_router(create_router(manager))
 
     @app.get("/metrics")
     def metrics() -> Response:
@@ -129,15 +149,15 @@ def run(args: argparse.Namespace) -> int:
                                            access_log=False, lifespan="off", timeout_graceful_shutdown=1))
     if args.seconds:
         threading.Timer(args.seconds, lambda: setattr(server, "should_exit", True)).start()
-    print(f"camera {config.name}: {config.source.describe()} → {spec.describe()}", flush=True)
+    print(f"camera {camera.name}: {camera.source.describe()} → {' → '.join(f'{m.name} {m.version} ({m.manifest.task})' for m in models)}", flush=True)
     print(f"open http://{args.http_host}:{args.http_port}/ to watch (stream: /stream, metrics: /metrics)", flush=True)
     try:
         server.run()
     except KeyboardInterrupt:
         pass
     finally:
-        stats = service.stats()
-        service.stop()
+        stats = manager.stats()
+        manager.stop()
         if link:
             link.stop()
     if not server.started:
@@ -148,8 +168,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _first_error(exc: Exception) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        return f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
+    return str(exc)
+
+
 def _trusted_keys(value: str | None) -> list:
     """--trusted-key, else EDGEFLEET_AGENT_TRUSTED_KEYS: the agent's own settings, read the agent's way."""
     from ..settings import AgentSettings
 
-    return AgentSettings(**({"trusted_keys": value} if value is not None else {})).public_keys()
+    return (AgentSettings(trusted_keys=value) if value is not None else AgentSettings()).public_keys()

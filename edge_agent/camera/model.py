@@ -1,42 +1,82 @@
-"""Where the camera's model comes from outside the agent: a signed bundle file, verified with the trusted keys
-the way the agent verifies what the fleet sends (signature, then every file's size and digest)."""
+"""Models for the stand-alone camera (`edge-agent camera`): signed bundle files, verified with the trusted keys
+the way the agent verifies what the fleet sends (signature, then every file's size and digest), held in a
+small fixed host that the pipelines ask by name, exactly as they ask the agent's ModelHost."""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import tempfile
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import onnxruntime as ort
+import numpy as np
 
 from fleet_protocol.bundle import BundleError, read_bundle
+from fleet_protocol.manifest import Manifest
+from fleet_protocol.messages import Runtime
 from fleet_protocol.signing import sha256_file
 
-from ..runtime.providers import resolve
-from .detector import ModelSpec
+from ..runtime.errors import ModelLoadError, ProviderError
+from ..runtime.session import create_session
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "OpenVINOExecutionProvider", "CPUExecutionProvider"]
-
 
 class ModelError(ValueError):
     """The camera's model cannot be had: the message says why."""
 
 
-def open_session(path: Path, providers: list[str] | None = None, threads: int = 1) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    chosen = resolve(providers or DEFAULT_PROVIDERS, ort.get_available_providers())
-    return ort.InferenceSession(str(path), sess_options=options, providers=[p.name for p in chosen])
+@dataclass
+class BundleModel:
+    """A loaded bundle, shaped like the agent's LoadedModel (name, version, sha256, manifest, session, run)."""
+
+    manifest: Manifest
+    session: Any
+    sha256: str
+    _outputs: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self._outputs, feeds)
+
+
+class StaticHost:
+    """Models by name, replaceable one at a time (tests hot-swap with `put`)."""
+
+    def __init__(self, models: list[BundleModel] | None = None) -> None:
+        self._models = {m.name: m for m in models or []}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> BundleModel | None:
+        return self._models.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._models)
+
+    def put(self, model: BundleModel) -> None:
+        with self._lock:
+            self._models = {**self._models, model.name: model}
+
+    def remove(self, name: str) -> None:
+        with self._lock:
+            self._models = {k: v for k, v in self._models.items() if k != name}
 
 
 def load(ref: str, trusted_keys: list, *, work_dir: Path | None = None, providers: list[str] | None = None,
-         threads: int = 1) -> tuple[ModelSpec, ort.InferenceSession]:
-    """A signed bundle file → (its spec, an onnxruntime session). ModelError when it cannot be had."""
+         threads: int = 1) -> BundleModel:
+    """A signed bundle file → a loaded model. ModelError when it cannot be had."""
     path = Path(ref)
     if not path.is_file():
         raise ModelError(f"{ref}: no such bundle file")
@@ -48,8 +88,12 @@ def load(ref: str, trusted_keys: list, *, work_dir: Path | None = None, provider
             bundle = read_bundle(path, trusted_keys, extract_to=folder)
         except BundleError as exc:
             raise ModelError(f"{ref}: {exc}") from None
-        spec = ModelSpec.from_manifest(bundle.manifest, key=sha256_file(path))
-        # onnxruntime has read the file once the session exists: nothing extracted needs to stay behind.
-        return spec, open_session(folder / "model.onnx", providers, threads)
+        runtime = Runtime(intra_op_threads=threads, providers=providers) if providers else Runtime(intra_op_threads=threads)
+        try:
+            # onnxruntime has read the file once the session exists: nothing extracted needs to stay behind.
+            session = create_session(folder / "model.onnx", runtime)
+        except (ModelLoadError, ProviderError) as exc:
+            raise ModelError(f"{ref}: {exc}") from None
+        return BundleModel(bundle.manifest, session, sha256_file(path))
     finally:
         shutil.rmtree(folder.parent, ignore_errors=True)

@@ -11,13 +11,15 @@ import logging
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import ClassVar
 
 import cv2
 import numpy as np
 
+from fleet_protocol import cameras as spec
+
 from ..preprocess import REDUCED
-from .config import DeviceSourceConfig, FileSourceConfig, MjpegSourceConfig, RtspSourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ class Source:
     def waits_for_reader(self) -> bool:
         """True when frames are not tied to a clock: the reader may take its time, nothing goes stale."""
         return False
-    registry: ClassVar[dict[str, type["Source"]]] = {}
+    registry: ClassVar[dict[str, type[Source]]] = {}
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -53,7 +55,7 @@ class Source:
 
     def __init__(self, config) -> None:
         self.config = config
-        self.name = config.describe()
+        self.name = config.describe()  # what logs, events and pages show: never a password
 
     def open(self) -> None:
         raise NotImplementedError
@@ -119,7 +121,7 @@ class _OpenCvSource(Source):
             raise SourceError(f"cannot open {self.name}")
         self.cap = cap
         self._packets = (self.jpeg_packets and cap.getBackendName() == "FFMPEG"
-                         and int(cap.get(cv2.CAP_PROP_FOURCC)) == cv2.VideoWriter_fourcc(*"MJPG")
+                         and int(cap.get(cv2.CAP_PROP_FOURCC)) == cv2.VideoWriter.fourcc(*"MJPG")
                          and cap.set(cv2.CAP_PROP_FORMAT, -1))
         self._size = (int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)))
         self._checked = False
@@ -162,7 +164,7 @@ class _OpenCvSource(Source):
 
 class DeviceSource(_OpenCvSource):
     kind = "device"
-    config: DeviceSourceConfig
+    config: spec.DeviceSource
 
     def _capture(self) -> cv2.VideoCapture:
         cap = cv2.VideoCapture(self.config.index)
@@ -177,15 +179,16 @@ class DeviceSource(_OpenCvSource):
 class FileSource(_OpenCvSource):
     kind = "file"
     live = False
-    config: FileSourceConfig
+    config: spec.FileSource
 
     def _capture(self) -> cv2.VideoCapture:
-        return cv2.VideoCapture(str(self.config.path))
+        return cv2.VideoCapture(self.config.path)
 
     def open(self) -> None:
-        if not self.config.path.is_file():
+        if not Path(self.config.path).is_file():
             raise SourceError(f"cannot open {self.name}: no such file")
         super().open()
+        assert self.cap is not None  # open() either set it or raised
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.period = 1.0 / fps if fps and 1 <= fps <= 240 else 1 / 25
         self._due = time.monotonic()
@@ -216,7 +219,7 @@ class FileSource(_OpenCvSource):
 
 class RtspSource(_OpenCvSource):
     kind = "rtsp"
-    config: RtspSourceConfig
+    config: spec.RtspSource
 
     def _capture(self) -> cv2.VideoCapture:
         ms = int(self.config.timeout_s * 1000)
@@ -233,7 +236,7 @@ class MjpegSource(Source):
     """
 
     kind = "mjpeg"
-    config: MjpegSourceConfig
+    config: spec.MjpegSource
     MAX_PART = 32 << 20
 
     def __init__(self, config) -> None:
@@ -259,8 +262,11 @@ class MjpegSource(Source):
         self._at_part = False
 
     def _readline(self) -> bytes:
+        resp = self._resp
+        if resp is None:  # closed by stop() from another thread
+            raise SourceError(f"{self.name} is not open")
         try:
-            line = self._resp.readline(65536)
+            line = resp.readline(65536)
         except (OSError, ValueError, AttributeError) as exc:
             raise SourceError(f"{self.name} stopped delivering frames: {exc}") from None
         if not line:

@@ -1,4 +1,4 @@
-"""The local view: a thin FastAPI router over a CameraService.
+"""The local view: a thin FastAPI router over a CameraManager.
 
 `/` a page with the annotated stream and live numbers, `/stream` MJPEG of annotated frames (`?camera=NAME`,
 the first camera by default), `/camera/stats` the numbers as JSON. Frames are drawn and encoded here, at
@@ -15,8 +15,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from .annotate import draw, jpeg
+from .manager import CameraManager
 from .pipeline import Pipeline, Result
-from .service import CameraService
 
 BOUNDARY = "frame"
 
@@ -38,7 +38,7 @@ class _Encoded:
             return self.data
 
 
-def create_router(service: CameraService, view_fps: float = 25.0) -> APIRouter:
+def create_router(service: CameraManager, view_fps: float = 25.0) -> APIRouter:
     router = APIRouter()
     encoded: dict[int, _Encoded] = {}
 
@@ -105,17 +105,19 @@ sel.onchange = show; show();
 const rows = [['capture FPS','capture_fps'],['inference FPS','inference_fps'],['latency p50 (ms)','latency_ms_p50'],
   ['latency p95 (ms)','latency_ms_p95'],['detections now','detections'],['frames processed','frames_processed'],
   ['frames dropped','frames_dropped'],['corrupt frames','frames_corrupt'],['reconnects','reconnects'],
-  ['events sent','events_sent'],['model','model'],['source','source']];
+  ['events sent','events_sent'],['text read','texts'],['model','model'],['source','source']];
+// Values are text, never markup: what OCR reads off a video (or a camera's name) must not run in this page.
+const esc = v => String(Array.isArray(v) ? v.join(' | ') : v).replace(/[&<>"']/g, c => '&#' + c.charCodeAt(0) + ';');
 async function poll() {
   try {
     const all = await (await fetch('/camera/stats')).json();
     const s = all.find(c => c.name === sel.value) || all[0];
     if (s) {
       document.querySelector('#numbers tbody').innerHTML = rows.map(([t,k]) =>
-        `<tr><td>${t}</td><td id="v-${k}">${s[k] ?? '–'}</td></tr>`).join('');
+        `<tr><td>${t}</td><td id="v-${k}">${s[k] == null ? '–' : esc(s[k])}</td></tr>`).join('');
       const st = document.getElementById('state');
-      st.textContent = s.state + (s.error ? ': ' + s.error : '') + (s.refused ? ' — refused: ' + s.refused : '');
-      st.className = s.state === 'live' && !s.refused ? '' : 'bad';
+      st.textContent = s.state + (s.error ? ': ' + s.error : '') + (s.problem ? ' — ' + s.problem : '');
+      st.className = s.state === 'live' && !s.problem ? '' : 'bad';
     }
   } catch (e) { document.getElementById('state').textContent = 'agent unreachable'; }
   setTimeout(poll, 500);

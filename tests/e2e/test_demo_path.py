@@ -88,6 +88,9 @@ def test_make_demo_once_prints_every_device_on_v2_after_the_bad_v3_was_stopped(t
     assert [(r["device"], r["state"], r["version"]) for r in rows] == [
         ("cam-01", "serving", "2.0.0"), ("cam-02", "serving", "2.0.0"), ("cam-03", "serving", "2.0.0")]
     assert sum(r["prediction"] == r["label"] for r in rows) >= 2
+    # Each device also serves BlazeFace and runs a camera with it, all set through the API.
+    assert [(r["blazeface"], r["camera"]) for r in rows] == [("1.0.0 serving", "blazeface running")] * 3
+    assert all(r["frames"] > 0 for r in rows)
     assert "3.0.0: aborted" in out.stderr and "GoldenCheckError" in out.stderr
     assert processes_mentioning(str(tmp_path / "demo")) == []  # every process it started is gone
 

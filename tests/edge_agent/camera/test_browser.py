@@ -13,10 +13,10 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 
-from edge_agent.camera.config import CameraConfig
+from edge_agent.camera.manager import CameraManager
 from edge_agent.camera.metrics import register
-from edge_agent.camera.service import CameraService
 from edge_agent.camera.view import create_router
+from fleet_protocol.cameras import Camera
 
 from .helpers import free_port, wait_for
 
@@ -33,12 +33,10 @@ def chromium() -> str:
     pytest.fail("chromium is not installed: `bash scripts/ensure-system.sh chromium` (or set EDGEFLEET_CHROMIUM)")
 
 
-@pytest.fixture
-def view(face_video, blazeface):
-    service = CameraService()
+def serve(cameras, host):
+    service = CameraManager(host)
     register(service)
-    service.set_model(*blazeface)
-    service.apply([CameraConfig(name="demo", source={"type": "file", "path": str(face_video.path), "loop": True})])
+    service.apply(cameras)
     app = FastAPI()
     app.include_router(create_router(service))
     port = free_port()
@@ -51,6 +49,18 @@ def view(face_video, blazeface):
     server.should_exit = True
     service.stop()
     thread.join(10)
+
+
+@pytest.fixture
+def view(face_video, host):
+    yield from serve([Camera(name="demo", source={"type": "file", "path": str(face_video.path), "loop": True},
+                             detector="blazeface")], host)
+
+
+@pytest.fixture
+def ocr_view(text_video, host):
+    yield from serve([Camera(name="gate", source={"type": "file", "path": str(text_video.path), "loop": True},
+                             detector="ppocr-det", stages=["ppocr-rec"])], host)
 
 
 def test_page_in_headless_chromium_shows_a_live_stream(view):
@@ -69,7 +79,7 @@ def test_page_in_headless_chromium_shows_a_live_stream(view):
                 shots.append(cv2.imdecode(np.frombuffer(img.screenshot(), np.uint8), cv2.IMREAD_COLOR))
                 page.wait_for_timeout(400)
             # The video moves (background pan, faces): consecutive pictures in the browser must differ.
-            changes = [float(np.abs(a.astype(int) - b.astype(int)).mean()) for a, b in zip(shots, shots[1:])]
+            changes = [float(np.abs(a.astype(int) - b.astype(int)).mean()) for a, b in zip(shots, shots[1:], strict=False)]
             assert all(c > 1.0 for c in changes), f"the stream did not update in the browser: {changes}"
             page.wait_for_function("Number(document.getElementById('v-inference_fps')?.textContent) > 5", timeout=10000)
             first = int(page.inner_text("#v-frames_processed"))
@@ -106,3 +116,29 @@ def test_stream_stats_and_metrics_over_http(view):
     for name in ("edgefleet_camera_capture_fps", "edgefleet_camera_inference_fps", "edgefleet_camera_frames_dropped_total",
                  "edgefleet_camera_latency_seconds_bucket"):
         assert f'{name}{{camera="demo"' in text, name
+
+
+def test_ocr_camera_page_shows_boxes_and_the_text_read(ocr_view, tmp_path):
+    """The OCR pipeline in the browser: the text read is in the numbers, and drawn on the frame in its box."""
+    from playwright.sync_api import sync_playwright
+
+    url, service = ocr_view
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 560})
+            page.goto(url + "/")
+            page.wait_for_function("document.getElementById('stream').naturalWidth === 640", timeout=15000)
+            page.wait_for_function("(document.getElementById('v-texts')?.textContent || '').includes('B7')", timeout=20000)
+            assert page.inner_text("#v-model") == "ppocr-det 1.0.0 → ppocr-rec 1.0.0"
+            shot = tmp_path / "ocr-view.png"
+            page.screenshot(path=str(shot))
+            if os.environ.get("EDGEFLEET_SCREENSHOTS"):  # keep it for a person to look at
+                shutil.copy(shot, os.environ["EDGEFLEET_SCREENSHOTS"])
+            frame = cv2.imdecode(np.frombuffer(page.locator("#stream").screenshot(), np.uint8), cv2.IMREAD_COLOR)
+        finally:
+            browser.close()
+    # The boxes are drawn in the first annotation colour (green, BGR 0,220,0): on a coffee-and-text frame
+    # nothing else is that pure a green.
+    green = (frame[..., 1] > 200) & (frame[..., 0] < 40) & (frame[..., 2] < 40)
+    assert green.sum() > 500, "no boxes drawn on the stream"

@@ -7,26 +7,26 @@ import time
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from edge_agent.camera import detectors
-from edge_agent.camera.config import CameraConfig, EventsConfig, parse_cameras, parse_source
-from edge_agent.camera.detector import Detector
+from edge_agent.camera import postprocess
 from edge_agent.camera.frames import Frame, LatestQueue
-from edge_agent.camera.model import load
+from edge_agent.camera.model import StaticHost
 from edge_agent.camera.pipeline import Pipeline
+from edge_agent.camera.stages import Detector, Resolver
 from edge_agent.preprocess import Geometry, Preprocessor
+from fleet_protocol.cameras import Camera, CameraEvents
 from fleet_protocol.manifest import Preprocessing
 
-from .conftest import pack_zoo
 from .helpers import iou, text_frame, wait_for
 
 
-def run_video(video, detector, **config):
+def run_video(video, model, **config):
     """Every frame of the file through the pipeline (queue longer than the video: nothing dropped)."""
     results, events = [], []
-    cfg = CameraConfig(name="faces", source={"type": "file", "path": str(video.path), "realtime": False},
-                       queue_size=len(video.boxes) + 1, **config)
-    pipeline = Pipeline(cfg, detector, on_event=events.append, on_result=results.append).start()
+    camera = Camera(name="faces", source={"type": "file", "path": str(video.path), "realtime": False},
+                    detector=model.name, queue_size=len(video.boxes) + 1, **config)
+    pipeline = Pipeline(camera, Resolver(camera, StaticHost([model])), on_event=events.append, on_result=results.append).start()
     try:
         wait_for(lambda: len(results) == len(video.boxes), 60, "every frame processed")
     finally:
@@ -35,7 +35,7 @@ def run_video(video, detector, **config):
 
 
 def test_blazeface_finds_the_known_faces_and_nothing_else(face_video, blazeface):
-    results, events, pipeline = run_video(face_video, Detector(*blazeface), events=EventsConfig(min_interval_s=0))
+    results, events, pipeline = run_video(face_video, blazeface, events=CameraEvents(max_per_s=100))
     hit, false_alarms = 0, []
     for r in results:
         truth = face_video.boxes[r.frame.seq - 1]
@@ -58,40 +58,55 @@ def test_blazeface_finds_the_known_faces_and_nothing_else(face_video, blazeface)
 
 
 def test_letterbox_maps_boxes_back_to_the_frame(face_video, blazeface):
-    results, _, _ = run_video(face_video, Detector(*blazeface, resize="letterbox"))
+    results, _, _ = run_video(face_video, blazeface, resize="letterbox")
     hits = [r for r in results if face_video.boxes[r.frame.seq - 1]
             and all(any(iou(t, d.box) >= 0.5 for d in r.detections) for t in face_video.boxes[r.frame.seq - 1])]
     assert len(hits) / len(face_video.face_frames) >= 0.8
 
 
 def test_events_filter_by_score_and_rate(face_video, blazeface):
-    _, events, _ = run_video(face_video, Detector(*blazeface), events=EventsConfig(min_score=0.5, min_interval_s=3600))
+    _, events, _ = run_video(face_video, blazeface, events=CameraEvents(min_score=0.5, max_per_s=1 / 3600))
     assert [e.kind for e in events].count("detections") == 1  # a whole video inside one interval: one event
-    _, events, _ = run_video(face_video, Detector(*blazeface), events=EventsConfig(min_score=0.999, min_interval_s=0))
+    _, events, _ = run_video(face_video, blazeface, events=CameraEvents(min_score=0.999, max_per_s=100))
     assert [e for e in events if e.kind == "detections"] == []  # BlazeFace scores ~0.8-0.97 here: none pass
-    event = next(e for e in run_video(face_video, Detector(*blazeface))[1] if e.kind == "detections")
+    event = next(e for e in run_video(face_video, blazeface)[1] if e.kind == "detections")
     assert event.source == "faces" and event.frame_ts and time.time() - event.frame_ts < 60
     assert all(d.score >= 0.5 and len(d.box) == 4 for d in event.detections)
 
 
-def test_text_detection_plugin_on_real_ppocr_det(keys, tmp_path):
-    spec, session = load(str(pack_zoo("ppocr-det", keys, tmp_path)), [keys.public])
+def test_text_detection_plugin_on_real_ppocr_det(ppocr):
     img, truth = text_frame()
-    found = Detector(spec, session)(img)
+    found = Detector(ppocr["ppocr-det"])(img)
     assert {d.label for d in found} == {"text"}
     for t in truth:
         assert max(iou(t, d.box) for d in found) >= 0.5, (t, [d.box for d in found])
     assert len(found) == len(truth)
 
 
-def test_a_task_without_plugin_is_refused_with_the_choices(blazeface):
-    spec, session = blazeface
+def test_a_task_without_plugin_is_refused_with_the_choices(blazeface, ppocr):
     from dataclasses import replace
 
-    with pytest.raises(detectors.UnsupportedModel, match="no post-processing plug-in for task 'classification'.*blazeface"):
-        Detector(replace(spec, task="classification", extra={}), session)
-    with pytest.raises(detectors.UnsupportedModel, match="unknown post-processing setting"):
-        Detector(spec, session, overrides={"score_treshold": 0.7})
+    as_classifier = replace(blazeface, manifest=blazeface.manifest.model_copy(update={"task": "classification", "extra": {}}))
+    with pytest.raises(postprocess.UnsupportedModel, match="no post-processing plug-in for task 'classification'.*detection"):
+        Detector(as_classifier)
+    with pytest.raises(postprocess.UnsupportedModel, match="unknown post-processing setting"):
+        Detector(blazeface, overrides={"score_treshold": 0.7})
+    # A decoder the task's plug-in does not have is refused, never decoded the wrong way.
+    ssd = replace(blazeface, manifest=blazeface.manifest.model_copy(update={"extra": {**blazeface.manifest.extra, "decoder": "yolo"}}))
+    with pytest.raises(postprocess.UnsupportedModel, match="decoder"):
+        Detector(ssd)
+    with pytest.raises(postprocess.UnsupportedModel, match=r"ppocr-rec \(ocr-recognition\) cannot be a camera's detector"):
+        Detector(ppocr["ppocr-rec"])
+
+
+def test_a_plain_detection_bundle_decodes_with_the_default_anchors(blazeface, face_video):
+    """`model-tools bundle --task detection` without --extra: MediaPipe's short-range defaults apply."""
+    from dataclasses import replace
+
+    plain = replace(blazeface, manifest=blazeface.manifest.model_copy(update={"extra": {}}))
+    results, _, _ = run_video(face_video, plain)
+    found = sum(1 for r in results if face_video.boxes[r.frame.seq - 1] and r.detections)
+    assert found / len(face_video.face_frames) >= 0.9
 
 
 def test_preprocessing_follows_the_manifest():
@@ -112,14 +127,40 @@ def test_queue_drops_the_oldest_and_counts():
     assert q.dropped == 3 and [q.get(0).seq, q.get(0).seq] == [3, 4] and q.get(0.01) is None
 
 
-def test_source_strings_and_runtime_config_entries():
-    assert parse_source("0").type == "device"
-    assert parse_source("rtsp://cam/1").type == "rtsp"
-    assert parse_source("http://cam/video.mjpg").type == "mjpeg"
-    assert parse_source("clip.mp4", loop=True).loop is True
-    cams = parse_cameras([{"source": "rtsp://cam/1"}, {"name": "door", "source": {"type": "file", "path": "x.avi", "loop": True}}])
-    assert [c.name for c in cams] == ["cam0", "door"] and cams[1].source.loop
-    with pytest.raises(ValueError):
-        parse_cameras([{"source": {"type": "webcam", "index": 0}}])
-    with pytest.raises(ValueError, match="unique"):
-        parse_cameras([{"name": "a", "source": "0"}, {"name": "a", "source": "1"}])
+def test_camera_sources_from_strings_and_objects():
+    assert Camera(name="a", source="0", detector="m").source.type == "device"
+    assert Camera(name="a", source="rtsp://cam/1", detector="m").source.type == "rtsp"
+    assert Camera(name="a", source="http://cam/video.mjpg", detector="m").source.type == "mjpeg"
+    cam = Camera(name="door", source={"type": "file", "path": "x.avi", "loop": True}, detector="m", stages=["r"])
+    assert cam.source.loop and cam.models() == ["m", "r"]
+    with pytest.raises(ValidationError):
+        Camera(name="a", source={"type": "webcam", "index": 0}, detector="m")
+    with pytest.raises(ValidationError):
+        Camera(name="a", source="0", detector="m", colour="red")  # unknown fields are refused
+
+
+def test_a_blazeface_bundle_made_with_the_model_tools_command_finds_the_faces(face_video, tmp_path):
+    """Issue 10: a BlazeFace bundle packed with `model-tools bundle` was refused by the camera (the command could
+    not set the task). Packed as `make demo` packs it (--task detection --labels --preprocessing), it works."""
+    from demo.fleet import build_blazeface_bundle, model_tools
+    from edge_agent.camera.model import load
+    from fleet_protocol.signing import load_public_key
+
+    model_tools("keygen", "--out", str(tmp_path / "signing"))
+    (tmp_path / "bundles").mkdir()
+    bundle = build_blazeface_bundle(tmp_path, tmp_path / "signing")
+    model = load(str(bundle), [load_public_key((tmp_path / "signing.pub.pem").read_bytes())])
+    assert model.manifest.task == "detection" and model.manifest.labels == ["face"]
+    results, _, _ = run_video(face_video, model)
+    hit = sum(1 for r in results if face_video.boxes[r.frame.seq - 1]
+              and all(any(iou(t, d.box) >= 0.5 for d in r.detections) for t in face_video.boxes[r.frame.seq - 1]))
+    assert hit / len(face_video.face_frames) >= 0.9
+
+
+def test_a_long_error_is_cut_in_the_event_not_raised_on_the_camera_thread():
+    from edge_agent.camera.events import EventGate
+
+    events = []
+    gate = EventGate("cam", CameraEvents(), events.append)
+    event = gate.lifecycle("source_lost", {"error": "x" * 5000})
+    assert event is not None and len(event.detail["error"]) == 254 and events == [event]

@@ -1,4 +1,4 @@
-"""Text detection with a DB (differentiable binarisation) head, as PP-OCR's detector: threshold the text
+"""Task `ocr-detection`: text boxes with a DB (differentiable binarisation) head, as PP-OCR's detector: threshold the text
 probability map, take each blob's outline, keep blobs whose mean probability is high enough, and grow the
 box back by `unclip_ratio` (the network is trained on shrunk text regions)."""
 
@@ -10,11 +10,12 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from .base import PostprocessConfig, PostProcessor
+from .base import BoxDecoder, PostprocessConfig
 
 
-class TextDetConfig(PostprocessConfig):
+class OcrDetectionConfig(PostprocessConfig):
     type: Literal["ocr-detection"] = "ocr-detection"
+    decoder: Literal["db"] = "db"
     threshold: float = Field(default=0.3, gt=0, lt=1)  # pixel: is text
     box_threshold: float = Field(default=0.5, gt=0, lt=1)  # blob: mean probability to keep it
     unclip_ratio: float = Field(default=1.6, gt=0)
@@ -22,17 +23,17 @@ class TextDetConfig(PostprocessConfig):
     max_detections: int = Field(default=100, ge=1)
 
 
-class TextDetector(PostProcessor):
-    config_type = TextDetConfig
-    config: TextDetConfig
+class OcrDetection(BoxDecoder):
+    config_type = OcrDetectionConfig
+    config: OcrDetectionConfig
 
-    def __init__(self, config: TextDetConfig, labels: list[str]) -> None:
+    def __init__(self, config: OcrDetectionConfig, labels: list[str]) -> None:
         super().__init__(config, labels or ["text"])
 
     def __call__(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        prob = next(iter(outputs.values()))
-        prob = prob.reshape(prob.shape[-2:]).astype(np.float32)
-        h, w = prob.shape
+        raw = next(iter(outputs.values()))
+        h, w = int(raw.shape[-2]), int(raw.shape[-1])
+        prob: np.ndarray = raw.reshape(h, w).astype(np.float32)
         mask = (prob > self.config.threshold).astype(np.uint8)
         contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
         rows = []

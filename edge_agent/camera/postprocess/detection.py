@@ -1,14 +1,19 @@
-"""BlazeFace (MediaPipe face detection): SSD anchors, box regression relative to each anchor, sigmoid scores,
-weighted NMS. Settings and anchor layout come from the bundle (the zoo's BlazeFace bundle carries MediaPipe's own)."""
+"""Task `detection`: boxes. The one decoder so far is BlazeFace's (MediaPipe face detection): SSD anchors, box
+regression relative to each anchor, sigmoid scores, weighted NMS. Settings and anchor layout come from the
+bundle's `extra` (the zoo's BlazeFace bundle carries MediaPipe's own); without them, MediaPipe's short-range
+defaults apply, so a bundle made with plain `model-tools bundle --task detection` works too."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import PostprocessConfig, PostProcessor, nms
+from fleet_protocol.manifest import TensorSpec
+
+from .base import BoxDecoder, PostprocessConfig, UnsupportedModel, nms
 
 
 class Anchors(BaseModel):
@@ -21,8 +26,9 @@ class Anchors(BaseModel):
     num_anchors: int | None = None
 
 
-class BlazeFaceConfig(PostprocessConfig):
-    type: Literal["blazeface"] = "blazeface"
+class DetectionConfig(PostprocessConfig):
+    type: Literal["detection"] = "detection"
+    decoder: Literal["blazeface"] = "blazeface"
     anchors: Anchors = Field(default_factory=Anchors)
     score_threshold: float = Field(default=0.5, ge=0, le=1)
     score_clipping: float = 100.0
@@ -49,11 +55,17 @@ def anchor_centres(a: Anchors) -> np.ndarray:
     return np.concatenate(centres).astype(np.float32)
 
 
-class BlazeFace(PostProcessor):
-    config_type = BlazeFaceConfig
-    config: BlazeFaceConfig
+class BoxDetection(BoxDecoder):
+    config_type = DetectionConfig
+    config: DetectionConfig
 
-    def __init__(self, config: BlazeFaceConfig, labels: list[str]) -> None:
+    @classmethod
+    def check_outputs(cls, outputs: Sequence[TensorSpec]) -> None:
+        if len(outputs) < 2 or not any(o.shape and o.shape[-1] == 1 for o in outputs):
+            raise UnsupportedModel("detection (blazeface): needs a box-regression and a score output, the model has "
+                                   + ", ".join(f"{o.name} {o.shape}" for o in outputs))
+
+    def __init__(self, config: DetectionConfig, labels: list[str]) -> None:
         super().__init__(config, labels or ["face"])
         self.anchors = anchor_centres(config.anchors)
         if config.anchors.num_anchors is not None and len(self.anchors) != config.anchors.num_anchors:
