@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 from .errors import UsageError
 
@@ -35,10 +36,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Libraries that log progress at INFO/WARNING (onnxruntime's quantizer logs through the root logger, torch's
+# exporter through its own handlers): their chatter is shown only with --verbose.
+NOISY = ["torch", "torch.onnx", "torch.export", "onnxscript", "onnx_ir", "onnxruntime", "skl2onnx", "matplotlib", "PIL"]
+
+
+def configure_logging(verbose: bool) -> None:
+    """Our own messages at INFO, everyone else's only at --verbose; the root logger is never set to INFO."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
+                        force=True)  # force: a library may have called basicConfig(INFO) at import
+    logging.getLogger("model_tools").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        for name in NOISY:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        for handler in logging.getLogger().handlers:
+            # onnxruntime's quantizer warns through the root logger itself (logging.warning(...)).
+            handler.addFilter(lambda r: r.name.startswith("model_tools") or r.levelno >= logging.ERROR)
+        warnings.filterwarnings("ignore")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
