@@ -48,10 +48,11 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger("model_tools").setLevel(logging.DEBUG if verbose else logging.INFO)
     if not verbose:
         for name in NOISY:
-            logging.getLogger(name).setLevel(logging.ERROR)
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         for handler in logging.getLogger().handlers:
-            # onnxruntime's quantizer warns through the root logger itself (logging.warning(...)).
-            handler.addFilter(lambda r: r.name.startswith("model_tools") or r.levelno >= logging.ERROR)
+            # onnxruntime's quantizer warns through the root logger itself (logging.warning(...)) and logs the
+            # tracebacks of steps it recovers from at ERROR: what fails for the user arrives as UsageError.
+            handler.addFilter(lambda r: r.name.startswith("model_tools"))
         warnings.filterwarnings("ignore")
 
 

@@ -90,7 +90,9 @@ def test_op_unknown_to_the_provider(tmp_path, capsys):
     _fails(["evaluate", str(path), "--data", str(tmp_path / "d.npz"), "--reference", str(path)], capsys,
            "FancyOp", "CPUExecutionProvider")
     out = tmp_path / "q.onnx"
-    _fails(["quantize", str(path), "--mode", "dynamic", "-o", str(out)], capsys, "FancyOp")
+    for mode in ("dynamic", "static", "fp16"):
+        _fails(["quantize", str(path), "--mode", mode, "--calibration", str(tmp_path / "d.npz"), "-o", str(out)], capsys,
+               "FancyOp", "fancy.onnx", "unknown to onnxruntime")
     assert not out.exists()
 
 
