@@ -61,7 +61,7 @@ def context(args: argparse.Namespace, model_path: Path) -> dict[str, Any]:
         if truth is not None and args.limit:
             truth = truth[:args.limit]
     return {"task": task, "labels": labels, "extra": extra, "data": data, "truth": truth, "data_path": data_path,
-            "zoo": zoo}
+            "zoo": zoo, "preprocessing": pre}
 
 
 def ints(text: str) -> list[int]:
