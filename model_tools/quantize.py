@@ -11,6 +11,8 @@ Real exported models trip the quantizer in known ways, handled here rather than 
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import re
 import sys
 import tempfile
@@ -116,8 +118,10 @@ def static_int8(
         prepared = _prepared(model, Path(tmp))
         with atomic_path(dest) as out:
             try:
-                # onnxruntime's calibrators print progress to stdout, which would spoil `--json` output.
-                with contextlib.redirect_stdout(sys.stderr):
+                # onnxruntime's calibrators print progress to stdout, which would spoil `--json` output: it goes
+                # to stderr with --verbose, nowhere otherwise.
+                verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
+                with contextlib.redirect_stdout(sys.stderr if verbose else io.StringIO()):
                     quantize_static(
                         str(prepared), str(out), calib.Reader(data, progress), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, reduce_range=not cpu_has_vnni(), activation_type=QuantType.QUInt8,

@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fleet_protocol.signing import sha256_file
+
 from . import evaluate as ev
 from . import profiling, timing
 from . import quantize as q
@@ -44,6 +46,7 @@ class Variant:
     p50_ms: float | None = None
     spread_ms: list[float] | None = None
     size_bytes: int | None = None
+    sha256: str | None = None
     memory: dict[str, float] | None = None
     timing: timing.Timing | None = None
     speedup_range: list[float] | None = None
@@ -112,6 +115,7 @@ def tune(
             else:
                 raise UsageError(f"unknown variant {name!r}")
             v.path, v.status = dest, "built"
+            v.sha256 = sha256_file(dest)  # lets `bundle --tune-report` recognise this file wherever it is moved
         except UsageError as exc:
             v.status, v.reason = "failed", str(exc)
         out.append(v)

@@ -8,6 +8,12 @@ from typing import Any
 
 
 def json_object(text: str) -> dict[str, Any]:
+    """A JSON object given inline, or as @FILE holding one."""
+    if text.startswith("@"):
+        try:
+            text = open(text[1:], encoding="utf-8").read()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {text[1:]}: {exc.strerror}") from None
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
