@@ -22,7 +22,31 @@ from typing import Any
 import numpy as np
 
 
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Linux: reset the peak-RSS mark (VmHWM) to the current RSS, so the peak measured next is the model's."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def _maxrss_mb() -> float:
+    """The process's peak RSS. VmHWM, not getrusage's ru_maxrss: that one survives exec, so a child of a large
+    parent (a benchmark that trained a model) would report the parent's peak."""
+    hwm = _status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
     import resource
 
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
@@ -65,7 +89,8 @@ def _child(argv: list[str]) -> int:
 
     with np.load(args.feed, allow_pickle=False) as z:
         feed = {k: z[k] for k in z.files}
-    baseline = _maxrss_mb()
+    _reset_peak()
+    baseline = _status_mb("VmRSS") or _maxrss_mb()
     so = ort.SessionOptions()
     so.intra_op_num_threads = args.threads
     so.inter_op_num_threads = 1
@@ -83,8 +108,8 @@ def operator_profile(model: Path, sample: dict[str, np.ndarray], *, provider: st
                      threads: int = 1, runs: int = 20, keep: Path | None = None, top: int = 12) -> list[dict[str, Any]]:
     """onnxruntime's profiler over `runs` inferences → time per operator type, largest first.
 
-    Each row: op, nodes (how many nodes of that type), ms_per_run (summed over its nodes, per inference) and
-    share (of all operator time). `keep` receives the raw trace (chrome://tracing / Perfetto format).
+    Each row: op, nodes (how many nodes of that type), ms_per_run (its nodes' time in one inference, the median
+    over the runs) and share (of all operator time). `keep` receives the raw trace (chrome://tracing / Perfetto format).
     """
     import onnxruntime as ort
 
@@ -106,26 +131,27 @@ def operator_profile(model: Path, sample: dict[str, np.ndarray], *, provider: st
             keep.parent.mkdir(parents=True, exist_ok=True)
             keep.write_text(json.dumps(events))
     node_events = [e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")]
-    by_op: dict[str, float] = defaultdict(float)
-    nodes: dict[str, set[str]] = defaultdict(set)
-    per_node_calls: dict[str, int] = defaultdict(int)
+    calls: dict[str, int] = defaultdict(int)
     for e in node_events:
-        node = e["name"].removesuffix("_kernel_time")
-        per_node_calls[node] += 1
-    total_runs = max(per_node_calls.values()) if per_node_calls else 0
-    skip = max(0, total_runs - runs)  # the warm-up runs
+        calls[e["name"].removesuffix("_kernel_time")] += 1
+    skip = max(0, max(calls.values(), default=0) - runs)  # the warm-up runs come first
+    # ms per (op type, run): the median over runs, not the mean, so a run the machine stalled does not count
+    per_run: dict[str, list[float]] = defaultdict(lambda: [0.0] * runs)
+    nodes: dict[str, set[str]] = defaultdict(set)
     seen: dict[str, int] = defaultdict(int)
     for e in node_events:
         node = e["name"].removesuffix("_kernel_time")
         seen[node] += 1
-        if seen[node] <= skip:
+        run = seen[node] - skip - 1
+        if not 0 <= run < runs:
             continue
         op = e.get("args", {}).get("op_name", "?")
-        by_op[op] += float(e.get("dur", 0)) / 1000  # µs → ms
+        per_run[op][run] += float(e.get("dur", 0)) / 1000  # µs → ms
         nodes[op].add(node)
-    total = sum(by_op.values()) or 1.0
-    rows = [{"op": op, "nodes": len(nodes[op]), "ms_per_run": round(ms / max(1, runs), 4), "share": round(ms / total, 4)}
-            for op, ms in sorted(by_op.items(), key=lambda kv: -kv[1])]
+    medians = {op: float(np.median(v)) for op, v in per_run.items()}
+    total = sum(medians.values()) or 1.0
+    rows = [{"op": op, "nodes": len(nodes[op]), "ms_per_run": round(ms, 4), "share": round(ms / total, 4)}
+            for op, ms in sorted(medians.items(), key=lambda kv: -kv[1])]
     return rows[:top]
 
 

@@ -127,6 +127,42 @@ def test_int64_token_lstm_gru_with_mask_and_dynamic_sequence(workdir, capsys):
         want = user_nets.TokenRNN().eval()(torch.from_numpy(tokens), torch.from_numpy(mask))[0].numpy()
     got = _run("lm.onnx", {"tokens": tokens, "mask": mask})[0]
     assert np.allclose(got, want, atol=1e-4)
+    _serve_with_the_agent(workdir, capsys, tokens, mask, want)
+
+
+def _serve_with_the_agent(workdir, capsys, tokens, mask, want):
+    """Bundled with the CLI (the sample as golden inputs), verified, loaded and golden-checked by the agent's
+    engine, and answered over KServe v2 with INT64 and BOOL tensors."""
+    import httpx
+
+    from edge_agent.engine import Engine
+    from edge_agent.server import create_app
+    from edge_agent.store import ModelStore
+    from tests.bundles import Keys
+    from tests.edge_agent.conftest import LocalServer, install, load_checked
+
+    keys = Keys(workdir / "keys")
+    code, out, err = cli(["bundle", "lm.onnx", "--name", "tokens", "--version", "1.0.0", "--golden", "tokens.npz",
+                          "--key", str(keys.private_path), "--out", str(workdir / "bundles"), "--task", "classification",
+                          "--json"], capsys)
+    assert code == 0, err
+    manifest = json.loads(out)["manifest"]
+    assert [(i["name"], i["dtype"], i["shape"]) for i in manifest["inputs"]] == [
+        ("tokens", "int64", ["batch", "sequence"]), ("mask", "bool", ["batch", "sequence"])]
+    store = ModelStore(workdir / "agent")
+    engine = Engine()
+    engine.swap(load_checked(install(store, workdir / "bundles" / "tokens-1.0.0.bundle", keys), store.cache))
+    body = {"inputs": [{"name": "tokens", "shape": list(tokens.shape), "datatype": "INT64", "data": tokens.ravel().tolist()},
+                       {"name": "mask", "shape": list(mask.shape), "datatype": "BOOL", "data": mask.ravel().tolist()}],
+            "outputs": [{"name": "logits"}]}
+    try:
+        with LocalServer(create_app(engine)) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+            r = client.post("/v2/models/tokens/infer", json=body)
+    finally:
+        engine.close()
+    assert r.status_code == 200, r.text
+    logits = next(o for o in r.json()["outputs"] if o["name"] == "logits")
+    assert np.allclose(np.asarray(logits["data"], np.float32).reshape(logits["shape"]), want, atol=1e-4)
 
 
 def _fails(argv, capsys, *words):
