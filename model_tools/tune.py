@@ -228,7 +228,7 @@ def chart(report: dict[str, Any], dest: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     measured = [v for v in report["variants"] if v["status"] == "measured"]
     failed = [v for v in report["variants"] if v["status"] != "measured"]
@@ -254,7 +254,7 @@ def chart(report: dict[str, Any], dest: Path) -> None:
         lat.errorbar(v["p50_ms"], y, xerr=[[v["p50_ms"] - lo], [hi - v["p50_ms"]]], fmt="*" if big else "o",
                      color=colour, markersize=16 if big else 8, capsize=4, elinewidth=1.6, zorder=3,
                      markeredgecolor="black" if big else colour)
-        lat.annotate(f"{v['speedup']:.2f}×", (hi, y), textcoords="offset points", xytext=(6, -3), fontsize=8,
+        lat.annotate(f"{v['speedup']:.2f}×", (hi, y), textcoords="offset points", xytext=(9, -3), fontsize=8,
                      color=colour, annotation_clip=False)
         a = v["accuracy"]["accuracy"]
         acc.plot([a], [y], marker="*" if big else "o", color=colour, markersize=16 if big else 8, zorder=3,
@@ -272,8 +272,14 @@ def chart(report: dict[str, Any], dest: Path) -> None:
         if state(v) == "chosen":
             tick.set_fontweight("bold")
     lat.set_ylim(-0.6, len(rows) - 0.4)
-    xmax = max(v["spread_ms"][1] for v in rows)
-    lat.set_xlim(0, xmax * 1.25)
+    xmin, xmax = min(v["spread_ms"][0] for v in rows + [base]), max(v["spread_ms"][1] for v in rows)
+    xmin = min(xmin, threshold)
+    if xmax / max(xmin, 1e-9) > 8:  # int8 at 1 ms beside dynamic int8 at 60: only a log axis shows both
+        lat.set_xscale("log")
+        lat.set_xlim(xmin / 1.6, xmax * 2.2)
+        lat.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+    else:
+        lat.set_xlim(0, xmax * 1.3)
     accs = [v["accuracy"]["accuracy"] for v in rows] + [floor]
     pad = max(0.002, (max(accs) - min(accs)) * 0.15)
     acc.set_xlim(min(accs) - pad, max(accs) + 3 * pad)
@@ -282,7 +288,8 @@ def chart(report: dict[str, Any], dest: Path) -> None:
     acc.set_xlabel(f"accuracy ({report['metric']}, vs {report['accuracy_against']})")
     for ax in (lat, acc):
         ax.grid(axis="x", alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(5))  # tick labels never run into each other
+        if ax.get_xscale() == "linear":
+            ax.xaxis.set_major_locator(MaxNLocator(5))  # tick labels never run into each other
     handles = [Line2D([], [], marker="*", color=colours["chosen"], markeredgecolor="black", markersize=13, linestyle="none",
                       label=f"chosen: {report['chosen']}"),
                Line2D([], [], marker="o", color=colours["eligible"], linestyle="none", label="eligible"),
