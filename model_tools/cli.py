@@ -42,18 +42,30 @@ NOISY = ["torch", "torch.onnx", "torch.export", "onnxscript", "onnx_ir", "onnxru
 
 
 def configure_logging(verbose: bool) -> None:
-    """Our own messages at INFO, everyone else's only at --verbose; the root logger is never set to INFO."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
-                        force=True)  # force: a library may have called basicConfig(INFO) at import
+    """Our own messages at INFO, everyone else's only with --verbose; the root logger is never set to INFO.
+
+    One handler of our own on the root logger, filtered (onnxruntime's quantizer warns through the root logger
+    itself, `logging.warning(...)`, and logs tracebacks of steps it recovers from at ERROR: what fails for the
+    user arrives as a UsageError). Handlers someone else installed are left alone.
+    """
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if getattr(h, "_model_tools", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler()
+        handler._model_tools = True  # type: ignore[attr-defined]
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    handler.filters.clear()
     logging.getLogger("model_tools").setLevel(logging.DEBUG if verbose else logging.INFO)
-    if not verbose:
+    if verbose:
+        root.setLevel(logging.DEBUG)
         for name in NOISY:
-            logging.getLogger(name).setLevel(logging.CRITICAL)
-        for handler in logging.getLogger().handlers:
-            # onnxruntime's quantizer warns through the root logger itself (logging.warning(...)) and logs the
-            # tracebacks of steps it recovers from at ERROR: what fails for the user arrives as UsageError.
-            handler.addFilter(lambda r: r.name.startswith("model_tools"))
-        warnings.filterwarnings("ignore")
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        return
+    handler.addFilter(lambda r: r.name.startswith("model_tools"))
+    for name in NOISY:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,6 +69,7 @@ def test_tune_image_folder_calibration_uses_the_preprocessing_and_picks_the_same
             "--calibration", str(folder), "--preprocessing", json.dumps(digits.preprocessing), "--runs", "40", "--json"]
     code, out, err = cli(argv + ["--out", str(tmp_path / "t1")], capsys)
     assert code == 0, err
+    assert "INFO" not in err and "WARNING" not in err and "Traceback" not in err, err  # quiet without --verbose
     report = json.loads(out)
     base, chosen = _check_invariants(report)
     v = {r["name"]: r for r in report["variants"]}
