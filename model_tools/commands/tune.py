@@ -14,6 +14,7 @@ from .. import calibration
 from .. import tune as tuning
 from ..errors import UsageError
 from ..optimize import load_model
+from .arguments import positive_int
 from .evaluate import add_data_arguments, context
 
 
@@ -32,8 +33,8 @@ def add_parser(sub) -> None:
     p.add_argument("--min-speedup", type=float, default=1.05, help="a variant must beat fp32 by this factor (default: 1.05)")
     p.add_argument("--provider", default="cpu", help="execution provider to measure on (default: cpu)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (default: 1)")
-    p.add_argument("--runs", type=int, default=50, help="timed runs per variant, over all rounds (default: 50)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds; a variant must beat fp32 in "
+    p.add_argument("--runs", type=positive_int, default=50, help="timed runs per variant, over all rounds (default: 50)")
+    p.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds; a variant must beat fp32 in "
                    "every one (default: 5)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
                    help="skip the peak-memory measurement (one short child process per variant)")

@@ -224,3 +224,22 @@ def test_files_follow_the_umask(iris_forest, tmp_path, capsys):
     assert oct((tmp_path / "rf.onnx").stat().st_mode & 0o777) == "0o640"
     assert _dims(tmp_path / "rf.onnx", "output") == {"label": ["batch"], "probabilities": ["batch", 3]} or \
         list(_dims(tmp_path / "rf.onnx", "output")) == ["label", "probabilities"]
+
+
+def test_dynamic_axes_by_name_and_the_second_shape():
+    from model_tools.errors import UsageError
+    from model_tools.export import grow, parse_dynamic
+
+    samples = {"image": np.zeros((1, 3, 16, 24), np.float32), "tokens": np.zeros((2, 7), np.int64)}
+    assert parse_dynamic([], samples) == {"image": {0: "batch"}, "tokens": {0: "batch"}}
+    assert parse_dynamic(["none"], samples) == {"image": {}, "tokens": {}}
+    assert parse_dynamic(["batch", "image:height,width", "tokens:sequence"], samples) == {
+        "image": {0: "batch", 2: "height", 3: "width"}, "tokens": {0: "batch", 1: "sequence"}}
+    assert parse_dynamic(["tokens:words=1"], samples) == {"image": {}, "tokens": {1: "words"}}
+    for bad, words in ((["depth"], "depth=AXIS"), (["nope:batch"], "no input named 'nope'"),
+                       (["tokens:height=5"], "no axis 5"), (["batch=x"], "must be an integer")):
+        with pytest.raises(UsageError, match=words):
+            parse_dynamic(bad, samples)
+    dyn = parse_dynamic(["batch", "image:height,width", "tokens:sequence"], samples)
+    second = grow(samples, dyn)
+    assert second["image"].shape == (2, 3, 32, 48) and second["tokens"].shape == (3, 14)
