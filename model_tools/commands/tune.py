@@ -65,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     key = golden = None
     if args.bundle:  # checked before anything is built, so a bad flag writes nothing
+        from fleet_protocol.manifest import NAME, SEMVER
+
+        if not NAME.match(args.name):
+            raise UsageError(f"--name {args.name!r}: lower-case letters, digits, '.', '_' or '-' (max 128)")
+        if not SEMVER.match(args.version):
+            raise UsageError(f"--version {args.version!r} is not a semantic version (MAJOR.MINOR.PATCH)")
         golden = args.golden or (zoo.golden_inputs if zoo else None)
         if golden is None:
             raise UsageError("--bundle needs --golden (or --zoo)")

@@ -142,3 +142,14 @@ def test_pick_prefers_the_least_changed_among_variants_within_noise():
     assert tune.pick([fp32, opt, int8]).name == "fp32-optimized"
     fast = v("int8-static", [2.0, 2.1, 2.2])  # faster beyond the noise
     assert tune.pick([fp32, opt, fast]).name == "int8-static"
+
+
+def test_tune_bad_bundle_flags_fail_before_anything_is_built(digits, tmp_path, capsys):
+    key = tmp_path / "k"
+    assert cli(["keygen", "--out", str(key)], capsys)[0] == 0
+    for flags, words in ((["--version", "v1", "--key", f"{key}.pem"], "semantic version"),
+                         (["--version", "1.0.0", "--key", str(tmp_path / "missing.pem")], "cannot read key")):
+        code, out, err = cli(["tune", "--zoo", "digits", "--out", str(tmp_path / "t"), "--bundle", "--name", "digits",
+                              *flags], capsys)
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err, err
+        assert not (tmp_path / "t").exists()
