@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -81,8 +82,8 @@ def run(sess, data: dict[str, np.ndarray], batch: int = 32) -> list[np.ndarray]:
 
 # ---- which output is scored ---------------------------------------------------------------------------
 
-PROBABILITY_NAMES = re.compile(r"prob|softmax", re.I)
-SCORE_NAMES = re.compile(r"logit|score|output", re.I)
+PROBABILITY_NAMES = re.compile(r"prob|softmax", re.IGNORECASE)
+SCORE_NAMES = re.compile(r"logit|score|output", re.IGNORECASE)
 
 
 def classification_output(names: list[str], outputs: list[np.ndarray]) -> int:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -212,7 +213,7 @@ def tune(
 PREFERENCE = ["fp32", "fp32-optimized", "fp16", "int8-static", "int8-dynamic"]
 
 
-def pick(eligible: list["Variant"]) -> "Variant":
+def pick(eligible: list[Variant]) -> Variant:
     contenders = [v for v in eligible if not any(timing.faster(v.timing, w.timing) for w in eligible if w is not v)]
     rank = {n: i for i, n in enumerate(PREFERENCE)}
     return min(contenders or eligible, key=lambda v: (rank.get(v.name, len(rank)), v.p50_ms))

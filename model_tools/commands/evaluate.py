@@ -14,8 +14,8 @@ from rich.table import Table
 from .. import calibration
 from .. import evaluate as ev
 from ..errors import UsageError
-from .arguments import json_object
 from ..optimize import load_model
+from .arguments import json_object
 
 TASKS = ["classification", "detection", "ocr-recognition", "ocr-detection", "ocr-orientation", "other"]
 

@@ -11,8 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import calibration, quantize
 from ..errors import UsageError
-from .arguments import json_object
 from ..optimize import load_model
+from .arguments import json_object
 
 MODES = {"dynamic": "dynamic-int8", "static": "static-qdq-int8", "fp16": "fp16"}
 

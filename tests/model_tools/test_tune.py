@@ -149,7 +149,7 @@ def test_tune_bad_bundle_flags_fail_before_anything_is_built(digits, tmp_path, c
     assert cli(["keygen", "--out", str(key)], capsys)[0] == 0
     for flags, words in ((["--version", "v1", "--key", f"{key}.pem"], "semantic version"),
                          (["--version", "1.0.0", "--key", str(tmp_path / "missing.pem")], "cannot read key")):
-        code, out, err = cli(["tune", "--zoo", "digits", "--out", str(tmp_path / "t"), "--bundle", "--name", "digits",
+        code, _, err = cli(["tune", "--zoo", "digits", "--out", str(tmp_path / "t"), "--bundle", "--name", "digits",
                               *flags], capsys)
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and words in err, err
         assert not (tmp_path / "t").exists()
