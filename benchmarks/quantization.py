@@ -6,6 +6,7 @@ from skimage.data (F1 of IoU ≥ 0.5 matched boxes). Latency: CPU provider, 1 in
 The last column is what `model-tools tune` picks with a 0.01 accuracy budget.
 
     .venv/bin/python benchmarks/quantization.py [--runs N]
+    .venv/bin/python benchmarks/quantization.py --resnet [--chart docs/images/tune-resnet18-digits.png]
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--budget", type=float, default=0.01)
+    ap.add_argument("--resnet", action="store_true", help="only the full tune report of a ResNet-18 trained on digits")
+    ap.add_argument("--chart", type=Path, help="with --resnet: copy tune's chart here (docs/images/…)")
     args = ap.parse_args()
+    if args.resnet:
+        return resnet_report(args.runs, args.budget, args.chart)
     import onnxruntime as ort
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
@@ -72,6 +77,122 @@ def main() -> int:
     for name, _, _, v, chosen, secs in rows:
         reasons = "; ".join(f"{k}: {r['verdict']}" for k, r in v.items() if k != "fp32")
         print(f"- {name} ({secs:.0f} s): {reasons}")
+    return 0
+
+
+# ---- a ResNet-18 trained on digits: the full tune report (table, operator profile, chart) --------------------
+
+RESNET_SRC = '''
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.skip = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                     if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        return torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))) + self.skip(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18's layout (2-2-2-2 basic blocks) at a width for 32x32 grey images."""
+
+    def __init__(self, width=32, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        layers, cin = [], width
+        for i, w in enumerate([width, 2 * width, 4 * width, 8 * width]):
+            layers += [Block(cin, w, 1 if i == 0 else 2), Block(w, w, 1)]
+            cin = w
+        self.layers = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, classes)
+
+    def forward(self, x):
+        return torch.softmax(self.head(self.layers(self.stem(x)).mean((2, 3))), 1)
+'''
+
+
+def resnet_digits(cache: Path, width: int = 32, epochs: int = 4) -> tuple[Path, dict[str, np.ndarray]]:
+    """Train (once, cached) a ResNet-18 on digits upscaled to 32x32 and export it with `model_tools.export`.
+    → (the fp32 ONNX file, {"x_train", "y_train", "x_test", "y_test"})."""
+    import importlib.util
+
+    import torch
+
+    from model_tools.export import export_torch
+    from model_tools.zoo.digits import load_split
+
+    x_train, y_train, x_test, y_test = load_split()
+    up = lambda x: torch.nn.functional.interpolate(torch.from_numpy(x), size=(32, 32), mode="bilinear").numpy()  # noqa: E731
+    data = {"x_train": up(x_train), "y_train": y_train, "x_test": up(x_test), "y_test": y_test}
+    onnx_path = cache / f"resnet18-digits-w{width}-e{epochs}.onnx"
+    if onnx_path.exists():
+        return onnx_path, data
+    cache.mkdir(parents=True, exist_ok=True)
+    src = cache / "resnet18_digits.py"
+    src.write_text(RESNET_SRC)
+    spec = importlib.util.spec_from_file_location("resnet18_digits", src)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    net = mod.ResNet18(width)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    xt, yt = torch.from_numpy(data["x_train"]), torch.from_numpy(y_train)
+    for epoch in range(epochs):
+        net.train()
+        for idx in torch.randperm(len(xt)).split(64):
+            opt.zero_grad()
+            loss = torch.nn.functional.nll_loss(torch.log(net(xt[idx]) + 1e-9), yt[idx])
+            loss.backward()
+            opt.step()
+    net.eval()
+    export_torch(net, {"image": data["x_test"][:1]}, onnx_path)
+    return onnx_path, data
+
+
+def resnet_report(runs: int, budget: float, chart: Path | None) -> int:
+    from model_tools.settings import ToolsSettings
+
+    t0 = time.time()
+    model, data = resnet_digits(ToolsSettings().cache_dir / "bench")
+    trained = time.time() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        report = tune.tune(model, task="classification", workdir=Path(tmp), eval_data={"image": data["x_test"]},
+                           truth=data["y_test"], calibration={"image": data["x_train"][:64]},
+                           calibration_name="64 training images", max_accuracy_drop=budget, runs=runs)
+        if chart:
+            chart.parent.mkdir(parents=True, exist_ok=True)
+            chart.write_bytes(Path(report["chart"]).read_bytes())
+    print(f"ResNet-18 (width 32) on digits at 32x32, {len(data['y_test'])} test images; model ready in {trained:.0f} s "
+          f"(trained and exported once, then cached), "
+          f"tune {time.time() - t0 - trained:.0f} s; {report['rounds']} interleaved rounds, {runs} runs per variant")
+    print()
+    print("| variant | size MB | peak MB | p50 ms | spread ms | speedup | top-1 | drop | verdict |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for v in report["variants"]:
+        if v["status"] != "measured":
+            print(f"| {v['name']} | | | | | | | | {v['verdict']} |")
+            continue
+        mem = (v.get("memory") or {}).get("model_mb")
+        name = f"**{v['name']}**" if v["name"] == report["chosen"] else v["name"]
+        print(f"| {name} | {v['size_bytes'] / 1e6:.2f} | {mem if mem is not None else '-'} | {v['p50_ms']:.3f} | "
+              f"{v['spread_ms'][0]:.3f}–{v['spread_ms'][1]:.3f} | {v['speedup']}× | {v['accuracy']['accuracy']:.4f} | "
+              f"{v['accuracy_drop']:+.4f} | {v['verdict']} |")
+    print()
+    prof = report["profile"]
+    print(f"Where {prof['variant']}'s time goes (onnxruntime profiler, {prof['runs']} runs):")
+    print()
+    print("| op | nodes | ms / run | share |")
+    print("|---|---|---|---|")
+    for row in prof["ops"][:8]:
+        print(f"| {row['op']} | {row['nodes']} | {row['ms_per_run']:.3f} | {row['share']:.0%} |")
     return 0
 
 

@@ -7,8 +7,9 @@ inside onnxruntime.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -121,11 +122,11 @@ def load(source: Path, model, *, preprocessing: dict[str, Any] | None = None, li
 
 def check(data: dict[str, np.ndarray], inputs: list, source: Path | str) -> None:
     for name, dtype, dims in inputs:
-        arr = data[name]
-        if len(arr) == 0:
-            raise UsageError(f"{source}: calibration data for {name!r} is empty")
+        arr = np.asarray(data[name])
         if arr.ndim != len(dims):
             raise UsageError(f"{source}: {name!r} has shape {list(arr.shape)}, the model wants rank {len(dims)} {dims}")
+        if arr.ndim and len(arr) == 0:
+            raise UsageError(f"{source}: the data for {name!r} is empty")
         for axis, (have, want) in enumerate(zip(arr.shape, dims)):
             if isinstance(want, int) and want > 0 and have != want and not (axis == 0 and want == 1):
                 raise UsageError(f"{source}: {name!r} has shape {list(arr.shape)}, the model wants {dims}")

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 from .errors import UsageError
 
@@ -35,10 +36,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Libraries that log progress at INFO/WARNING (onnxruntime's quantizer logs through the root logger, torch's
+# exporter through its own handlers): their chatter is shown only with --verbose.
+NOISY = ["torch", "torch.onnx", "torch.export", "onnxscript", "onnx_ir", "onnxruntime", "skl2onnx", "matplotlib", "PIL"]
+
+
+def configure_logging(verbose: bool) -> None:
+    """Our own messages at INFO, everyone else's only with --verbose; the root logger is never set to INFO.
+
+    One handler of our own on the root logger, filtered (onnxruntime's quantizer warns through the root logger
+    itself, `logging.warning(...)`, and logs tracebacks of steps it recovers from at ERROR: what fails for the
+    user arrives as a UsageError). Handlers someone else installed are left alone.
+    """
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if getattr(h, "_model_tools", False)), None)
+    if handler is None:
+        handler = logging.StreamHandler()
+        handler._model_tools = True  # type: ignore[attr-defined]
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    handler.filters.clear()
+    logging.getLogger("model_tools").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if verbose:
+        root.setLevel(logging.DEBUG)
+        for name in NOISY:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        return
+    handler.addFilter(lambda r: r.name.startswith("model_tools"))
+    for name in NOISY:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    warnings.filterwarnings("ignore")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:

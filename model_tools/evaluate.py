@@ -11,8 +11,9 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +57,15 @@ def session(model: Path | bytes, provider: str = "CPUExecutionProvider", threads
     return sess
 
 
+def as_array(value) -> np.ndarray:
+    """An output as an array; a sequence of maps (skl2onnx's ZipMap: [{class: probability}, …]) becomes
+    batch × classes, columns in the classes' order."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        keys = list(value[0])
+        return np.asarray([[row[k] for k in keys] for row in value], np.float32)
+    return np.asarray(value)
+
+
 def run(sess, data: dict[str, np.ndarray], batch: int = 32) -> list[np.ndarray]:
     """All outputs over the whole data, in batches (models with a fixed batch of 1 get batch 1)."""
     fixed_one = any(i.shape and i.shape[0] == 1 for i in sess.get_inputs())
@@ -66,8 +76,48 @@ def run(sess, data: dict[str, np.ndarray], batch: int = 32) -> list[np.ndarray]:
             res = sess.run(None, chunk)
         except Exception as exc:
             raise UsageError(f"the model cannot run on this data: {first_line(exc)}") from None
-        outs.append(res)
+        outs.append([as_array(o) for o in res])
     return [np.concatenate([o[i] for o in outs]) for i in range(len(outs[0]))]
+
+
+# ---- which output is scored ---------------------------------------------------------------------------
+
+PROBABILITY_NAMES = re.compile(r"prob|softmax", re.IGNORECASE)
+SCORE_NAMES = re.compile(r"logit|score|output", re.IGNORECASE)
+
+
+def classification_output(names: list[str], outputs: list[np.ndarray]) -> int:
+    """The output a classifier is scored on: class probabilities (or logits), else predicted class ids.
+
+    A scikit-learn model converted by skl2onnx gives `label` (int64) first and `probabilities` (or ZipMap's
+    `output_probability`) second; argmax over the first would score the label ids themselves.
+    """
+    scores = [i for i, o in enumerate(outputs)
+              if np.issubdtype(o.dtype, np.floating) and o.ndim >= 2 and int(np.prod(o.shape[1:])) > 1]
+    for pattern in (PROBABILITY_NAMES, SCORE_NAMES):
+        named = [i for i in scores if pattern.search(names[i])]
+        if named:
+            return named[0]
+    if scores:
+        return scores[0]
+    ids = [i for i, o in enumerate(outputs) if np.issubdtype(o.dtype, np.integer) and o.ndim <= 2
+           and int(np.prod(o.shape[1:])) == 1]
+    if ids:
+        return ids[0]
+    raise UsageError(f"no output looks like class scores or class ids ({', '.join(names)}); choose one with --output")
+
+
+def select(task: str, names: list[str], outputs: list[np.ndarray], wanted: str | None = None) -> tuple[list[np.ndarray], str | None]:
+    """→ (the outputs the task decodes, the name of the scored output when there is one)."""
+    if wanted:
+        if wanted not in names:
+            raise UsageError(f"the model has no output named {wanted!r}; it has {', '.join(names)}")
+        i = names.index(wanted)
+        return [outputs[i]], wanted
+    if task in ("classification", "ocr-orientation"):
+        i = classification_output(names, outputs)
+        return [outputs[i]], names[i]
+    return outputs, None
 
 
 # ---- decoding and scoring per task --------------------------------------------------------------------
@@ -90,7 +140,10 @@ def cer(pred: list[str], truth: list[str]) -> float:
 def decode(task: str, outputs: list[np.ndarray], labels: list[str], extra: dict[str, Any]):
     """Raw outputs → what the task is scored on (classes, strings, boxes, masks)."""
     if task in ("classification", "ocr-orientation"):
-        return outputs[0].reshape(len(outputs[0]), -1).argmax(1)
+        out = outputs[0]
+        if np.issubdtype(out.dtype, np.integer):  # class ids already (a scikit-learn `label` output)
+            return out.reshape(len(out))
+        return out.reshape(len(out), -1).argmax(1)
     if task == "ocr-recognition":
         from .zoo.ppocr import ctc_decode
 
@@ -138,17 +191,31 @@ def labels_of(task: str, eval_npz: dict[str, np.ndarray]):
     return None
 
 
+def predict(model: Path, data: dict[str, np.ndarray], *, task: str, labels: list[str], extra: dict[str, Any],
+            output: str | None = None):
+    """→ (decoded predictions, name of the scored output or None)."""
+    sess = session(model)
+    names = [o.name for o in sess.get_outputs()]
+    outs, name = select(task, names, run(sess, data), output)
+    return decode(task, outs, labels, extra), name
+
+
 def accuracy(model: Path, data: dict[str, np.ndarray], *, task: str, labels: list[str], extra: dict[str, Any],
-             truth=None, reference: Path | None = None) -> dict[str, Any]:
+             truth=None, reference: Path | None = None, output: str | None = None) -> dict[str, Any]:
     """Score `model` on `data` against `truth`, or against `reference`'s (the fp32 model's) outputs."""
-    pred = decode(task, run(session(model), data), labels, extra)
+    pred, name = predict(model, data, task=task, labels=labels, extra=extra, output=output)
     against = "labels"
     if truth is None:
         if reference is None:
             raise UsageError("no labels in the data and no reference model to compare with")
-        truth = decode(task, run(session(reference), data), labels, extra)
+        truth, _ = predict(reference, data, task=task, labels=labels, extra=extra, output=output)
         against = "reference"
-    return {**score(task, pred, truth), "against": against, "samples": len(next(iter(data.values())))}
+    if truth is not None and hasattr(truth, "__len__") and hasattr(pred, "__len__") and len(truth) != len(pred):
+        raise UsageError(f"the data has {len(truth)} labels for {len(pred)} predictions")
+    result = {**score(task, pred, truth), "against": against, "samples": len(next(iter(data.values())))}
+    if name:
+        result["output"] = name
+    return result
 
 
 # ---- latency ------------------------------------------------------------------------------------------
@@ -181,7 +248,7 @@ def latency(model: Path, sample: dict[str, np.ndarray], *, provider: str = "CPUE
 def evaluate(model: Path, data: dict[str, np.ndarray], *, task: str, labels: list[str] | None = None,
              extra: dict[str, Any] | None = None, truth=None, reference: Path | None = None,
              providers: list[str] | None = None, threads: list[int] | None = None, batches: list[int] | None = None,
-             runs: int = 50, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+             runs: int = 50, progress: Callable[[str], None] | None = None, output: str | None = None) -> dict[str, Any]:
     """Accuracy once, then latency for every provider × thread count × batch size."""
     providers = [provider_name(p) for p in (providers or ["CPUExecutionProvider"])]
     threads = threads or [1]
@@ -192,7 +259,7 @@ def evaluate(model: Path, data: dict[str, np.ndarray], *, task: str, labels: lis
         "model": str(model),
         "size_bytes": os.path.getsize(model),
         "accuracy": accuracy(model, data, task=task, labels=labels or [], extra=extra or {}, truth=truth,
-                             reference=reference),
+                             reference=reference, output=output),
         "latency": [],
     }
     sample = {k: v[:1] for k, v in data.items()}

@@ -36,7 +36,9 @@ def compute(model_bytes: bytes, inputs: dict[str, np.ndarray]) -> dict[str, np.n
         names = [o.name for o in session.get_outputs()]
         outputs = session.run(names, inputs)
     except Exception as exc:  # onnxruntime raises its own exception types for shape/dtype errors
-        raise UsageError(f"the model cannot run on the golden inputs: {str(exc).splitlines()[0]}") from None
+        # onnxruntime's messages span lines ("… for the following indices\n index: 1 Got: 3 Expected: 1"):
+        # joined into one line, whole, rather than cut after the first.
+        raise UsageError(f"the model cannot run on the golden inputs: {' '.join(str(exc).split())[:400]}") from None
     return dict(zip(names, outputs))
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from .errors import UsageError
 
@@ -51,6 +51,17 @@ def opset(model) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def chmod_like_open(path: Path) -> None:
+    """Give a file made with mkstemp (always 0600) the mode a plain open() would have: 0666 minus the umask."""
+    os.chmod(path, 0o666 & ~current_umask())
+
+
 @contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success it becomes `dest`, on failure it disappears."""
@@ -61,6 +72,8 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():
+            chmod_like_open(tmp_path)
         os.replace(tmp_path, dest)
     finally:
         if tmp_path.exists():

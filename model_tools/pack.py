@@ -13,9 +13,43 @@ from fleet_protocol.bundle import GOLDEN, MODEL, bundle_filename, write_bundle
 from fleet_protocol.manifest import Golden, Manifest, Preprocessing, QuantizationInfo, TensorSpec
 from fleet_protocol.signing import SignatureError, load_private_key
 
-from . import golden
+from . import calibration, golden
 from .errors import UsageError
+from .optimize import chmod_like_open
 
+# Ops that only a quantized graph has: what `bundle` records as the quantization when nobody says.
+DYNAMIC_INT8_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul"}
+STATIC_INT8_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd", "QGemm"}
+FP32_TOLERANCE = (1e-4, 1e-3)
+# A quantized model's outputs move by a quantization step between CPUs (VNNI or not, reduce_range); the golden
+# check must tolerate that, not call every other device broken.
+QUANTIZED_TOLERANCE = (1e-3, 1e-2)
+
+
+def detect_quantization(model) -> tuple[str, str]:
+    """→ (manifest quantization method, the evidence) read from the graph's ops and weights."""
+    from onnx import TensorProto
+
+    ops = {n.op_type for n in model.graph.node}
+    if ops & DYNAMIC_INT8_OPS:
+        return "dynamic-int8", f"{sorted(ops & DYNAMIC_INT8_OPS)[0]} nodes"
+    if ops & STATIC_INT8_OPS:
+        return "static-qdq-int8", f"{sorted(ops & STATIC_INT8_OPS)[0]} nodes"
+    halves = [i for i in model.graph.initializer if i.data_type == TensorProto.FLOAT16]
+    floats = [i for i in model.graph.initializer if i.data_type == TensorProto.FLOAT]
+    if halves and len(halves) >= len(floats):
+        return "fp16", f"{len(halves)} float16 weights"
+    return "none", "no quantized ops or float16 weights"
+
+
+def resolve_quantization(model, given: dict[str, Any] | None) -> dict[str, Any]:
+    """The quantization to record: what the caller says, checked against the graph, else what the graph shows."""
+    found, evidence = detect_quantization(model)
+    if not given or given.get("method") is None:
+        return {**(given or {}), "method": found}
+    if given["method"] != found:
+        raise UsageError(f"quantization {given['method']!r} does not describe this model: it is {found} ({evidence})")
+    return dict(given)
 
 def graph_io(model_bytes: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Inputs and outputs as the ONNX graph declares them (initializers are not inputs)."""
@@ -53,7 +87,7 @@ def pack_bundle(
     quantization: dict[str, Any] | None = None,
     hardware_class: str = "generic",
     measurements: dict[str, Any] | None = None,
-    tolerance: tuple[float, float] = (1e-4, 1e-3),
+    tolerance: tuple[float, float] | None = None,
     extra: dict[str, Any] | None = None,
     force: bool = False,
 ) -> tuple[Path, Manifest]:
@@ -65,8 +99,16 @@ def pack_bundle(
         model_bytes = Path(model_path).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read model {model_path}: {exc.strerror}") from None
+    import onnx
+
     inputs, outputs = graph_io(model_bytes)
+    graph = onnx.load_from_string(model_bytes)
+    quantization = resolve_quantization(graph, quantization)
+    if tolerance is None:
+        tolerance = FP32_TOLERANCE if quantization["method"] == "none" else QUANTIZED_TOLERANCE
     sample = golden.load_inputs(Path(golden_inputs), [i.name for i in inputs])
+    # Checked as calibration data is (rank, fixed dims, dtype), so a wrong golden file is named as such.
+    calibration.check(sample, calibration.model_inputs(graph), f"golden inputs {golden_inputs}")
     expected = golden.compute(model_bytes, sample)
     out = Path(out_dir) / bundle_filename(name, version)
     if out.exists() and not force:
@@ -95,4 +137,5 @@ def pack_bundle(
         raise UsageError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
     files = {MODEL: model_bytes, GOLDEN: golden.to_npz(sample, expected)}
     manifest = write_bundle(out, manifest, files, key)
+    chmod_like_open(out)  # written through mkstemp (0600); a bundle is for sharing, so the user's umask decides
     return out, manifest

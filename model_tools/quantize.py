@@ -11,10 +11,13 @@ Real exported models trip the quantizer in known ways, handled here rather than 
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
+import re
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -73,6 +76,7 @@ def dynamic_int8(src: Path, dest: Path, *, per_channel: bool = False, exclude: l
 
     model = load_model(src)
     _check_exclude(model, exclude)
+    check_loadable(model, src)
     with tempfile.TemporaryDirectory(prefix="edgefleet-q-") as tmp:
         prepared = _prepared(model, Path(tmp))
         with atomic_path(dest) as out:
@@ -104,6 +108,7 @@ def static_int8(
         raise UsageError(f"unknown calibration method {method!r}; use one of {', '.join(METHODS)}")
     model = load_model(src)
     _check_exclude(model, exclude)
+    check_loadable(model, src)
     calib.check(data, calib.model_inputs(model), calibration_name or "calibration data")
     n = len(next(iter(data.values())))
     extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
@@ -113,8 +118,10 @@ def static_int8(
         prepared = _prepared(model, Path(tmp))
         with atomic_path(dest) as out:
             try:
-                # onnxruntime's calibrators print progress to stdout, which would spoil `--json` output.
-                with contextlib.redirect_stdout(sys.stderr):
+                # onnxruntime's calibrators print progress to stdout, which would spoil `--json` output: it goes
+                # to stderr with --verbose, nowhere otherwise.
+                verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
+                with contextlib.redirect_stdout(sys.stderr if verbose else io.StringIO()):
                     quantize_static(
                         str(prepared), str(out), calib.Reader(data, progress), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, reduce_range=not cpu_has_vnni(), activation_type=QuantType.QUInt8,
@@ -137,12 +144,32 @@ def fp16(src: Path, dest: Path, *, exclude: list[str] | None = None) -> dict:
 
     model = load_model(src)
     _check_exclude(model, exclude)
+    check_loadable(model, src)
     try:
         half = convert_float_to_float16(model, keep_io_types=True, node_block_list=exclude or None)
     except Exception as exc:
         raise UsageError(f"fp16 conversion failed: {first_line(exc)}") from None
     save_atomic(half, dest)
     return {"method": "fp16", "source": str(src), "output": str(dest), "excluded": exclude or []}
+
+
+def check_loadable(model, src: Path) -> None:
+    """The source itself must load in onnxruntime: an op it does not know is the model's problem, said so before
+    the quantizer fails on it somewhere deep (or writes a file that then does not load)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        msg = first_line(exc)
+        op = re.search(r"implementation for (\w+)\((\d+)\)", msg) or re.search(r"([\w.]*:?\w+)\((-?\d+)\) is not a registered", msg)
+        if op:
+            raise UsageError(f"{src}: op {op.group(1)} (opset {op.group(2)}) is unknown to onnxruntime, so the model "
+                             "cannot be quantized (re-export it with standard ONNX ops)") from None
+        raise UsageError(f"{src}: onnxruntime cannot load it, so it cannot be quantized: {msg}") from None
 
 
 def _check_exclude(model, exclude: list[str] | None) -> None:

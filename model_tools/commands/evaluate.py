@@ -14,8 +14,8 @@ from rich.table import Table
 from .. import calibration
 from .. import evaluate as ev
 from ..errors import UsageError
-from .arguments import json_object
 from ..optimize import load_model
+from .arguments import json_object
 
 TASKS = ["classification", "detection", "ocr-recognition", "ocr-detection", "ocr-orientation", "other"]
 
@@ -28,6 +28,8 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", type=Path, help="class names / characters, one per line")
     p.add_argument("--preprocessing", type=json_object, help="JSON preprocessing for an image folder")
     p.add_argument("--limit", type=int, help="use at most this many samples")
+    p.add_argument("--output", metavar="NAME", help="the output to score (default: by task; a classifier's "
+                   "probabilities, e.g. skl2onnx's output_probability rather than its label)")
 
 
 def context(args: argparse.Namespace, model_path: Path) -> dict[str, Any]:
@@ -59,7 +61,7 @@ def context(args: argparse.Namespace, model_path: Path) -> dict[str, Any]:
         if truth is not None and args.limit:
             truth = truth[:args.limit]
     return {"task": task, "labels": labels, "extra": extra, "data": data, "truth": truth, "data_path": data_path,
-            "zoo": zoo}
+            "zoo": zoo, "preprocessing": pre}
 
 
 def ints(text: str) -> list[int]:
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         report = ev.evaluate(args.model, ctx["data"], task=ctx["task"], labels=ctx["labels"], extra=ctx["extra"],
                              truth=ctx["truth"], reference=args.reference,
                              providers=[p.strip() for p in args.providers.split(",") if p.strip()],
-                             threads=args.threads, batches=args.batch, runs=args.runs,
+                             threads=args.threads, batches=args.batch, runs=args.runs, output=args.output,
                              progress=lambda msg: status.update(f"evaluating: {msg} …"))
     if args.json:
         print(json.dumps(report))
@@ -99,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     acc = report["accuracy"]
     out = Console()
     out.print(f"[bold]{args.model}[/bold]  {acc['metric']} = {acc['accuracy']:.4f} against {acc['against']} "
-              f"({acc['samples']} samples)")
+              f"({acc['samples']} samples" + (f", output {acc['output']}" if acc.get("output") else "") + ")")
     table = Table("provider", "threads", "batch", "p50 ms", "p95 ms", "p99 ms", "per item ms")
     for r in report["latency"]:
         table.add_row(r["provider"].replace("ExecutionProvider", ""), str(r["threads"]), str(r["batch"]),

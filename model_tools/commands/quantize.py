@@ -11,16 +11,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import calibration, quantize
 from ..errors import UsageError
-from .arguments import json_object
 from ..optimize import load_model
+from .arguments import json_object
 
 MODES = {"dynamic": "dynamic-int8", "static": "static-qdq-int8", "fp16": "fp16"}
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("quantize", help="int8 (dynamic or static QDQ) or fp16 variant of an ONNX model",
-                       description="Writes a new ONNX file. Models below opset 13 are raised to 13 first (per-channel "
-                       "QDQ needs it); symbolic shapes are handled. Whether the result is faster is for `evaluate`/`tune` to say.")
+                       description=f"Writes a new ONNX file. Models below opset {quantize.PORTABLE_OPSET} are raised to "
+                       f"{quantize.PORTABLE_OPSET} first (per-channel QDQ needs 13, onnxruntime's fusions emit ops "
+                       "standard from 17); symbolic shapes are handled. Whether the result is faster is for `evaluate`/`tune` to say.")
     p.add_argument("model", type=Path, help="input .onnx")
     p.add_argument("--mode", choices=list(MODES), default="static", help="dynamic int8, static int8 QDQ (default) or fp16")
     p.add_argument("-o", "--out", type=Path, help="output .onnx (default: MODEL.MODE.onnx)")

@@ -14,6 +14,15 @@ from fleet_protocol.signing import load_public_key
 from tests.bundles import digits
 
 
+def run_cli(capsys, *args):
+    """The CLI in this process (faster than a fresh interpreter), answering like subprocess.run."""
+    from model_tools.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
 def tools(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "model_tools.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
@@ -56,7 +65,8 @@ def test_bundle_writes_a_verifiable_signed_bundle(tmp_path, keypair):
     ("bad-version", "semantic version"),
     ("bad-key", "not a PEM private key"),
     ("wrong-golden", "no array for model input"),
-    ("wrong-shape", "cannot run on the golden inputs"),
+    ("wrong-shape", "golden inputs"),
+    ("wrong-rank", "the model wants rank 4"),
 ])
 def test_bundle_bad_input_is_one_line_exit_2_and_no_file(tmp_path, keypair, case, message):
     private, _, _ = keypair
@@ -76,6 +86,9 @@ def test_bundle_bad_input_is_one_line_exit_2_and_no_file(tmp_path, keypair, case
     elif case == "wrong-shape":
         golden = tmp_path / "g.npz"
         np.savez(golden, image=np.zeros((1, 3, 8, 8), np.float32))
+    elif case == "wrong-rank":
+        golden = tmp_path / "g.npz"
+        np.savez(golden, image=np.zeros((8, 8), np.float32))
     out_dir = tmp_path / "out"
     out = tools("bundle", model, "--name", "digits", "--version", version, "--golden", golden, "--key", key, "--out", out_dir)
     assert out.returncode == 2
@@ -91,3 +104,79 @@ def test_every_command_has_help():
     for prog in ("edge_agent.cli", "fleet_api.cli"):
         out = subprocess.run([sys.executable, "-m", prog, "--help"], capture_output=True, text=True)
         assert out.returncode == 0 and "usage:" in out.stdout
+
+
+def test_bundle_quantized_model_records_what_it_is(keypair, digits_int8, tmp_path, capsys):
+    """`bundle` of an int8 file never claims `none`: read from the graph, or from tune's report with measurements."""
+    private, public, _ = keypair
+    model, report_path, zoo = digits_int8
+    out = run_cli(capsys, "bundle", model, "--name", "digits", "--version", "1.0.0", "--golden", zoo.golden_inputs, "--key",
+                private, "--out", tmp_path, "--json")
+    assert out.returncode == 0, out.stderr
+    m = json.loads(out.stdout)["manifest"]
+    assert m["quantization"]["method"] == "static-qdq-int8"
+    assert m["golden"] == {"atol": 1e-3, "rtol": 1e-2}  # an int8 model's golden check allows a quantization step
+
+    out = run_cli(capsys, "bundle", model, "--name", "digits", "--version", "1.0.1", "--golden", zoo.golden_inputs, "--key",
+                private, "--out", tmp_path, "--tune-report", report_path, "--measurements", '{"note": "lab run"}',
+                "--json")
+    assert out.returncode == 0, out.stderr
+    m = read_bundle(tmp_path / "digits-1.0.1.bundle", [load_public_key(public.read_bytes())]).manifest
+    assert m.quantization.method == "static-qdq-int8" and m.quantization.calibration_size == 16
+    assert m.measurements["variant"] == "int8-static" and m.measurements["accuracy"]["accuracy"] > 0.9
+    assert m.measurements["latency"][0]["p50_ms"] > 0 and m.measurements["note"] == "lab run"
+
+    # a claim the graph contradicts is refused, and nothing is written
+    out = run_cli(capsys, "bundle", model, "--name", "digits", "--version", "1.0.2", "--golden", zoo.golden_inputs, "--key",
+                private, "--out", tmp_path, "--quantization", "none")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "static-qdq-int8 (DequantizeLinear" in out.stderr
+    assert not (tmp_path / "digits-1.0.2.bundle").exists()
+    # a file that is not in the report (another training run)
+    out = run_cli(capsys, "bundle", digits(1).onnx, "--name", "digits", "--version", "1.0.3", "--golden", zoo.golden_inputs, "--key",
+                private, "--out", tmp_path, "--tune-report", report_path)
+    assert out.returncode == 2 and "none of the variants" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def digits_int8(tmp_path_factory):
+    from model_tools import tune
+
+    zoo = digits(20)
+    work = tmp_path_factory.mktemp("tuned")
+    test = np.load(zoo.data["test"])
+    tune.tune(zoo.onnx, task="classification", workdir=work, eval_data={"image": test["x"][:100]}, truth=test["y"][:100],
+              calibration={"image": test["x"][:16]}, variants=["fp32", "int8-static"], runs=10, memory=False)
+    return work / "int8-static.onnx", work / "report.json", zoo
+
+
+def test_a_camera_ready_blazeface_bundle_from_the_cli(keypair, tmp_path, capsys):
+    """Task, labels, pre- and post-processing set by flags: the camera's detector accepts the bundle and finds
+    the astronaut's face with it."""
+    import os
+
+    from skimage import data
+
+    from edge_agent.camera.model import load
+    from edge_agent.camera.stages import Detector
+    from model_tools.zoo import prepare
+
+    private, public, _ = keypair
+    zoo = prepare("blazeface")
+    (tmp_path / "labels.txt").write_text("face\n")
+    (tmp_path / "post.json").write_text(json.dumps(zoo.extra))
+    old = os.umask(0o022)
+    try:
+        out = run_cli(capsys, "bundle", zoo.onnx, "--name", "face", "--version", "1.0.0", "--golden", zoo.golden_inputs, "--key",
+                    private, "--out", tmp_path, "--task", "detection", "--labels", tmp_path / "labels.txt",
+                    "--preprocessing", json.dumps(zoo.preprocessing), "--postprocessing", f"@{tmp_path / 'post.json'}")
+    finally:
+        os.umask(old)
+    assert out.returncode == 0, out.stderr
+    bundle = tmp_path / "face-1.0.0.bundle"
+    assert oct(bundle.stat().st_mode & 0o777) == "0o644"  # the user's umask, not mkstemp's 0600
+    model = load(str(bundle), [load_public_key(public.read_bytes())])
+    manifest = model.manifest
+    assert (manifest.task, manifest.labels, manifest.extra["decoder"]) == ("detection", ["face"], "blazeface")
+    detector = Detector(model)
+    faces = detector(data.astronaut()[:, :, ::-1].copy())  # the camera hands BGR frames
+    assert len(faces) == 1 and faces[0].label == "face"

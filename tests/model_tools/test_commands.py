@@ -23,6 +23,7 @@ def test_quantize_static_from_an_image_folder_and_evaluate(digits, tmp_path, cap
                              "--preprocessing", json.dumps(digits.preprocessing), "--method", "entropy", "-o", str(out),
                              "--json"], capsys)
     assert code == 0, err
+    assert err.strip() == "", err  # onnxruntime's quantizer chatter only with --verbose
     assert json.loads(stdout)["calibration_size"] == 16
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node)
     code, stdout, err = cli(["evaluate", str(out), "--zoo", "digits", "--batch", "1,16", "--runs", "10", "--json"], capsys)
@@ -90,7 +91,9 @@ def test_op_unknown_to_the_provider(tmp_path, capsys):
     _fails(["evaluate", str(path), "--data", str(tmp_path / "d.npz"), "--reference", str(path)], capsys,
            "FancyOp", "CPUExecutionProvider")
     out = tmp_path / "q.onnx"
-    _fails(["quantize", str(path), "--mode", "dynamic", "-o", str(out)], capsys, "FancyOp")
+    for mode in ("dynamic", "static", "fp16"):
+        _fails(["quantize", str(path), "--mode", mode, "--calibration", str(tmp_path / "d.npz"), "-o", str(out)], capsys,
+               "FancyOp", "fancy.onnx", "unknown to onnxruntime")
     assert not out.exists()
 
 
@@ -127,3 +130,13 @@ def test_export(mode, tmp_path, capsys, monkeypatch):
     onnx.checker.check_model(model)
     dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_param or dim0.dim_value == 0  # dynamic batch axis
+
+
+def test_quantize_help_names_the_opset_it_raises_to(capsys):
+    from model_tools.quantize import PORTABLE_OPSET
+
+    with pytest.raises(SystemExit) as exit_:
+        cli(["quantize", "--help"], capsys)
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"below opset {PORTABLE_OPSET} are raised to {PORTABLE_OPSET}" in text and "opset 13 are raised" not in text
