@@ -475,6 +475,9 @@ class FleetService:
     def on_reported(self, device_id: str, reported: Reported, now: dt.datetime | None = None) -> None:
         with self.transaction() as db:
             device_registry.record_reported(db, device_id, reported)
+        # Its own transaction, holding no device row: it locks rollouts, and a rollout step that holds one and
+        # moves this device would otherwise wait for us while we wait for it (PostgreSQL deadlock).
+        with self.transaction() as db:
             touched = machine.on_reported(db, device_id, reported, now)
         for rollout_id in touched:
             self.evaluate(rollout_id, now)
