@@ -277,7 +277,7 @@ class FleetService:
     def _desired_view(self, db: Session, device: Device) -> dict[str, Any]:
         composed = desired_state.compose_device(db, device, self.settings.chunk_size)
         return {"device_id": device.id, "revision": device.desired_revision, "published_revision": device.published_revision,
-                "desired": device.desired, "sources": composed.sources}
+                "desired": device.desired, "sources": composed.sources, "problems": composed.problems}
 
     def device_telemetry(self, device_id: str, since: dt.datetime | None = None, until: dt.datetime | None = None,
                          limit: int = 60, model: str | None = None) -> dict[str, Any]:
