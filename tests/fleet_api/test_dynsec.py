@@ -199,3 +199,24 @@ def test_any_device_subscribing_to_all_artifacts_receives_only_its_own(api, dyns
     finally:
         a.close()
         b.close()
+
+
+def test_revoking_a_device_whose_stored_login_names_a_service_account_leaves_that_account(api, dynsec_broker, tmp_path):
+    """A row made before logins had their own namespace may hold a service account's name (a device `admin`,
+    username `admin`): revoking it must delete only what was made for the device, never the account."""
+    import sqlite3
+
+    api.post("/v1/devices", json={"id": "admin"}).raise_for_status()
+    with sqlite3.connect(tmp_path / "api.db") as db:
+        db.execute("UPDATE devices SET broker_username = 'admin' WHERE id = 'admin'")
+    assert api.delete("/v1/devices/admin").json()["revoked"] is True
+    r = api.post("/v1/devices", json={"id": "cam-after"})  # the API still administers the broker
+    assert r.status_code == 201, r.text
+
+
+def test_the_api_refuses_a_login_of_its_own_in_the_devices_namespace(dynsec_broker):
+    from fleet_api.mqtt.broker import Broker as BrokerClient
+    from fleet_api.mqtt.dynsec import DynSec
+
+    with pytest.raises(ValueError, match="devices' namespace"):
+        DynSec(BrokerClient(dynsec_broker.url), TOPICS, "device-ops")
