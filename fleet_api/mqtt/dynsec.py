@@ -72,6 +72,9 @@ def artifact_acls(topics: Topics, sha256: str) -> list[dict[str, Any]]:
 def api_acls(topics: Topics) -> list[dict[str, Any]]:
     return [
         {"acltype": "publishClientSend", "topic": f"{topics.prefix}/devices/+/desired", "priority": 10, "allow": True},
+        # clearing a revoked device's retained reported state and status
+        {"acltype": "publishClientSend", "topic": f"{topics.prefix}/devices/+/reported", "priority": 10, "allow": True},
+        {"acltype": "publishClientSend", "topic": f"{topics.prefix}/devices/+/status", "priority": 10, "allow": True},
         {"acltype": "publishClientSend", "topic": f"{topics.prefix}/artifacts/#", "priority": 10, "allow": True},
         {"acltype": "subscribePattern", "topic": f"{topics.prefix}/devices/#", "priority": 10, "allow": True},
         {"acltype": "publishClientReceive", "topic": f"{topics.prefix}/devices/#", "priority": 10, "allow": True},
