@@ -84,7 +84,7 @@ class ChunkServer:
         self._thread = threading.Thread(target=self._run, name="chunk-server", daemon=True)
         self._thread.start()
 
-    def request(self, sha256: str, size: int, chunk_size: int, indices: list[int], device: str = "") -> int:
+    def request(self, sha256: str, size: int, chunk_size: int, indices: list[int], *, device: str) -> int:
         """Queue chunk indices of a known artifact for `device`; returns how many will be published for it."""
         count = -(-size // chunk_size)
         asked = set(indices)
@@ -107,7 +107,7 @@ class ChunkServer:
             if len(allowed) < len(valid):
                 CHUNKS_REFUSED.labels("budget").inc(len(valid) - len(allowed))
                 log.debug("device %s: fetch budget of artifact %s spent: %d chunk(s) not sent again",
-                            device or "?", sha256[:12], len(valid) - len(allowed))
+                            device, sha256[:12], len(valid) - len(allowed))
             if not allowed:
                 return 0
             self._pending[key] |= allowed

@@ -52,19 +52,19 @@ def test_requests_merge_into_unacknowledged_publishes_and_acknowledged_chunks_ar
     server = ChunkServer(store, pub, Topics(), window_s=0.05)
     try:
         # three devices within one window: one pass
-        for _ in range(3):
-            server.request(sha, 10_240, 1024, list(range(10)))
+        for device in ("a", "b", "c"):
+            server.request(sha, 10_240, 1024, list(range(10)), device=device)
         wait_sent(pub, 10)
         assert sorted(pub.sent) == list(range(10))
 
         # a fourth device asks while those publishes are still unacknowledged: nothing new is sent
-        assert server.request(sha, 10_240, 1024, list(range(10))) == 0
+        assert server.request(sha, 10_240, 1024, list(range(10)), device="d") == 0
         wait_sent(pub, 10)
         assert len(pub.sent) == 10
 
         # once the broker acknowledged them, a late device gets its own copy of what it misses
         pub.ack_all()
-        assert server.request(sha, 10_240, 1024, [3, 7, 99]) == 2  # 99 is not a chunk of this artifact
+        assert server.request(sha, 10_240, 1024, [3, 7, 99], device="e") == 2  # 99 is not a chunk of this artifact
         wait_sent(pub, 12)
         assert pub.sent[10:] == [3, 7]
         assert store.read_chunk(sha, 9, 1024) == (bytes(range(256)) * 40)[9216:]
