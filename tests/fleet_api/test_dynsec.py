@@ -199,6 +199,13 @@ def test_any_device_subscribing_to_all_artifacts_receives_only_its_own(api, dyns
     finally:
         a.close()
         b.close()
+    # New credentials keep what the desired state grants: cam-b may still fetch 1.0.0, and only that.
+    rotated = DeviceConn(dynsec_broker.port, api.post("/v1/devices/cam-b/credentials").json()["credentials"])
+    try:
+        assert rotated.subscribe(TOPICS.artifact_chunks(v1)) == "Granted QoS 1"
+        assert rotated.subscribe(TOPICS.artifact_chunks(v2)) == "Not authorized"
+    finally:
+        rotated.close()
 
 
 def test_revoking_a_device_whose_stored_login_names_a_service_account_leaves_that_account(api, dynsec_broker, tmp_path):
