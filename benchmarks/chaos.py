@@ -188,25 +188,37 @@ def plan_faults(rng: random.Random, fleet: ChaosFleet, count: int, within_s: flo
     return [Fault(t, target, rng.uniform(0.3, 2.0)) for t, target in zip(times, targets)]
 
 
-def inflict(fleet: ChaosFleet, faults: list[Fault], started: float, log: list[str]) -> None:
+def _start_again(service, log: list[str], what: str) -> None:
+    """Start a killed part again; a start that fails (a port taken meanwhile on a busy machine, say) is tried once
+    more, and what it printed is kept for the round's report."""
+    for attempt in (1, 2):
+        try:
+            service.start()
+            return
+        except (RuntimeError, TimeoutError) as exc:
+            log.append(f"{what} did not start (attempt {attempt}): {str(exc)[-600:]}")
+    raise RuntimeError(f"{what} did not start again")
+
+
+def inflict(fleet: ChaosFleet, faults: list[Fault], started: float, log: list[str], failed: list[str]) -> None:
     """SIGKILL each target at its moment and start it again after its down time (one at a time)."""
-    for fault in faults:
-        time.sleep(max(0.0, started + fault.at_s - time.monotonic()))
-        if fault.target == "broker":
-            fleet.broker.process.kill()
+    try:
+        for fault in faults:
+            time.sleep(max(0.0, started + fault.at_s - time.monotonic()))
+            if fault.target == "broker":
+                part = fleet.broker
+                part.process.kill()
+            elif fault.target.startswith("api-"):
+                part = fleet.apis["ab".index(fault.target[-1])]
+                part.kill()
+            else:
+                part = fleet.agents[fault.target]
+                part.kill()
             time.sleep(fault.down_s)
-            fleet.broker.start()
-        elif fault.target.startswith("api-"):
-            api = fleet.apis["ab".index(fault.target[-1])]
-            api.kill()
-            time.sleep(fault.down_s)
-            api.start()
-        else:
-            agent = fleet.agents[fault.target]
-            agent.kill()
-            time.sleep(fault.down_s)
-            agent.start()
-        log.append(f"{fault} done at {time.monotonic() - started:.1f}s")
+            _start_again(part, log, fault.target)
+            log.append(f"{fault} done at {time.monotonic() - started:.1f}s")
+    except Exception as exc:  # reported with the round, never lost in this thread
+        failed.append(f"fault injection stopped: {exc}; {' | '.join(log[-3:])}")
 
 
 # --- one round -----------------------------------------------------------------------------------------------
@@ -219,6 +231,7 @@ class RoundResult:
     faults: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     duplicates: int = 0  # desired revisions devices received again and only acknowledged (agent logs)
+    notes: list[str] = field(default_factory=list)  # starts that needed a second try
 
     @property
     def survived(self) -> bool:
@@ -250,7 +263,8 @@ def run_round(fleet: ChaosFleet, watch: ProgressWatch, rng: random.Random, numbe
                                           "waves": "1,50%,100%", "gates": {"wave_timeout_s": timeout_s * 0.8}})
     plan = plan_faults(rng, fleet, faults) if faults else []
     done_log: list[str] = []
-    chaos = threading.Thread(target=inflict, args=(fleet, plan, started, done_log), daemon=True)
+    failed: list[str] = []
+    chaos = threading.Thread(target=inflict, args=(fleet, plan, started, done_log, failed), daemon=True)
     chaos.start()
     deadline = started + timeout_s
     try:
@@ -259,7 +273,7 @@ def run_round(fleet: ChaosFleet, watch: ProgressWatch, rng: random.Random, numbe
     except TimeoutError as exc:
         chaos.join(timeout=60)
         result.faults = [str(f) for f in plan]
-        result.problems.append(str(exc))
+        result.problems += failed + [str(exc)]
         result.seconds = time.monotonic() - started
         return result
     chaos.join(timeout=max(1.0, deadline - time.monotonic()))
@@ -296,7 +310,8 @@ def run_round(fleet: ChaosFleet, watch: ProgressWatch, rng: random.Random, numbe
             local = f"unreachable ({exc})"
         if local != expected.get(device):
             result.problems.append(f"{device}: its own endpoint serves {local}, expected {expected.get(device)}")
-    result.problems += watch.restarts[restarts_before:]
+    result.problems += failed + watch.restarts[restarts_before:]
+    result.notes = [line for line in done_log if "did not start" in line]
     result.duplicates = _acknowledged(fleet) - acknowledged_before
     result.seconds = time.monotonic() - started
     return result
@@ -330,7 +345,8 @@ def run(rounds: int, seed: int, agents: int, faults: int, work: Path, postgres: 
             results.append(result)
             progress(f"round {n}: {'survived' if result.survived else 'FAILED'} ({result.state}, "
                      f"{result.seconds:.0f}s, faults {', '.join(result.faults)})"
-                     + "".join(f"\n    {p}" for p in result.problems))
+                     + "".join(f"\n    {p}" for p in result.problems)
+                     + "".join(f"\n    note: {n}" for n in result.notes))
         return results
     finally:
         if watch is not None:
