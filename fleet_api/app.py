@@ -20,7 +20,7 @@ from .errors import FleetError, Unauthorized
 from .metrics import FleetCollector
 from .mqtt import handlers
 from .mqtt.broker import Broker
-from .mqtt.dynsec import ArtifactGrants, DynSec
+from .mqtt.dynsec import DynSec
 from .routes import devices, health, models, rollouts, security
 from .service import FleetService
 from .settings import ApiSettings
@@ -43,7 +43,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         broker.subscriptions = handlers.subscriptions(topics, settings.shared_subscription_group)
         dynsec = DynSec(broker, topics, settings.mqtt_username) if settings.dynsec else None
         # With per-device roles, a desired state reaches the broker only once its device may receive what it names.
-        service = FleetService(settings, sessions, ArtifactGrants(broker, dynsec) if dynsec else broker)
+        service = FleetService(settings, sessions, dynsec.granting(broker) if dynsec else broker)
         service.broker_admin = dynsec
         broker.on_message = lambda topic, payload: handlers.handle(service, topic, payload)
 

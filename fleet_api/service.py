@@ -20,7 +20,6 @@ from prometheus_client import Counter
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleet_protocol.identity import device_login
 from fleet_protocol.messages import Event, Fetch, Reported, Status, Telemetry
 from fleet_protocol.topics import Topics
 
@@ -140,6 +139,8 @@ class FleetService:
     def _issue_credentials(self, device: Device) -> dict[str, str]:
         assert self.broker_admin is not None
         password = secrets.token_urlsafe(24)
+        from fleet_protocol.identity import device_login
+
         # Devices log in inside their own namespace, so no device id can name a service account (issue 12).
         username = client_id = device_login(device.id)
         self.broker_admin.create_device_client(device.id, username, password, client_id)

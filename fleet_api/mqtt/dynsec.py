@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
 API_ROLE = "edgefleet-api"
-# "hello" is contract v2's: listed already so a v2 agent is not refused by a role made now.
 DEVICE_SEND = ("reported", "hello", "fetch", "telemetry", "events", "status")
 TOLERATED = ("already exists", "not found", "already has", "internal error")  # idempotent re-runs
 GRANTS_PER_CALL = 100  # devices per control message: keeps it well under the broker's message size limit
@@ -221,6 +220,10 @@ class DynSec:
             log.info("adding role %s to the API's broker client %s", API_ROLE, self.api_username)
             self.call([{"command": "addClientRole", "username": self.api_username, "rolename": API_ROLE, "priority": 10}],
                       tolerate=True)
+
+    def granting(self, publisher: Publisher) -> ArtifactGrants:
+        """`publisher`, with each desired state's artifacts granted to its device before it goes out."""
+        return ArtifactGrants(publisher, self)
 
     # --- the request/response exchange ------------------------------------------------------------------
     def call(self, commands: list[dict[str, Any]], tolerate: bool = False) -> list[dict[str, Any]]:

@@ -101,9 +101,9 @@ def test_devices_get_own_credentials_limited_to_their_own_topics(api, dynsec_bro
         assert r.status_code == 201, r.text
         topic, payload = wait_for(lambda: next((m for m in dev.messages if m[0] == TOPICS.desired("cam-a")), None), 10,
                                   "the desired state to reach the device")
-        desired = Desired.parse(payload)
-        assert desired.model.version == "1.0.0"
-        assert dev.subscribe(TOPICS.artifact_chunks(desired.model.sha256)) == "Granted QoS 1"  # now it is
+        assert Desired.parse(payload).model.version == "1.0.0"
+
+        assert dev.subscribe(TOPICS.artifact_chunks(bundle_of(payload)[1])) == "Granted QoS 1"  # now it may
 
         # Revoking removes the broker client: the session is cut, and the credentials no longer connect.
         assert api.delete("/v1/devices/cam-a").json()["revoked"] is True
@@ -131,9 +131,23 @@ def test_provisioning_fails_cleanly_when_the_broker_cannot_create_the_client(api
     assert api.get("/v1/devices/cam-z").status_code == 404  # nothing half-registered
 
 
+def bundle_of(payload: bytes, model: str = "digits") -> tuple[str, str] | None:
+    """(version, sha256) of the model's bundle in a desired state, on contract v1 (`model`) or v2 (`models`)."""
+    if not payload:
+        return None
+    desired = Desired.parse(payload)
+    if hasattr(desired, "models"):
+        spec = desired.models.get(model)
+        ref = spec.bundle if spec is not None else None
+    else:
+        ref = desired.model
+    return (ref.version, ref.sha256) if ref is not None else None
+
+
 def desired_version(conn: DeviceConn, device_id: str) -> str | None:
     last = [p for t, p in conn.messages if t == TOPICS.desired(device_id)][-1:]
-    return Desired.parse(last[0]).model.version if last and last[0] and Desired.parse(last[0]).model else None
+    bundle = bundle_of(last[0]) if last else None
+    return bundle[0] if bundle else None
 
 
 def test_registering_device_admin_does_not_lock_the_api_out(api, dynsec_broker, bundles):
