@@ -18,8 +18,12 @@ from demo.cluster import Broker
 from demo.fleet import Fleet, device_table, roll_out, upload
 from demo.tls import TlsFiles, make_ca, make_server_cert, make_tls
 from edge_agent.settings import AgentSettings
-from edge_agent.sync import AgentLink
 from fleet_api.mqtt.broker import Broker as ApiBrokerClient
+
+try:  # the agent's MQTT shell: edge_agent/mqtt/link.py since contract v2, edge_agent/sync.py before
+    from edge_agent.mqtt.link import AgentLink
+except ImportError:
+    from edge_agent.sync import AgentLink
 
 pytestmark = pytest.mark.e2e
 
