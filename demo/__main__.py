@@ -3,6 +3,7 @@ then a second model (BlazeFace) and a camera pipeline that uses it, all set thro
 
     python -m demo            stays up until Ctrl-C (or SIGTERM), then stops every process it started
     python -m demo --once     exits 0 after the table
+    python -m demo --tls      the same over mqtts://, with a CA made for the run (make demo ARGS=--tls)
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def _run(argv: list[str] | None) -> int:
     parser.add_argument("--once", action="store_true", help="exit after the table instead of staying up")
     parser.add_argument("--work-dir", type=Path, default=Path(".demo"), help="folder for every process's state (wiped first)")
     parser.add_argument("--json", action="store_true", help="print the final table as JSON")
+    parser.add_argument("--tls", action="store_true",
+                        help="broker on mqtts:// only, with a CA made for this run that the API and agents trust")
     args = parser.parse_args(argv)
     console = Console(stderr=args.json)
     work: Path = args.work_dir.resolve()
@@ -59,7 +62,7 @@ def _run(argv: list[str] | None) -> int:
     console.print(f"[green]✓[/green] bundles: {', '.join(b.name for b in bundles)}")
 
     with console.status("starting mosquitto, the fleet API and three agents …"):
-        fleet = Fleet(work, trusted_key, DEVICES).__enter__()
+        fleet = Fleet(work, trusted_key, DEVICES, tls=args.tls).__enter__()
     try:
         console.print(f"[green]✓[/green] broker {fleet.broker.url}, fleet API {fleet.api.url}")
         console.print(sign_in(fleet))

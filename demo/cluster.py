@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from .tls import TlsFiles
+
 MOSQUITTO_CANDIDATES = ("mosquitto", "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
 DYNSEC_PLUGIN_CANDIDATES = (
     "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
@@ -122,10 +124,11 @@ class Broker:
     """
 
     def __init__(self, root: Path, port: int | None = None, extra_config: str = "", dynsec: bool = False,
-                 admin_username: str = "admin", admin_password: str | None = None) -> None:
+                 admin_username: str = "admin", admin_password: str | None = None, tls: TlsFiles | None = None) -> None:
         self.root = root
         self.port = port or free_port()
         self.dynsec = dynsec
+        self.tls = tls
         self.admin_username = admin_username
         self.admin_password = admin_password or secrets.token_urlsafe(16)
         root.mkdir(parents=True, exist_ok=True)
@@ -143,8 +146,13 @@ class Broker:
                 f"plugin_opt_config_file {dynsec_file}\n"
                 + ("user root\n" if os.geteuid() == 0 else "")
             )
+        listener = f"listener {self.port} 127.0.0.1\n"
+        if tls is not None:  # TLS only: this port speaks nothing else
+            listener += f"cafile {tls.ca}\ncertfile {tls.cert}\nkeyfile {tls.key}\ntls_version tlsv1.2\n"
+            if os.geteuid() == 0 and "user root" not in access:
+                access += "user root\n"  # the key is readable by its owner only
         conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
+            f"{listener}"
             f"{access}"
             "persistence false\n"
             "log_dest stderr\n"
@@ -157,7 +165,7 @@ class Broker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self) -> "Broker":
         self.process.start()

@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 
 from .cluster import Broker, EdgeAgent, FleetApi, wait_for
+from .tls import make_tls
 
 
 def model_tools(*args: str) -> str:
@@ -92,10 +93,14 @@ class Fleet:
     """Broker + fleet API + N agents under one folder; a context manager that stops all of them."""
 
     def __init__(self, work: Path, trusted_key: Path, devices: dict[str, dict[str, str]],
-                 agent_env: dict[str, str] | None = None) -> None:
+                 agent_env: dict[str, str] | None = None, tls: bool = False) -> None:
         self.work = work
-        self.broker = Broker(work / "broker")
-        self.api = FleetApi(work / "api", self.broker.url, trusted_key)
+        # With TLS: a CA of its own, the broker on mqtts:// only, the API and every agent trusting that CA alone.
+        self.tls = make_tls(work / "tls") if tls else None
+        self.broker = Broker(work / "broker", tls=self.tls)
+        api_env = {"EDGEFLEET_API_MQTT_TLS_CA": str(self.tls.ca)} if self.tls else {}
+        agent_env = {**(agent_env or {}), **({"EDGEFLEET_AGENT_MQTT_TLS_CA": str(self.tls.ca)} if self.tls else {})}
+        self.api = FleetApi(work / "api", self.broker.url, trusted_key, env=api_env)
         self.devices = devices
         self.agents = {d: EdgeAgent(work / "devices" / d, d, self.broker.url, trusted_key, env=agent_env) for d in devices}
 

@@ -12,6 +12,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 
+from fleet_protocol.topics import Topics
+
 from . import web
 from .db.session import make_engine, make_sessions
 from .errors import FleetError, Unauthorized
@@ -37,9 +39,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             settings.broker_url, client_id=settings.mqtt_client_id, username=settings.mqtt_username,
             password=settings.mqtt_password, tls_ca=str(settings.mqtt_tls_ca) if settings.mqtt_tls_ca else None,
         )
-        service = FleetService(settings, sessions, broker)
-        broker.subscriptions = handlers.subscriptions(service.topics, settings.shared_subscription_group)
-        dynsec = DynSec(broker, service.topics, settings.mqtt_username) if settings.dynsec else None
+        topics = Topics(settings.topic_prefix)
+        broker.subscriptions = handlers.subscriptions(topics, settings.shared_subscription_group)
+        dynsec = DynSec(broker, topics, settings.mqtt_username) if settings.dynsec else None
+        # With per-device roles, a desired state reaches the broker only once its device may receive what it names.
+        service = FleetService(settings, sessions, dynsec.granting(broker) if dynsec else broker)
         service.broker_admin = dynsec
         broker.on_message = lambda topic, payload: handlers.handle(service, topic, payload)
 

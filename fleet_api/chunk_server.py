@@ -9,6 +9,12 @@ handles one connection's packets in order, so a chunk whose acknowledgement has 
 handle the request reaches the broker after the device's subscription, and the device gets it. Only chunks
 the broker already acknowledged are sent again. Devices of a wave that ask over a few seconds thus share one
 pass instead of one per window.
+
+A fetch budget per device and artifact bounds what one device can make the API publish: each chunk it asks for
+is published on its behalf at most `sends_per_chunk` times per `budget_window_s` (a download needs one, a
+lost connection or a restart one more). Asks merged into a publish already on its way cost nothing; asks over
+the budget, like indices outside the artifact, are refused and counted. So a device repeating a fetch of
+chunk 0, or of the whole bundle, costs a few copies at most, not one per message.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from typing import Callable
 
 from prometheus_client import Counter
 
@@ -30,10 +37,40 @@ log = logging.getLogger(__name__)
 CHUNKS_SENT = Counter("edgefleet_api_chunks_sent_total", "Artifact chunks published")
 CHUNK_BYTES = Counter("edgefleet_api_chunk_bytes_sent_total", "Artifact bytes published")
 CHUNKS_REQUESTED = Counter("edgefleet_api_chunks_requested_total", "Chunk indices devices asked for")
+CHUNKS_REFUSED = Counter("edgefleet_api_chunks_refused_total", "Chunk indices not served", ["reason"])
+
+
+class FetchBudget:
+    """How often each chunk of an artifact was published on one device's behalf, in windows that expire."""
+
+    def __init__(self, sends_per_chunk: int, window_s: float, clock: Callable[[], float]) -> None:
+        self.sends_per_chunk = max(1, min(sends_per_chunk, 255))
+        self.window_s = window_s
+        self.clock = clock
+        self._used: dict[tuple[str, str, int], tuple[float, bytearray]] = {}
+        self._pruned = clock()
+
+    def take(self, device: str, sha256: str, chunk_size: int, count: int, indices: set[int]) -> set[int]:
+        """Charge the indices that are within the budget; → those. Call under the server's lock."""
+        now = self.clock()
+        if now - self._pruned > self.window_s:  # forget devices whose window has passed
+            self._used = {k: v for k, v in self._used.items() if now - v[0] < self.window_s}
+            self._pruned = now
+        key = (device, sha256, chunk_size)
+        started, used = self._used.get(key, (now, b""))
+        if now - started >= self.window_s or len(used) != count:
+            started, used = now, bytearray(count)
+            self._used[key] = (started, used)
+        allowed = {i for i in indices if used[i] < self.sends_per_chunk}
+        for i in allowed:
+            used[i] += 1
+        return allowed
 
 
 class ChunkServer:
-    def __init__(self, store: ArtifactStore, publisher: Publisher, topics: Topics, window_s: float = 0.1) -> None:
+    def __init__(self, store: ArtifactStore, publisher: Publisher, topics: Topics, window_s: float = 0.1,
+                 sends_per_chunk: int = 4, budget_window_s: float = 600.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.publisher = publisher
         self.topics = topics
@@ -42,14 +79,18 @@ class ChunkServer:
         self._cond = threading.Condition()
         self._first_request: dict[tuple[str, int], float] = {}
         self._in_flight: dict[tuple[str, int], dict[int, Delivery]] = defaultdict(dict)
+        self._budget = FetchBudget(sends_per_chunk, budget_window_s, clock)
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="chunk-server", daemon=True)
         self._thread.start()
 
-    def request(self, sha256: str, size: int, chunk_size: int, indices: list[int]) -> int:
-        """Queue chunk indices of a known artifact; returns how many were valid."""
+    def request(self, sha256: str, size: int, chunk_size: int, indices: list[int], *, device: str) -> int:
+        """Queue chunk indices of a known artifact for `device`; returns how many will be published for it."""
         count = -(-size // chunk_size)
-        valid = {i for i in indices if 0 <= i < count}
+        asked = set(indices)
+        valid = {i for i in asked if 0 <= i < count}
+        if len(valid) < len(asked):
+            CHUNKS_REFUSED.labels("out_of_range").inc(len(asked) - len(valid))
         if not valid:
             return 0
         CHUNKS_REQUESTED.inc(len(valid))
@@ -58,13 +99,21 @@ class ChunkServer:
             in_flight = self._in_flight[key]
             for i in [i for i, d in in_flight.items() if d.is_published()]:
                 del in_flight[i]
-            valid -= in_flight.keys()
+            valid -= in_flight.keys()  # on its way already: free
+            valid -= self._pending.get(key, set())
             if not valid:
                 return 0
-            self._pending[key] |= valid
+            allowed = self._budget.take(device, sha256, chunk_size, count, valid)
+            if len(allowed) < len(valid):
+                CHUNKS_REFUSED.labels("budget").inc(len(valid) - len(allowed))
+                log.debug("device %s: fetch budget of artifact %s spent: %d chunk(s) not sent again",
+                            device, sha256[:12], len(valid) - len(allowed))
+            if not allowed:
+                return 0
+            self._pending[key] |= allowed
             self._first_request.setdefault(key, time.monotonic())
             self._cond.notify()
-        return len(valid)
+        return len(allowed)
 
     def close(self) -> None:
         with self._cond:

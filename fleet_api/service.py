@@ -76,7 +76,8 @@ class FleetService:
         self.topics = Topics(settings.topic_prefix)
         self.store = ArtifactStore(settings.artifact_dir)
         self.trusted_keys = settings.public_keys()
-        self.chunks = ChunkServer(self.store, publisher, self.topics, settings.chunk_coalesce_ms / 1000)
+        self.chunks = ChunkServer(self.store, publisher, self.topics, settings.chunk_coalesce_ms / 1000,
+                                  settings.fetch_sends_per_chunk, settings.fetch_budget_window_s)
         self.telemetry = telemetry.TelemetryBuffer()
         self._outbox_lock = threading.Lock()
         self._outbox_dirty = threading.Event()
@@ -159,7 +160,10 @@ class FleetService:
     def _issue_credentials(self, device: Device) -> dict[str, str]:
         assert self.broker_admin is not None
         password = secrets.token_urlsafe(24)
-        username, client_id = device.id, f"device-{device.id}"  # the agent connects with client id device-{id}
+        from fleet_protocol.identity import device_login
+
+        # Devices log in inside their own namespace, so no device id can name a service account (issue 12).
+        username = client_id = device_login(device.id)
         self.broker_admin.create_device_client(device.id, username, password, client_id)
         device.broker_username = username
         return {"username": username, "password": password, "client_id": client_id, "broker_url_hint": self.settings.broker_url}
@@ -516,7 +520,7 @@ class FleetService:
         beyond = [i for i in fetch.missing if i >= count]
         if beyond:
             raise Invalid(f"chunk index {beyond[0]} is out of range: artifact {fetch.sha256[:12]} has {count} chunks")
-        return self.chunks.request(fetch.sha256, size, fetch.chunk_size, fetch.missing)
+        return self.chunks.request(fetch.sha256, size, fetch.chunk_size, fetch.missing, device=device_id)
 
     def _check_known(self, device_id: str) -> None:
         seen = self._known.get(device_id)

@@ -42,6 +42,11 @@ class ApiSettings(BaseSettings):
     chunk_size: int = DEFAULT_CHUNK_SIZE
     # Chunk requests for one artifact within this window are served by one publish each.
     chunk_coalesce_ms: float = 100.0
+    # Fetch budget: each chunk of an artifact is published on one device's behalf at most this often per window.
+    fetch_sends_per_chunk: int = Field(default=4, ge=1, le=255)
+    fetch_budget_window_s: float = Field(default=600.0, gt=0)
+    # An upload that sends no bytes for this long is cut off (408): a stalled client holds no request forever.
+    upload_idle_timeout_s: float = Field(default=30.0, gt=0)
     max_bundle_mb: float = 2048.0
     tick_interval_s: float = 1.0
     outbox_batch: int = 500  # desired states published (and acknowledged) per outbox transaction

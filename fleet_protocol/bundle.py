@@ -2,12 +2,19 @@
 
 Reading verifies everything before anything is trusted: the member list, the signature, then each file's
 size and sha256. A bundle that fails any check raises BundleError and leaves nothing behind.
+
+A bundle's bytes are exactly what its signature covers. A bundle is known by the sha256 of its file, so two files
+that carry the same signed content must be the same file: otherwise a copy with bytes appended, its end-of-archive
+blocks cut off or a header field changed would verify, be registered under that version, and the genuine file
+would then be refused as "other bytes". So the file must be the one canonical packing `write_bundle` makes:
+manifest, signature, then the files by name, each with fixed header fields, zero padding, the two end blocks,
+zero-filled to a whole tar record, and nothing after that. Every byte is then a fixed header, signed content
+or padding.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -50,6 +57,52 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
     return info
 
 
+def _header(name: str, size: int) -> bytes:
+    return _tarinfo(name, size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _padding(size: int) -> int:
+    return -size % tarfile.BLOCKSIZE
+
+
+def _end(offset: int) -> int:
+    """Length of the end of an archive whose members end at `offset`: two zero blocks, then zeros to a record."""
+    end = offset + 2 * tarfile.BLOCKSIZE
+    return end + (-end % tarfile.RECORDSIZE) - offset
+
+
+def _write_canonical(raw, members: list[tuple[str, bytes]]) -> None:
+    offset = 0
+    for name, data in members:
+        for part in (_header(name, len(data)), data, b"\0" * _padding(len(data))):
+            raw.write(part)
+            offset += len(part)
+    raw.write(b"\0" * _end(offset))
+
+
+def _check_canonical(path: Path, members: list[tarfile.TarInfo]) -> None:
+    """The file is the canonical packing of its members: same headers, zero padding, the end, nothing more.
+    (Member contents are checked against the signed manifest by the caller.)"""
+    with open(path, "rb") as f:
+        offset = 0
+        for m in members:
+            header = _header(m.name, m.size)
+            if m.offset != offset:
+                raise BundleError(f"bundle is not in canonical form: unexpected bytes before {m.name}")
+            f.seek(offset)
+            if f.read(len(header)) != header:
+                raise BundleError(f"bundle is not in canonical form: the header of {m.name} differs from the one it is packed with")
+            f.seek(offset + len(header) + m.size)
+            if f.read(_padding(m.size)).strip(b"\0"):
+                raise BundleError(f"bundle is not in canonical form: data in the padding after {m.name}")
+            offset += len(header) + m.size + _padding(m.size)
+        tail = f.read(_end(offset) + 1)
+    if len(tail) < _end(offset):
+        raise BundleError("bundle is incomplete: its end-of-archive blocks are missing")
+    if len(tail) > _end(offset) or tail.strip(b"\0"):
+        raise BundleError("bundle has data after the end of the archive, which no signature covers")
+
+
 def write_bundle(out: Path, manifest: Manifest, files: dict[str, bytes], private_key: Ed25519PrivateKey) -> Manifest:
     """Fill in the file digests, sign, and write atomically. Returns the manifest as written."""
     if MODEL not in files:
@@ -64,9 +117,9 @@ def write_bundle(out: Path, manifest: Manifest, files: dict[str, bytes], private
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".", suffix=".part", dir=out.parent)
     try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for name, data in [(MANIFEST, body), (SIGNATURE, signature), *sorted(files.items())]:
-                tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+        with os.fdopen(fd, "wb") as raw:
+            # The same bytes tarfile writes for these members (PAX format), by the same rule read_bundle checks.
+            _write_canonical(raw, [(MANIFEST, body), (SIGNATURE, signature), *sorted(files.items())])
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -139,6 +192,9 @@ def read_bundle(path: Path, trusted_keys: list[Ed25519PublicKey], extract_to: Pa
                 raise BundleError(f"bundle files {sorted(present)} differ from the manifest's {sorted(listed)}")
             if MODEL not in listed:
                 raise BundleError(f"bundle has no {MODEL}")
+            if names != [MANIFEST, SIGNATURE, *sorted(listed)]:
+                raise BundleError("bundle is not in canonical form: members out of order")
+            _check_canonical(Path(path), members)
             if extract_to is not None:
                 extract_to = Path(extract_to)
                 extract_to.parent.mkdir(parents=True, exist_ok=True)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..errors import Invalid, TooLarge
+from . import body
 from .deps import Operator, ServiceDep, Viewer
 from .schemas import ERRORS, BundleOut
 
@@ -21,19 +23,19 @@ async def upload(request: Request, response: Response, service: ServiceDep, who:
         raise TooLarge(f"bundle of {declared} bytes exceeds the {limit}-byte limit")
     # Spool the body to disk as it arrives: bundles may be far larger than memory on a small API pod.
     tmp = service.store.new_upload()
-    total = 0
     try:
-        with open(tmp, "wb") as out:
-            async for block in request.stream():
-                total += len(block)
-                if total > limit:
-                    raise TooLarge(f"bundle exceeds the {limit}-byte limit")
-                out.write(block)
+        total = await body.spool(request, tmp, limit, service.settings.upload_idle_timeout_s)
         if total == 0:
             raise Invalid("empty body: send the bundle file as the request body")
+    except body.Stalled as exc:
+        tmp.unlink(missing_ok=True)
+        return JSONResponse({"error": str(exc)}, status_code=408, headers={"Connection": "close"})  # type: ignore[return-value]
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if total is None:  # the client went away (logged): nobody reads an answer
+        tmp.unlink(missing_ok=True)
+        return Response(status_code=400)  # type: ignore[return-value]
     view, created = await run_in_threadpool(service.upload_bundle, tmp, who)
     if not created:
         response.status_code = 200

@@ -52,21 +52,79 @@ def test_requests_merge_into_unacknowledged_publishes_and_acknowledged_chunks_ar
     server = ChunkServer(store, pub, Topics(), window_s=0.05)
     try:
         # three devices within one window: one pass
-        for _ in range(3):
-            server.request(sha, 10_240, 1024, list(range(10)))
+        for device in ("a", "b", "c"):
+            server.request(sha, 10_240, 1024, list(range(10)), device=device)
         wait_sent(pub, 10)
         assert sorted(pub.sent) == list(range(10))
 
         # a fourth device asks while those publishes are still unacknowledged: nothing new is sent
-        assert server.request(sha, 10_240, 1024, list(range(10))) == 0
+        assert server.request(sha, 10_240, 1024, list(range(10)), device="d") == 0
         wait_sent(pub, 10)
         assert len(pub.sent) == 10
 
         # once the broker acknowledged them, a late device gets its own copy of what it misses
         pub.ack_all()
-        assert server.request(sha, 10_240, 1024, [3, 7, 99]) == 2  # 99 is not a chunk of this artifact
+        assert server.request(sha, 10_240, 1024, [3, 7, 99], device="e") == 2  # 99 is not a chunk of this artifact
         wait_sent(pub, 12)
         assert pub.sent[10:] == [3, 7]
         assert store.read_chunk(sha, 9, 1024) == (bytes(range(256)) * 40)[9216:]
+    finally:
+        server.close()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_repeated_fetches_of_chunk_0_do_not_republish_it_each_time(tmp_path):
+    """Issue 12 #6: 50 fetches of chunk 0 made 48 publishes. Now a device's budget per chunk bounds them."""
+    store = ArtifactStore(tmp_path)
+    blob = tmp_path / "blob"
+    blob.write_bytes(bytes(range(256)) * 40)  # 10 chunks of 1,024
+    sha = store.add(blob)
+    pub = HoldingPublisher()
+    clock = Clock()
+    server = ChunkServer(store, pub, Topics(), window_s=0.01, sends_per_chunk=3, budget_window_s=600, clock=clock)
+    try:
+        queued = 0
+        for _ in range(50):
+            if server.request(sha, 10_240, 1024, [0], device="evil"):
+                queued += 1
+                wait_sent(pub, queued)
+            pub.ack_all()  # the broker took each publish: nothing left to merge into
+        wait_sent(pub, 4)
+        assert pub.sent == [0, 0, 0]
+        # another device is not charged for the first one's asks
+        assert server.request(sha, 10_240, 1024, [0], device="good") == 1
+        wait_sent(pub, 4)
+        assert pub.sent == [0, 0, 0, 0]
+        # the window passes: the device may ask again
+        pub.ack_all()
+        clock.now += 601
+        assert server.request(sha, 10_240, 1024, [0], device="evil") == 1
+    finally:
+        server.close()
+
+
+def test_a_small_fetch_of_the_whole_bundle_cannot_republish_it_again_and_again(tmp_path):
+    """Issue 12 #6: one small fetch listing every chunk made the API publish the whole bundle each time."""
+    store = ArtifactStore(tmp_path)
+    blob = tmp_path / "blob"
+    blob.write_bytes(bytes(range(256)) * 40)
+    sha = store.add(blob)
+    pub = HoldingPublisher()
+    server = ChunkServer(store, pub, Topics(), window_s=0.01, sends_per_chunk=2, clock=Clock())
+    try:
+        for _ in range(10):
+            if server.request(sha, 10_240, 1024, list(range(10)), device="evil"):
+                wait_sent(pub, len(pub.sent) + 10)
+            pub.ack_all()
+        wait_sent(pub, 21)
+        assert len(pub.sent) == 20  # two copies, not ten
+        assert server.request(sha, 10_240, 1024, list(range(10)) + [10, -1], device="evil") == 0
     finally:
         server.close()

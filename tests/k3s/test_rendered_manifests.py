@@ -136,7 +136,7 @@ def test_agent_broker_credentials_come_from_a_secret_file(docs):
     c = pod["containers"][0]
     env = env_of(c)
     assert "EDGEFLEET_AGENT_MQTT_PASSWORD" not in env
-    assert env["EDGEFLEET_AGENT_MQTT_USERNAME"]["value"] == "$(EDGEFLEET_AGENT_DEVICE_ID)"
+    assert env["EDGEFLEET_AGENT_MQTT_USERNAME"]["value"] == "device-$(EDGEFLEET_AGENT_DEVICE_ID)"  # issue 12 #1
     path = env["EDGEFLEET_AGENT_MQTT_PASSWORD_FILE"]["value"]
     assert path.endswith("/$(EDGEFLEET_AGENT_DEVICE_ID)")
     mount = next(m for m in c["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
