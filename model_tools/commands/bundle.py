@@ -10,7 +10,7 @@ from fleet_protocol.signing import sha256_file
 
 from ..errors import UsageError
 from .arguments import json_object
-from ..pack import pack_bundle
+from ..pack import key_path, pack_bundle
 
 
 def add_parser(sub) -> None:
@@ -32,6 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("--hardware-class", default="generic", help="hardware class this variant is for (default: generic)")
     p.add_argument("--atol", type=float, default=1e-4, help="golden check absolute tolerance")
     p.add_argument("--rtol", type=float, default=1e-3, help="golden check relative tolerance")
+    p.add_argument("--encrypt", action="store_true",
+                   help="encrypt model.onnx (AES-256-GCM, fresh data key); writes NAME-VERSION.key beside the bundle "
+                   "(mode 0600): upload it with the bundle, never ship it to devices")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=run)
 
@@ -50,10 +53,15 @@ def run(args: argparse.Namespace) -> int:
     path, manifest = pack_bundle(
         args.model, name=args.name, version=args.version, golden_inputs=args.golden, private_key_pem=key,
         out_dir=args.out, task=args.task, labels=labels, preprocessing=args.preprocessing, hardware_class=args.hardware_class,
-        tolerance=(args.atol, args.rtol),
+        tolerance=(args.atol, args.rtol), encrypt=args.encrypt,
     )
     if args.json:
-        print(json.dumps({"bundle": str(path), "sha256": sha256_file(path), "manifest": manifest.model_dump(mode="json")}))
+        out = {"bundle": str(path), "sha256": sha256_file(path), "manifest": manifest.model_dump(mode="json")}
+        if manifest.encryption:
+            out["key_file"] = str(key_path(path))
+        print(json.dumps(out))
     else:
         print(f"{path}  sha256 {sha256_file(path)}")
+        if manifest.encryption:
+            print(f"{key_path(path)}  data key {manifest.encryption.key_id} (secret: upload it with the bundle)")
     return 0
