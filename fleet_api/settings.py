@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +49,10 @@ class ApiSettings(BaseSettings):
     # Master key (32 bytes, urlsafe base64) that seals model data keys at rest; or a file holding it (a k3s Secret).
     master_key: SecretStr | None = None
     master_key_file: Path | None = None
+    # How a device's X25519 public key (for wrapped model keys) becomes trusted: "registration" (only the key
+    # given in POST /v1/devices or PUT /v1/devices/{id}/public-key) or "first_contact" (also the key a device
+    # reports while it has none: trust on first use, later changes refused).
+    key_enrolment: Literal["registration", "first_contact"] = "registration"
     outbox_batch: int = 500  # desired states published (and acknowledged) per outbox transaction
 
     def public_keys(self) -> list:

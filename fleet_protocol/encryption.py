@@ -135,12 +135,22 @@ def _kek(shared: bytes, eph: X25519PublicKey, device: X25519PublicKey, key_id: s
     return HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=salt, info=_WRAP_INFO + key_id.encode()).derive(shared)
 
 
-def wrap_key(data_key: bytes, key_id: str, device_public: str) -> WrappedKey:
-    """The data key, readable only with the private half of `device_public` (urlsafe base64 of 32 bytes)."""
+def wrap_key(data_key: bytes, key_id: str, device_public: str, seed: bytes | None = None) -> WrappedKey:
+    """The data key, readable only with the private half of `device_public` (urlsafe base64 of 32 bytes).
+
+    `seed` (a secret, unique per data key and device, e.g. an HMAC under the fleet's master key) makes the
+    ephemeral key and nonce derived instead of random: the same inputs give the same WrappedKey, so a desired
+    state composed again is equal to the last one and needs no new revision. The nonce is then used with one
+    key-encryption key and one plaintext only, which GCM allows."""
     device = load_public(device_public)
-    eph = X25519PrivateKey.generate()
+    if seed is None:
+        eph = X25519PrivateKey.generate()
+        nonce = os.urandom(NONCE_BYTES)
+    else:
+        derived = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES + NONCE_BYTES, salt=None,
+                       info=_WRAP_INFO + b"derived " + key_id.encode()).derive(seed)
+        eph, nonce = X25519PrivateKey.from_private_bytes(derived[:KEY_BYTES]), derived[KEY_BYTES:]
     kek = _kek(eph.exchange(device), eph.public_key(), device, key_id)
-    nonce = os.urandom(NONCE_BYTES)
     return WrappedKey(
         key_id=key_id,
         ephemeral_public_key=public_b64(eph.public_key()),

@@ -44,8 +44,12 @@ def providers_for(runtime: Runtime, available: list[str] | None = None) -> list[
 
 
 def create_session(model: bytes | Path, runtime: Runtime | None = None, *, providers: list[Provider] | None = None,
-                   optimization: str = "all", cache_dir: Path | None = None) -> ort.InferenceSession:
+                   optimization: str = "all", cache_dir: Path | None = None,
+                   disk_cache: bool = True) -> ort.InferenceSession:
     """A session for `model` (a path, or the bytes of a model held only in memory) as `runtime` says.
+
+    `disk_cache=False` (a decrypted model): no provider writes a compiled engine or graph cache to disk, since it
+    would hold the model's weights in the clear; such a model is built again on every load.
 
     Raises ProviderError when a required provider is missing or the session does not run on it, and
     ModelLoadError when onnxruntime refuses the model."""
@@ -55,10 +59,15 @@ def create_session(model: bytes | Path, runtime: Runtime | None = None, *, provi
     cache = cache_dir or Path(".")
     options = session_options(runtime.intra_op_threads, optimization)
     source = str(model) if isinstance(model, Path) else model
+
+    def provider_options(p: Provider) -> dict[str, str]:
+        opts = p.options(cache, precision)
+        return opts if disk_cache else {k: v for k, v in opts.items() if "cache" not in k}
+
     try:
         session = ort.InferenceSession(
             source, sess_options=options,
-            providers=[(p.name, o) if (o := p.options(cache, precision)) else p.name for p in providers],
+            providers=[(p.name, o) if (o := provider_options(p)) else p.name for p in providers],
         )
     except Exception as exc:  # onnxruntime's errors share no base class beyond Exception
         what = model.name if isinstance(model, Path) else f"a {len(model)}-byte model"

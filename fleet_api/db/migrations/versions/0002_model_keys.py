@@ -1,14 +1,14 @@
 """model data keys, sealed under the master key
 
 Revision ID: 0002_model_keys
-Revises: 0001
+Revises: 0002_desired_v2
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0002_model_keys"
-down_revision = "0001"
+down_revision = "0002_desired_v2"
 branch_labels = None
 depends_on = None
 
