@@ -115,6 +115,7 @@ def key_path(bundle: Path) -> Path:
 
 def write_data_key(path: Path, kid: str, data_key: bytes) -> None:
     """The data key file the fleet API takes with the bundle: JSON, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # written before the bundle, whose writer makes the folder
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump({"key_id": kid, "cipher": CIPHER, "key": b64e(data_key)}, f)
