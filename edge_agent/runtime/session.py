@@ -72,6 +72,12 @@ def create_session(model: bytes | Path, runtime: Runtime | None = None, *, provi
     except Exception as exc:  # onnxruntime's errors share no base class beyond Exception
         what = model.name if isinstance(model, Path) else f"a {len(model)}-byte model"
         raise ModelLoadError(f"onnxruntime cannot load {what}: {first_line(exc)}") from None
+    if isinstance(model, bytes):
+        # onnxruntime keeps the bytes it was built from, to rebuild the session on a provider fallback: for a
+        # decrypted model that is a second plaintext copy in RAM for the session's whole life (measured +1x the
+        # model's size, steady). The agent reports a failed provider instead of falling back, so drop them.
+        session.disable_fallback()
+        session._model_bytes = None
     used = session.get_providers()
     wanted = providers[0].name
     if runtime.require_provider is not None and used[0] != wanted:
