@@ -42,8 +42,8 @@ from fleet_protocol.messages import (
 )
 
 from . import __version__, hardware
-from .runtime import golden
 from .keys import ModelKeys
+from .runtime import golden
 from .runtime.errors import (
     GoldenCheckError,
     MemoryBudgetError,

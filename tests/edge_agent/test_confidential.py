@@ -143,7 +143,7 @@ def test_a_tampered_ciphertext_is_refused_before_any_decryption(store, keys, dig
     decrypted = []
     monkeypatch.setattr(ModelKeys, "decrypt", lambda self, *a: decrypted.append(a) or b"")
     transport = Chunks(bad)
-    reconciler, host, reports = make(store, keys)
+    reconciler, host, _ = make(store, keys)
     reconciler.transport = transport
     transport.reconciler = reconciler
     apply(reconciler, Desired(revision=1, models={"digits": spec(bundles["1.0.0"], "1.0.0")}))
