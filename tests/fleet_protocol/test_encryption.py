@@ -71,3 +71,16 @@ def test_a_tampered_ciphertext_is_refused_before_any_decryption(keys, tmp_path):
     # the signed manifest names the ciphertext's digest: the bundle fails verification, no key is ever used
     with pytest.raises(BundleError, match="sha256 differs"):
         read_bundle(bad, [keys.public])
+
+
+def test_a_seeded_wrap_is_the_same_each_time_and_still_opens_only_on_its_device(tmp_path):
+    device = DeviceKey.load_or_create(tmp_path / "device.pem")
+    other = DeviceKey.load_or_create(tmp_path / "other.pem")
+    data_key, kid = new_data_key(), new_key_id()
+    seed = os.urandom(32)
+    a, b = wrap_key(data_key, kid, device.public_b64, seed=seed), wrap_key(data_key, kid, device.public_b64, seed=seed)
+    assert a == b and device.unwrap(a) == data_key  # composed again, the desired state does not change
+    assert wrap_key(data_key, kid, device.public_b64) != a  # unseeded: fresh ephemeral key and nonce
+    assert wrap_key(data_key, kid, device.public_b64, seed=os.urandom(32)) != a
+    with pytest.raises(EncryptionError):
+        other.unwrap(a)
