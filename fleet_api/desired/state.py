@@ -23,7 +23,8 @@ KEYS = "keys"  # Session.info entry: the FleetService's KeyStore, put there by i
 
 def wrapped_key(db: Session, device: Device, bundle: Bundle):
     """An encrypted bundle's data key wrapped for `device`, or None: plaintext bundle, no key store, or a device
-    without an enrolled key or with its key revoked (it then gets no key for anything new)."""
+    without an enrolled key or with its key revoked (it then gets no key for anything new). A shadow's bundle
+    (ModelSpec.shadow.key) is wrapped the same way, once shadows are composed."""
     enc = (bundle.manifest or {}).get("encryption")
     keys = db.info.get(KEYS)
     if enc is None or keys is None or device.key_revoked or not device.public_key:
