@@ -30,6 +30,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 from fastapi import (
@@ -294,7 +295,7 @@ class _PeakSampler:
         while not self._stop.wait(0.001):
             self.peak = max(self.peak, _rss_mb())
 
-    def __enter__(self) -> _PeakSampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

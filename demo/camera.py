@@ -4,6 +4,7 @@
     python -m demo.camera                   webcam 0 if it delivers frames, else the generated video
     python -m demo.camera --source FILE     any SRC the agent takes (index, file, rtsp://, http:// MJPEG)
     python -m demo.camera --seconds 10      exit after 10 s (otherwise: until Ctrl-C)
+    python -m demo.camera --ocr             PP-OCR det → rec reading text moving over a photo (a video made here)
 
 The face detector is BlazeFace from model_tools' zoo, packed into a bundle signed with a throw-away key, so
 the demo loads it exactly the way a device does (signature and digests verified).
@@ -91,7 +92,7 @@ def make_video(path: Path, *, fps: float = 30.0, seconds: float = 4.0, empty_s: 
             else:  # two faces, apart, one moving down and one up
                 v = (u - 0.5) * 2
                 placements = [(30, 20 + 220 * v, 200), (400, 260 - 220 * v, 210)]
-            for (patch, rel), (x, y, side) in zip(faces, placements):
+            for (patch, rel), (x, y, side) in zip(faces, placements, strict=False):
                 x, y, side = int(x), int(y), int(side)
                 side = min(side, WIDTH - x, HEIGHT - y)
                 frame[y:y + side, x:x + side] = cv2.resize(patch, (side, side), interpolation=cv2.INTER_AREA)
@@ -187,11 +188,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--seconds", type=float, default=None, help="exit after this long")
     parser.add_argument("--broker", default=None, help="also send events to this MQTT broker")
+    parser.add_argument("--ocr", action="store_true", help="read text (PP-OCRv4 det → rec) instead of finding faces")
     args = parser.parse_args(argv)
 
     from edge_agent import cli
 
     source = args.source
+    models = ["--model", str(demo_bundle(DEMO_DIR)[0])]
+    if args.ocr:
+        models = ["--model", str(demo_bundle(DEMO_DIR, "ppocr-det")[0]), "--stage", str(demo_bundle(DEMO_DIR, "ppocr-rec")[0])]
+        if source is None:
+            video = DEMO_DIR / "text.avi"
+            if not video.exists():
+                print("making a video of text moving over a skimage.data photo …")
+                make_text_video(video, fps=25.0, seconds=12.0)
+            source = str(video)
     if source is None:
         if webcam_works(0):
             source = "0"
@@ -203,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 make_video(video, fps=30.0, seconds=12.0, empty_s=1.0)
             source = str(video)
             print(f"no webcam here: using {video} (looped)")
-    bundle, public = demo_bundle(DEMO_DIR)
-    command = ["camera", "--source", source, "--model", str(bundle), "--trusted-key", str(public),
+    public = demo_bundle(DEMO_DIR)[1]
+    command = ["camera", "--source", source, *models, "--trusted-key", str(public),
                "--http-host", args.host, "--http-port", str(args.port), "--log-level", "warning"]
     if Path(source).is_file():
         command.append("--loop")

@@ -99,7 +99,7 @@ class Fleet:
         self.devices = devices
         self.agents = {d: EdgeAgent(work / "devices" / d, d, self.broker.url, trusted_key, env=agent_env) for d in devices}
 
-    def start(self) -> "Fleet":
+    def start(self) -> Fleet:
         self.broker.start()
         self.api.start()
         with self.api.client() as api:
@@ -117,7 +117,7 @@ class Fleet:
         self.api.stop()
         self.broker.stop()
 
-    def __enter__(self) -> "Fleet":
+    def __enter__(self) -> Fleet:
         try:
             return self.start()
         except BaseException:

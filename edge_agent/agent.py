@@ -53,7 +53,7 @@ class Agent:
             self.cameras.on_change = self.reconciler.publish
         self.probe = ProcessProbe()
         self.telemetry = TelemetryLoop(self.host, self.link.send_telemetry, settings.telemetry_interval_s,
-                                       cameras=self.cameras, health=self.health)
+                                       cameras=self.cameras, health=self.health, on_tick=self.reconciler.refresh)
         self.app = create_app(self.host, int(settings.max_request_mb * 1024 * 1024), control=self.reconciler,
                               inline_below_ms=settings.inline_below_ms, workers=settings.infer_workers or None)
         if self.cameras is not None:  # the camera page, /stream and /camera/stats; camera numbers on /metrics

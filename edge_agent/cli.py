@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--http-port", type=int, help="local API port (default 8080)")
     run.add_argument("--username", dest="mqtt_username", help="broker user name (EDGEFLEET_AGENT_MQTT_USERNAME)")
     run.add_argument("--password", dest="mqtt_password", help="broker password (EDGEFLEET_AGENT_MQTT_PASSWORD)")
+    run.add_argument("--memory-budget-mb", type=int,
+                     help="MiB the models may take; a model that would not fit is refused with a reason (0: no check)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     from .camera import cli as camera_cli
 
@@ -27,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "camera":
         return camera_cli.run(args)
+
+    from pydantic import ValidationError
 
     from .agent import Agent
     from .settings import AgentSettings
@@ -38,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         if not settings.public_keys():
             raise ValueError("no trusted key: pass --trusted-key or set EDGEFLEET_AGENT_TRUSTED_KEYS")
         agent = Agent(settings)
+    except ValidationError as exc:  # one line per bad setting, no pydantic boilerplate
+        for err in exc.errors():
+            print(f"error: {'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

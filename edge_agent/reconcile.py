@@ -23,7 +23,7 @@ import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import onnxruntime as ort
 
@@ -38,6 +38,7 @@ from fleet_protocol.messages import (
     Reported,
     Runtime,
     ServingModel,
+    ShadowReport,
     WrappedKey,
 )
 
@@ -103,11 +104,13 @@ class Target:
     explicit: bool
     rollout_id: int | None = None
     key: WrappedKey | None = None  # the data key of an encrypted bundle, wrapped for this device
+    shadow: BundleRef | None = None
 
     @classmethod
     def of(cls, spec: ModelSpec, default: Runtime) -> Target:
         explicit = "runtime" in spec.model_fields_set
-        return cls(spec.bundle, spec.runtime if explicit else default, explicit, spec.rollout_id, spec.key)
+        return cls(spec.bundle, spec.runtime if explicit else default, explicit, spec.rollout_id, spec.key,
+                   spec.shadow.bundle if spec.shadow is not None else None)
 
     def same_work(self, other: Target | None) -> bool:
         """Whether `other` asks for exactly this work (the rollout that asks does not matter; a key that came or
@@ -155,7 +158,7 @@ class Reconciler:
     # --- lifecycle ----------------------------------------------------------------------------------------
     def boot(self) -> list[LoadedModel]:
         """Serve every model the store holds, as it last applied, before any network is tried."""
-        self.store.collect_garbage()  # whatever a kill -9 left half-done
+        self.store.collect_garbage(boot=True)  # whatever a kill -9 left half-done
         served = []
         for name in self.store.names():
             model = self._worker(name).boot()
@@ -250,9 +253,6 @@ class Reconciler:
             return float(desired.memory_budget_mb)
         return float(self.settings.memory_budget_mb) or None
 
-    def active_downloads(self) -> set[str]:
-        return {sha for w in list(self.workers.values()) if (sha := w.busy_with) is not None}
-
     def update(self, name: str, report: ModelReport | None) -> None:
         with self._lock:
             if report is None:
@@ -260,6 +260,21 @@ class Reconciler:
             else:
                 self._reports[name] = report
             self.publish()
+
+    def refresh(self) -> None:
+        """Publish again if what the cameras report changed since the last publication (their states change on
+        their own: a source that drops, a pipeline that recovers)."""
+        if self.cameras is None:
+            return
+        with self._lock:
+            last = self._last
+            try:
+                now = self.cameras.report()
+            except Exception as exc:
+                log.error("camera report failed: %s", exc)
+                return
+            if last is None or now != last.cameras:
+                self.publish()
 
     @property
     def last_reported(self) -> Reported | None:
@@ -297,7 +312,7 @@ class _Building:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"building-{worker.name}", daemon=True)
 
-    def __enter__(self) -> _Building:
+    def __enter__(self) -> Self:
         self.worker.say(ModelState.building, progress=0.0)
         self._thread.start()
         return self
@@ -394,6 +409,11 @@ class ModelWorker:
             precision=serving.precision if serving is not None else None,
             golden_passed=serving.golden_passed if serving is not None else None,
             rollout_id=target.rollout_id if target else None,
+            # Said, not silently ignored: this agent runs no shadow candidates yet.
+            shadow=ShadowReport(bundle=ServingModel(name=target.shadow.name, version=target.shadow.version,
+                                                    sha256=target.shadow.sha256), state=ModelState.failed,
+                                error="shadow evaluation is not supported by this agent version")
+            if target is not None and target.shadow is not None else None,
         )
         self._report = report
         self.r.update(self.name, report)
@@ -445,6 +465,8 @@ class ModelWorker:
             self.say(ModelState.failed, error=f"internal error: {_short(exc)}")
             self._applied = target
         finally:
+            if self.busy_with is not None:
+                self.store.release(self.busy_with)
             self.busy_with = None
 
     def _remove(self) -> None:
@@ -470,7 +492,7 @@ class ModelWorker:
             future.set_exception(exc)
             return
         self.host.swap(model)
-        self.store.promote(self.name, model.sha256, runtime, self.r.active_downloads())
+        self.store.promote(self.name, model.sha256, runtime)
         log.info("rolled back to %s %s", model.name, model.version)
         self.say(ModelState.serving, error="rolled back on command")
         future.set_result(f"serving {model.name} {model.version}")
@@ -486,9 +508,10 @@ class ModelWorker:
             if current is not None and current.sha256 == ref.sha256 and same_session(current.runtime, runtime):
                 if current.runtime != runtime:  # only batching changed: the same session, a new batcher
                     self.host.swap(current.with_runtime(runtime))
-                self.store.promote(self.name, ref.sha256, runtime if target.explicit else None, self.r.active_downloads())
+                self.store.promote(self.name, ref.sha256, runtime if target.explicit else None)
                 self.say(ModelState.serving)
                 return
+            self.store.claim(ref.sha256)  # kept by the store's garbage collection until this apply ends
             self.busy_with = ref.sha256
             self.r.keys.remember(ref.sha256, target.key)
             stored = self.store.get(ref.sha256)
@@ -505,7 +528,7 @@ class ModelWorker:
             self.say(ModelState.failed, error=_short(exc))
             return
         self.host.swap(model)
-        self.store.promote(self.name, model.sha256, runtime if target.explicit else None, self.r.active_downloads())
+        self.store.promote(self.name, model.sha256, runtime if target.explicit else None)
         self.r.keys.forget_except({p.name for p in self.store.models.iterdir()})
         log.info("now serving %s %s on %s (%s)", model.name, model.version, model.provider, model.precision.value)
         self.say(ModelState.serving)

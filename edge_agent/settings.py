@@ -44,11 +44,11 @@ class AgentSettings(BaseSettings):
     batch_workers: int = 1  # batches run at once; with one intra-op thread each, up to one per core pays
     # What models may take in memory (MiB), unless the desired state says; 0: no check. A model that would not
     # fit is refused with a reported reason before it is loaded, instead of the kernel's OOM killer deciding.
-    memory_budget_mb: int = 0
+    memory_budget_mb: int = Field(default=0, ge=0)
     keep_models: int = 3  # bundles kept on disk besides every model's current and previous
     telemetry_interval_s: float = 10.0
     # No desired state this long after connecting: say hello again (doubling, up to a minute).
-    hello_retry_s: float = 5.0
+    hello_retry_s: float = Field(default=5.0, gt=0, le=3600)
     chunk_timeout_s: float = 3.0  # no chunk for this long: ask again for what is still missing
     download_timeout_s: float = 600.0
 

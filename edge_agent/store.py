@@ -19,9 +19,9 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Set as AbstractSet
 from typing import Any
 
 from fleet_protocol.bundle import BundleError, VerifiedBundle, read_bundle
@@ -136,6 +136,20 @@ class ModelStore:
         self._state_path = self.root / "state.json"
         self.cache = self.root / "cache"
         self._lock = threading.RLock()  # one writer at a time: each model's worker promotes on its own
+        self._claimed: dict[str, int] = {}  # artifacts workers download or load now: never garbage
+
+    def claim(self, sha256: str) -> None:
+        """A worker starts on this artifact: its download and its extracted bundle stay until `release`."""
+        with self._lock:
+            self._claimed[sha256] = self._claimed.get(sha256, 0) + 1
+
+    def release(self, sha256: str) -> None:
+        with self._lock:
+            left = self._claimed.get(sha256, 0) - 1
+            if left > 0:
+                self._claimed[sha256] = left
+            else:
+                self._claimed.pop(sha256, None)
 
     # --- state ------------------------------------------------------------------------------------------
     def _state(self) -> dict[str, dict[str, Any]]:
@@ -206,12 +220,12 @@ class ModelStore:
             if broken and broken != sha256:
                 shutil.rmtree(self.models / broken, ignore_errors=True)
 
-    def forget(self, name: str) -> None:
+    def forget(self, name: str, active: AbstractSet[str] = frozenset()) -> None:
         """`name` is no longer desired: its bundles become ordinary garbage (kept up to `keep`)."""
         with self._lock:
             state = self._state()
             if state.pop(name, None) is not None:
-                self._write_state(state)
+                self._write_state(state, active=active)
 
     def _write_state(self, state: dict[str, Any], promoted: str | None = None, active: AbstractSet[str] = frozenset()) -> None:
         # The folders are touched so garbage collection sees the most recently served models as the newest.
@@ -272,14 +286,19 @@ class ModelStore:
         assert stored is not None
         return stored
 
-    def collect_garbage(self, promoted: str | None = None, active: AbstractSet[str] = frozenset()) -> None:
+    def collect_garbage(self, promoted: str | None = None, active: AbstractSet[str] = frozenset(), boot: bool = False) -> None:
         """Keep every model's current and previous, and the newest others up to `keep` in all; remove the rest
         and whatever a kill -9 left half-done (staging folders, temporary files, v1 optimized-graph files).
 
         With `promoted` (a model was just promoted) the unfinished downloads of every artifact not `active`
-        go too. Without it (boot) they stay, so a download resumes after a restart."""
+        go too. Without it (boot) they stay, so a download resumes after a restart. Bundles of `active`
+        artifacts (a worker downloads or loads them) always stay; temporary files only go at `boot`."""
+        with self._lock:
+            self._collect(promoted, set(active) | set(self._claimed), boot)
+
+    def _collect(self, promoted: str | None, active: set[str], boot: bool) -> None:
         state = self._state()
-        pinned = self._pinned(state) | set(active)  # a bundle a worker is loading stays too
+        pinned = self._pinned(state) | active  # a bundle a worker is downloading or loading stays too
         folders = sorted((p for p in self.models.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
         kept = len([p for p in folders if p.name in pinned])  # pinned ones always stay; others up to `keep` in all
         for folder in folders:
@@ -292,8 +311,9 @@ class ModelStore:
         for stray in self.models.iterdir():
             if stray.is_file():
                 stray.unlink(missing_ok=True)
-        for tmp in self.downloads.glob(".bundle-*"):
-            tmp.unlink(missing_ok=True)
+        if boot:  # no worker is assembling a bundle now (at any other time another one may be)
+            for tmp in self.downloads.glob(".bundle-*"):
+                tmp.unlink(missing_ok=True)
         if promoted is not None:
             for folder in self.downloads.iterdir():
                 if folder.is_dir() and folder.name != promoted and folder.name not in active:

@@ -37,9 +37,10 @@ LABELS = ("model", "version", "provider")
 class _Window:
     """The requests of one model name since the last telemetry message (every version of it)."""
 
-    __slots__ = ("errors", "samples", "seen", "start")
+    __slots__ = ("errors", "samples", "seen", "start", "version")
 
     def __init__(self) -> None:
+        self.version = ""  # the newest version of the model counted here (telemetry names it after a removal)
         self.samples: list[float] = []
         self.seen = 0
         self.errors = 0
@@ -54,6 +55,7 @@ class Window:
     p50_ms: float | None
     p95_ms: float | None
     p99_ms: float | None
+    version: str = ""
 
 
 class ModelMetrics:
@@ -110,6 +112,7 @@ class Stats:
 
     def for_model(self, name: str, version: str, provider: str) -> ModelMetrics:
         window = self._windows.setdefault(name, _Window())
+        window.version = version
         return ModelMetrics(self, (name, version, provider), window)
 
     def serving(self, models: Iterable[Any]) -> None:
@@ -132,7 +135,7 @@ class Stats:
             p99: float | None = None
             if samples:
                 p50, p95, p99 = (float(v) * 1000 for v in np.percentile(np.asarray(samples), [50, 95, 99]))
-            out[name] = Window(seconds, requests + errors, errors, p50, p95, p99)
+            out[name] = Window(seconds, requests + errors, errors, p50, p95, p99, w.version)
         return out
 
 
@@ -160,7 +163,7 @@ def build_telemetry(stats: Stats, host, window_s: float, cameras: Any = None, he
         if model is None and (w is None or not w.requests):
             continue
         models[name] = ModelTelemetry(
-            version=model.version if model is not None else "removed",
+            version=model.version if model is not None else (w.version if w and w.version else "unknown"),
             provider=model.provider if model is not None else None,
             requests=w.requests if w else 0, errors=w.errors if w else 0,
             latency_ms_p50=_ms(w.p50_ms) if w else None, latency_ms_p95=_ms(w.p95_ms) if w else None,
@@ -184,12 +187,13 @@ class TelemetryLoop:
     """Every `interval_s`, one Telemetry message to `send` (the MQTT shell's `send_telemetry`)."""
 
     def __init__(self, host, send: Callable[[Telemetry], None], interval_s: float, cameras: Any = None,
-                 health: Callable[[], Health | None] | None = None) -> None:
+                 health: Callable[[], Health | None] | None = None, on_tick: Callable[[], None] | None = None) -> None:
         self.host = host
         self.send = send
         self.interval_s = interval_s
         self.cameras = cameras
         self.health = health or (lambda: None)
+        self.on_tick = on_tick  # e.g. the reconciler republishing camera states that changed
         self._last = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="telemetry", daemon=True)
@@ -214,6 +218,8 @@ class TelemetryLoop:
             health = None
         telemetry = build_telemetry(self.host.stats, self.host, window_s, self.cameras, health)
         self.send(telemetry)
+        if self.on_tick is not None:
+            self.on_tick()
         return telemetry
 
     def _run(self) -> None:

@@ -87,7 +87,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
-        return JSONResponse({"error": "invalid request: " + "; ".join(problems), "detail": exc.errors()}, status_code=422)
+        # Not the offending input itself: it may be what JSON cannot carry back (NaN) or large.
+        detail = [{"type": e.get("type"), "loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg")} for e in exc.errors()]
+        return JSONResponse({"error": "invalid request: " + "; ".join(problems)[:2000], "detail": detail[:50]}, status_code=422)
 
     for router in (health.router, security.router, models.router, devices.router, profiles.router, rollouts.router,
                    web.router):

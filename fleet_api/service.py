@@ -12,9 +12,10 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from prometheus_client import Counter
 from pydantic import ValidationError
@@ -22,7 +23,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_protocol.encryption import EncryptionError, b64d, load_public
-from fleet_protocol.messages import Event, Fetch, Hello, Reported, Runtime, Status, Telemetry
+from fleet_protocol.messages import (
+    Event,
+    Fetch,
+    Hello,
+    Reported,
+    Runtime,
+    Status,
+    Telemetry,
+)
 from fleet_protocol.topics import Topics
 
 from . import auth, telemetry
@@ -38,9 +47,9 @@ from .registry import bundles as bundle_registry
 from .registry import devices as device_registry
 from .registry import profiles as profile_registry
 from .registry.artifacts import ArtifactStore
-from .registry.keys import KeyStore, encrypted_key_id
 from .registry.bundles import pick_variant
 from .registry.devices import HARDWARE_LABEL
+from .registry.keys import KeyStore, encrypted_key_id
 from .rollouts import machine
 from .rollouts.gates import Gates
 from .rollouts.states import ACTIVE, RolloutState
@@ -447,10 +456,10 @@ class FleetService:
             rollout = db.get(Rollout, rollout_id)
             if rollout is None:
                 raise NotFound(f"unknown rollout {rollout_id}")
-            members = db.scalars(
+            members = list(db.scalars(
                 select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id).order_by(RolloutDevice.wave, RolloutDevice.device_id)
-            ).all()
-            reported = dict(db.execute(select(Device.id, Device.reported).where(
+            ))
+            reported: dict[str, Any] = dict(db.execute(select(Device.id, Device.reported).where(
                 Device.id.in_([m.device_id for m in members]))).all()) if members else {}
             return rollout_view(rollout, members, reported)
 
@@ -568,7 +577,7 @@ class FleetService:
         with self.transaction() as db:
             device_registry.record_status(db, device_id, status)
 
-    def on_hello(self, device_id: str, hello: Hello) -> bool:
+    def on_hello(self, device_id: str, _hello: Hello) -> bool:
         """A device (re)connected and asks for its desired state: publish it again from the database, so a broker
         that lost its retained messages (restarted without persistence) costs nothing. → whether there was one."""
         with self.transaction() as db:
@@ -655,7 +664,7 @@ def _wanted(desired: dict[str, Any] | None) -> set[tuple[str, int]]:
 
 
 def _mark_published(db: Session, pending: list[tuple[str, int, bytes]], acks: list[bool]) -> None:
-    for (device_id, revision, _), ok in zip(pending, acks):
+    for (device_id, revision, _), ok in zip(pending, acks, strict=True):
         if ok:
             outbox.mark_published(db, device_id, revision)
 

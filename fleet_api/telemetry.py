@@ -12,8 +12,9 @@ import datetime as dt
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from prometheus_client import Counter
 from sqlalchemy import select, update
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from fleet_protocol.messages import ModelTelemetry, Telemetry
 
-from .db.tables import Device, TelemetryMinute, utcnow
+from .db.tables import Device, TelemetryMinute, aware, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ DEVICE = ""
 
 
 def minute_of(ts: float) -> dt.datetime:
-    t = dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+    t = dt.datetime.fromtimestamp(ts, dt.UTC)
     return t.replace(second=0, microsecond=0)
 
 
@@ -147,20 +148,16 @@ def write(db: Session, rollups: dict[Key, Rollup]) -> None:
             .with_for_update().execution_options(populate_existing=True)
         )
         for row in rows:
-            existing[(row.device_id, _aware(row.minute), row.model, row.model_version)] = row
+            existing[(row.device_id, aware(row.minute), row.model, row.model_version)] = row
     for key, rollup in rollups.items():
-        row = existing.get(key)
-        if row is None:
-            row = TelemetryMinute(device_id=key[0], minute=key[1], model=key[2], model_version=key[3])
-            db.add(row)
-        rollup.merge_into(row)
+        found = existing.get(key)
+        if found is None:
+            found = TelemetryMinute(device_id=key[0], minute=key[1], model=key[2], model_version=key[3])
+            db.add(found)
+        rollup.merge_into(found)
     db.flush()
     # telemetry is the liveness signal of devices that say nothing else
     db.execute(update(Device).where(Device.id.in_(devices)).values(last_seen=utcnow()))
-
-
-def _aware(t: dt.datetime) -> dt.datetime:
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)  # SQLite hands back naive datetimes
 
 
 def _write_all(sessions: Callable[[], Session], rollups: dict[Key, Rollup]) -> None:
@@ -209,7 +206,7 @@ def flush(sessions: Callable[[], Session], buffer: TelemetryBuffer) -> int:
 def row_view(r: TelemetryMinute) -> dict[str, Any]:
     n = r.latency_messages or 0
     return {
-        "minute": _aware(r.minute).isoformat(), "model": r.model or None, "model_version": r.model_version or None,
+        "minute": aware(r.minute).isoformat(), "model": r.model or None, "model_version": r.model_version or None,
         "provider": r.provider, "messages": r.messages, "requests": r.requests, "errors": r.errors,
         "error_rate": (r.errors / r.requests) if r.requests else 0.0,
         "latency_ms_p50": r.latency_ms_p50_sum / n if n else None,

@@ -104,7 +104,9 @@ class Versioned(Message):
     def parse(cls, payload: bytes | str):  # noqa: ANN206
         if len(payload) <= MAX_MESSAGE_BYTES:
             schema, revision = peek(payload)
-            if schema is not None and schema not in KNOWN_SCHEMAS:
+            # not an int (a list, a string) is no schema this side knows either, and must not reach the set lookup
+            known = isinstance(schema, int) and not isinstance(schema, bool) and schema in KNOWN_SCHEMAS
+            if schema is not None and not known:
                 raise UnknownSchema(schema, revision)
         return super().parse(payload)
 
@@ -120,7 +122,7 @@ def peek(payload: bytes | str) -> tuple[Any, int | None]:
     """`schema` and `revision` of a JSON object, read without validating the rest (None where absent)."""
     try:
         data = json.loads(payload)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes; parse() refuses it
         return None, None
     if not isinstance(data, dict):
         return None, None

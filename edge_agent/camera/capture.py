@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class Capture:
-    def __init__(self, source_config, queue: LatestQueue, on_lifecycle: Callable[[str, dict[str, Any]], None] | None = None,
+    def __init__(self, source_config, queue: LatestQueue, on_lifecycle: Callable[[str, dict[str, Any]], object] | None = None,
                  source: Source | None = None, prepare: Callable[[Any, tuple[int, int]], Any] | None = None,
                  scale: Callable[[tuple[int, int]], int] | None = None) -> None:
         self.config = source_config
@@ -43,7 +43,7 @@ class Capture:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"capture-{self.source.name}", daemon=True)
 
-    def start(self) -> "Capture":
+    def start(self) -> Capture:
         self._thread.start()
         return self
 

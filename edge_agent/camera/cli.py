@@ -7,6 +7,11 @@ import json
 import logging
 import sys
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fleet_protocol.messages import Event
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     source.update({k: v for k, v in options.items() if v is not None and (k == "max_fps" or source["type"] == "file")})
     try:
         events = CameraEvents(min_score=args.min_score, max_per_s=1.0 / max(args.event_interval, 0.01))
-        probe_config = Camera(name=args.name, source=source, detector="probe", events=events).source
+        probe_config = Camera.model_validate({"name": args.name, "source": source, "detector": "probe"}).source
     except (ValidationError, ValueError) as exc:
         return fail(f"bad camera settings for source {args.source!r}: {_first_error(exc)}")
     import cv2
@@ -96,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         return fail(f"two bundles of one model name: {names}")
     try:
-        camera = Camera(name=args.name, source=source, detector=names[0], stages=names[1:], resize=args.resize, events=events)
+        camera = Camera.model_validate({"name": args.name, "source": source, "detector": names[0], "stages": names[1:],
+                                        "resize": args.resize, "events": events})
     except (ValidationError, ValueError) as exc:
         return fail(f"bad camera settings: {_first_error(exc)}")
     problem = check(camera, {m.name: m.manifest for m in models})  # refuse what the camera cannot decode, before serving
@@ -112,11 +118,11 @@ def run(args: argparse.Namespace) -> int:
     from .metrics import register
     from .view import create_router
 
-    sinks = []
+    sinks: list[Callable[[Event], None]] = []
     link = None
     if args.broker:
-        from ..settings import AgentSettings
         from ..mqtt.link import AgentLink
+        from ..settings import AgentSettings
 
         overrides = {"broker_url": args.broker, **({"device_id": args.device_id} if args.device_id else {})}
         link = AgentLink(AgentSettings(**overrides), reconciler=None)  # the device's connection, events only
@@ -175,4 +181,4 @@ def _trusted_keys(value: str | None) -> list:
     """--trusted-key, else EDGEFLEET_AGENT_TRUSTED_KEYS: the agent's own settings, read the agent's way."""
     from ..settings import AgentSettings
 
-    return AgentSettings(**({"trusted_keys": value} if value is not None else {})).public_keys()
+    return (AgentSettings(trusted_keys=value) if value is not None else AgentSettings()).public_keys()

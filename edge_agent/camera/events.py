@@ -16,6 +16,12 @@ log = logging.getLogger(__name__)
 EventSink = Callable[[Event], None]
 
 
+def bounded(detail: dict[str, Any]) -> dict[str, Any]:
+    """The contract bounds an event's detail strings (256 characters): a long error (an OpenCV message, a chain
+    of long model names) is cut, never a validation error on the capture or worker thread."""
+    return {k: v[:253] + "…" if isinstance(v, str) and len(v) > 256 else v for k, v in detail.items()}
+
+
 class EventGate:
     def __init__(self, source: str, config: CameraEvents, sink: EventSink | None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -37,10 +43,11 @@ class EventGate:
             self.suppressed += 1
             return None
         self._last = now
-        return self._send(Event(kind="detections", source=self.source, frame_ts=frame_ts, detections=hits, detail=detail or {}))
+        return self._send(Event(kind="detections", source=self.source, frame_ts=frame_ts, detections=hits[:1000],
+                                detail=bounded(detail or {})))
 
     def lifecycle(self, what: str, detail: dict[str, Any] | None = None) -> Event | None:
-        return self._send(Event(kind="lifecycle", source=self.source, detail={"event": what, **(detail or {})}))
+        return self._send(Event(kind="lifecycle", source=self.source, detail=bounded({"event": what, **(detail or {})})))
 
     def _send(self, event: Event) -> Event | None:
         if self.sink is None:

@@ -18,7 +18,7 @@ from fleet_protocol.cameras import Camera
 from fleet_protocol.manifest import Manifest
 from fleet_protocol.messages import CameraReport, CameraState, CameraTelemetry, Event
 
-from .events import EventSink
+from .events import EventSink, bounded
 from .pipeline import Pipeline
 from .stages import Host, Resolver, check
 
@@ -123,7 +123,7 @@ class CameraManager:
         if self.on_event is None:
             return
         try:
-            self.on_event(Event(kind="lifecycle", source=camera, detail={"event": what, "error": error[:256]}))
+            self.on_event(Event(kind="lifecycle", source=camera, detail=bounded({"event": what, "error": error})))
         except Exception:
             log.exception("could not report %s", what)
 

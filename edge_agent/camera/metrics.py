@@ -7,11 +7,15 @@ import threading
 import weakref
 
 from prometheus_client import REGISTRY
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 
 from .pipeline import LATENCY_BUCKETS
 
-_services: "weakref.WeakSet" = weakref.WeakSet()
+_services: weakref.WeakSet = weakref.WeakSet()
 _lock = threading.Lock()
 _registered = False
 
@@ -42,7 +46,7 @@ class CameraCollector:
                     family.add_metric(name, s[key])
                 lat = pipeline.latency
                 cumulative, buckets = 0, []
-                for bound, n in zip([*map(str, LATENCY_BUCKETS), "+Inf"], lat.buckets):
+                for bound, n in zip([*map(str, LATENCY_BUCKETS), "+Inf"], lat.buckets, strict=True):
                     cumulative += n
                     buckets.append((bound, cumulative))
                 latency.add_metric(name, buckets, lat.total)

@@ -22,7 +22,6 @@ from fleet_protocol.signing import sha256_file
 from ..runtime.errors import ModelLoadError, ProviderError
 from ..runtime.session import create_session
 
-
 log = logging.getLogger(__name__)
 
 class ModelError(ValueError):
@@ -91,7 +90,7 @@ def load(ref: str, trusted_keys: list, *, work_dir: Path | None = None, provider
             raise ModelError(f"{ref}: {exc}") from None
         if bundle.manifest.encryption is not None:  # its data key only ever reaches an enrolled device's agent
             raise ModelError(f"{ref}: the model is encrypted; serve it through the fleet (an enrolled device)")
-        runtime = Runtime(intra_op_threads=threads, **({"providers": providers} if providers else {}))
+        runtime = Runtime(intra_op_threads=threads, providers=providers) if providers else Runtime(intra_op_threads=threads)
         try:
             # onnxruntime has read the file once the session exists: nothing extracted needs to stay behind.
             session = create_session(folder / "model.onnx", runtime)

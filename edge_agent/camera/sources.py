@@ -46,7 +46,7 @@ class Source:
     def waits_for_reader(self) -> bool:
         """True when frames are not tied to a clock: the reader may take its time, nothing goes stale."""
         return False
-    registry: ClassVar[dict[str, type["Source"]]] = {}
+    registry: ClassVar[dict[str, type[Source]]] = {}
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -121,7 +121,7 @@ class _OpenCvSource(Source):
             raise SourceError(f"cannot open {self.name}")
         self.cap = cap
         self._packets = (self.jpeg_packets and cap.getBackendName() == "FFMPEG"
-                         and int(cap.get(cv2.CAP_PROP_FOURCC)) == cv2.VideoWriter_fourcc(*"MJPG")
+                         and int(cap.get(cv2.CAP_PROP_FOURCC)) == cv2.VideoWriter.fourcc(*"MJPG")
                          and cap.set(cv2.CAP_PROP_FORMAT, -1))
         self._size = (int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)), int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)))
         self._checked = False
@@ -188,6 +188,7 @@ class FileSource(_OpenCvSource):
         if not Path(self.config.path).is_file():
             raise SourceError(f"cannot open {self.name}: no such file")
         super().open()
+        assert self.cap is not None  # open() either set it or raised
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.period = 1.0 / fps if fps and 1 <= fps <= 240 else 1 / 25
         self._due = time.monotonic()
@@ -261,8 +262,11 @@ class MjpegSource(Source):
         self._at_part = False
 
     def _readline(self) -> bytes:
+        resp = self._resp
+        if resp is None:  # closed by stop() from another thread
+            raise SourceError(f"{self.name} is not open")
         try:
-            line = self._resp.readline(65536)
+            line = resp.readline(65536)
         except (OSError, ValueError, AttributeError) as exc:
             raise SourceError(f"{self.name} stopped delivering frames: {exc}") from None
         if not line:

@@ -20,15 +20,27 @@ from fleet_protocol.manifest import Manifest
 from fleet_protocol.messages import Detection
 
 from ..preprocess import Geometry, Preprocessor
-from .postprocess import BoxDecoder, CropReader, UnsupportedModel, build, plugin_class, tasks
+from .postprocess import (
+    BoxDecoder,
+    CropReader,
+    UnsupportedModel,
+    build,
+    plugin_class,
+    tasks,
+)
 
 
 class Model(Protocol):
-    name: str
-    version: str
-    sha256: str
-    manifest: Manifest
-    session: Any
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def manifest(self) -> Manifest: ...
+    @property
+    def session(self) -> Any: ...
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]: ...
 
@@ -72,7 +84,7 @@ class Detector:
         return self.pre.decode_scale(frame_size)
 
     def infer(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.model.run({self.input_name: x})))
+        return dict(zip(self.output_names, self.model.run({self.input_name: x}), strict=True))
 
     def postprocess(self, outputs: dict[str, np.ndarray], geo: Geometry) -> list[Detection]:
         rows = self.post(outputs)
@@ -80,7 +92,7 @@ class Detector:
             return []
         boxes = geo.to_frame(rows)
         out = []
-        for (x1, y1, x2, y2), score, cls in zip(boxes.tolist(), rows[:, 4].tolist(), rows[:, 5].astype(int).tolist()):
+        for (x1, y1, x2, y2), score, cls in zip(boxes.tolist(), rows[:, 4].tolist(), rows[:, 5].astype(int).tolist(), strict=True):
             if x2 - x1 < 1 or y2 - y1 < 1:
                 continue  # a box that lies outside the frame entirely
             label = self.labels[cls] if 0 <= cls < len(self.labels) else str(cls)
@@ -155,9 +167,13 @@ class Chain:
         """Run the readers on the crops of `detections` (boxes in `frame_size` pixels, `image` at any scale)."""
         if not self.readers or not detections:
             return detections
-        crops = [crop(image, d.box, frame_size) for d in detections]
-        keep = [i for i, c in enumerate(crops) if c is not None]
-        crops_kept, dets = [crops[i] for i in keep], [detections[i] for i in keep]
+        crops_kept: list[np.ndarray] = []
+        dets: list[Detection] = []
+        for d in detections:
+            c = crop(image, d.box, frame_size)
+            if c is not None:  # a box too thin to read is dropped from the frame's result
+                crops_kept.append(c)
+                dets.append(d)
         for reader in self.readers:
             crops_kept, dets = reader(crops_kept, dets)
         return dets
@@ -187,17 +203,18 @@ class Resolver:
 
     def __call__(self) -> Chain:
         models = [self.host.get(name) for name in self.camera.models()]
-        missing = [n for n, m in zip(self.camera.models(), models) if m is None]
+        missing = [n for n, m in zip(self.camera.models(), models, strict=True) if m is None]
         if missing:
             raise ModelUnavailable(f"model {missing[0]!r} is not on this device"
                                    + (f" (nor {', '.join(map(repr, missing[1:]))})" if missing[1:] else ""))
-        key = tuple(id(m) for m in models)
+        present = [m for m in models if m is not None]
+        key = tuple(id(m) for m in present)
         with self._lock:
             if key != self._key:
                 self._key, self._chain, self._error = key, None, None
                 try:
-                    self._chain = Chain(Detector(models[0], resize=self.camera.resize, overrides=self.camera.postprocess),
-                                        [Reader(m) for m in models[1:]])
+                    self._chain = Chain(Detector(present[0], resize=self.camera.resize, overrides=self.camera.postprocess),
+                                        [Reader(m) for m in present[1:]])
                 except (UnsupportedModel, ValueError) as exc:
                     self._error = str(exc)
             if self._chain is None:

@@ -15,8 +15,8 @@ from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from .annotate import draw, jpeg
-from .pipeline import Pipeline, Result
 from .manager import CameraManager
+from .pipeline import Pipeline, Result
 
 BOUNDARY = "frame"
 

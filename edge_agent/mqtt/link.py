@@ -123,7 +123,8 @@ class AgentLink:
             if self._answered.is_set() or not self._connected.is_set():
                 delay = self.settings.hello_retry_s
                 continue
-            log.info("no desired state since connecting; asking again")
+            # Said once per connection: a device the fleet has set nothing for asks every minute, quietly.
+            (log.info if delay == self.settings.hello_retry_s else log.debug)("no desired state since connecting; asking again")
             self.hello()
             delay = min(delay * 2, 60.0)
 

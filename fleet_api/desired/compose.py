@@ -12,8 +12,9 @@ Precedence, field by field (the first source that sets a field decides it, whole
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from fleet_protocol.messages import BundleRef, Capture, Desired, ModelSpec, Runtime, WrappedKey
 
@@ -43,7 +44,7 @@ class Composed:
 
     def body(self) -> dict[str, Any]:
         """What a revision is about: equal bodies need no new revision."""
-        return self.desired.model_dump(mode="json", exclude={"revision", "issued_at"})
+        return self.desired.model_dump(mode="json", by_alias=True, exclude={"revision", "issued_at"})
 
 
 def ordered(profiles: Iterable[NamedProfile], labels: Mapping[str, Any]) -> list[NamedProfile]:
@@ -55,7 +56,8 @@ def compose(labels: Mapping[str, Any], config: Layer | None, profiles: Iterable[
             assignments: Mapping[str, Assignment]) -> Composed:
     layers: list[tuple[str, Layer]] = ([("device", config)] if config is not None else []) + [
         (f"profile:{p.name}", p.spec) for p in ordered(profiles, labels)]
-    sources: dict[str, Any] = {"models": {}, "profiles": [name for name, _ in layers if name != "device"]}
+    sources: dict[str, Any] = {"models": {}, "profiles": [name.removeprefix("profile:") for name, _ in layers
+                                                        if name != "device"]}
 
     def first(attr: str, default: Any) -> Any:
         for name, layer in layers:

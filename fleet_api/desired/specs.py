@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
@@ -33,7 +34,7 @@ def parse_selector(selector: str | dict[str, str]) -> dict[str, str]:
     return out
 
 
-def matches(selector: dict[str, str], labels: dict[str, Any]) -> bool:
+def matches(selector: Mapping[str, str], labels: Mapping[str, Any]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 

@@ -7,7 +7,8 @@ given, stores it under the next revision; the outbox then publishes it after the
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -104,7 +105,8 @@ def recompose(db: Session, device: Device, chunk_size: int, named: list[NamedPro
     if device.desired is None and device.desired_revision == 0 and body == EMPTY_BODY:
         return False  # a device nothing was ever set for needs no revision yet
     device.desired_revision += 1
-    device.desired = composed.desired.model_copy(update={"revision": device.desired_revision}).model_dump(mode="json")
+    device.desired = composed.desired.model_copy(update={"revision": device.desired_revision}).model_dump(
+        mode="json", by_alias=True)
     device.desired.pop("issued_at", None)  # stamped when published
     return True
 

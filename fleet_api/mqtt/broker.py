@@ -52,7 +52,7 @@ class Broker:
         username: str | None = None,
         password: str | None = None,
         tls_ca: str | None = None,
-        subscriptions: list[tuple[str, int]] = (),
+        subscriptions: Sequence[tuple[str, int]] = (),
         on_message: Callable[[str, bytes], None] | None = None,
         on_connected: Callable[[], None] | None = None,
     ) -> None:
@@ -155,10 +155,10 @@ class Broker:
     def _on_message(self, _client, _userdata, msg: mqtt.MQTTMessage) -> None:
         if msg.topic.startswith("$CONTROL/"):
             if self.on_control:
-                self.on_control(msg.topic, msg.payload)
+                self.on_control(msg.topic, bytes(msg.payload))
             return
         try:
-            self._inbox.put_nowait((msg.topic, msg.payload))
+            self._inbox.put_nowait((msg.topic, bytes(msg.payload)))
         except queue.Full:
             log.error("inbox full: dropping a message on %s", msg.topic)
 

@@ -10,7 +10,17 @@ from __future__ import annotations
 
 import logging
 
-from fleet_protocol.messages import Event, Fetch, Hello, ProtocolError, Reported, Status, Telemetry, UnknownSchema
+from fleet_protocol.messages import (
+    Event,
+    Fetch,
+    Hello,
+    Message,
+    ProtocolError,
+    Reported,
+    Status,
+    Telemetry,
+    UnknownSchema,
+)
 from fleet_protocol.topics import Topics
 
 from ..errors import FleetError
@@ -19,7 +29,7 @@ from ..service import REJECTED, FleetService
 log = logging.getLogger(__name__)
 
 # channel → (message schema, FleetService method)
-ROUTES = {
+ROUTES: dict[str, tuple[type[Message], str]] = {
     "reported": (Reported, "on_reported"),
     "status": (Status, "on_status"),
     "hello": (Hello, "on_hello"),

@@ -25,20 +25,32 @@ from sqlalchemy.orm import Session
 from fleet_protocol.messages import ModelState, Reported, Runtime
 
 from .. import telemetry
-from ..db.tables import Bundle, Device, Rollout, RolloutDevice, TelemetryMinute, utcnow
+from ..db.tables import (
+    Bundle,
+    Device,
+    Rollout,
+    RolloutDevice,
+    TelemetryMinute,
+    aware,
+    utcnow,
+)
 from ..desired import state as desired_state
 from ..errors import Conflict, Invalid, NotFound
 from ..registry.bundles import pick_variant, variants
 from ..registry.devices import HARDWARE_LABEL, select_devices
 from . import waves as wave_plan
 from .gates import Gates
-from .states import ACTIVE, MOVED, MemberState, RolloutState, check_member, check_rollout, values
+from .states import (
+    ACTIVE,
+    MOVED,
+    MemberState,
+    RolloutState,
+    check_member,
+    check_rollout,
+    values,
+)
 
 log = logging.getLogger(__name__)
-
-
-def aware(t: dt.datetime | None) -> dt.datetime | None:
-    return t.replace(tzinfo=dt.timezone.utc) if t is not None and t.tzinfo is None else t  # SQLite gives naive ones
 
 
 def _set(rollout: Rollout, target: RolloutState) -> None:
@@ -224,7 +236,7 @@ def _health_verdict(db: Session, rollout: Rollout, gates: Gates, succeeded: list
         return (f"error rate {current.error_rate:.1%} of {rollout.model} {rollout.version} is above the "
                 f"{max_errors:.1%} limit ({current.errors}/{current.requests} requests)"), True
     if max_increase is not None and current.p95_ms is not None:
-        old_versions = {(m.previous or {}).get("version") for m in succeeded} - {None, rollout.version}
+        old_versions = {str(v) for m in succeeded if (v := (m.previous or {}).get("version"))} - {rollout.version}
         created = aware(rollout.created_at) or soak_start
         since = created - dt.timedelta(seconds=gates.baseline_window_s)
         baseline = telemetry.health(db, ids, rollout.model, old_versions, since)

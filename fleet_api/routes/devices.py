@@ -9,8 +9,18 @@ from fastapi import APIRouter, Query
 
 from ..desired.specs import DeviceConfig
 from .deps import Admin, DeviceIdPath, ModelNamePath, Operator, ServiceDep, Viewer
-from .schemas import (ERRORS, DesiredOut, DeviceConfigOut, DeviceIn, DeviceOut, DeviceWithCredentials, LabelsPatch, ModelAssignIn,
-                      PublicKeyIn, TelemetryOut)
+from .schemas import (
+    ERRORS,
+    DesiredOut,
+    DeviceConfigOut,
+    DeviceIn,
+    DeviceOut,
+    DeviceWithCredentials,
+    LabelsPatch,
+    ModelAssignIn,
+    PublicKeyIn,
+    TelemetryOut,
+)
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=ERRORS)
 

@@ -10,7 +10,13 @@ from pydantic import BaseModel, Field
 from fleet_protocol.cameras import ModelName
 from fleet_protocol.messages import DEVICE_ID_PATTERN, Runtime
 
-from ..desired.specs import PROFILE_NAME_PATTERN, Labels, LabelKey, LabelValue, ProfileSpec
+from ..desired.specs import (
+    PROFILE_NAME_PATTERN,
+    LabelKey,
+    Labels,
+    LabelValue,
+    ProfileSpec,
+)
 from ..rollouts.gates import Gates
 from ..strict import StrictModel
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from typing import Self
 
 import httpx
 import numpy as np
@@ -91,7 +92,7 @@ class Load:
                 else:
                     self.ok[model, r.json()["model_version"]] += 1
 
-    def __enter__(self) -> Load:
+    def __enter__(self) -> Self:
         for t in self.threads:
             t.start()
         return self
@@ -138,7 +139,7 @@ def test_required_cuda_fails_that_model_only_and_a_restart_still_serves_everythi
             assert {n: m["version"] for n, m in ready_models(agent).items()} == {"blazeface": "1.0.0", "digits": "1.0.0"}
             agent.stop()
             agent.start()
-            wait_for(lambda: ready_models(agent).keys() == {"blazeface", "digits"}, 60, "both models after the restart")
+            wait_for(lambda a=agent: ready_models(a).keys() == {"blazeface", "digits"}, 60, "both models after the restart")
             assert all(m["provider"] == "CPUExecutionProvider" for m in ready_models(agent).values())
 
 

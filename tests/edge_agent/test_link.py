@@ -11,13 +11,13 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import REGISTRY
 
+from demo.cluster import wait_for
 from edge_agent.mqtt.link import AgentLink
 from edge_agent.reconcile import Reconciler
 from edge_agent.runtime.host import ModelHost
 from edge_agent.settings import AgentSettings
 from fleet_protocol.messages import Desired, Hello, ModelSpec, ModelState, Reported
 from fleet_protocol.topics import Topics
-from tests.edge_agent.camera.helpers import wait_for
 from tests.edge_agent.test_reconcile import ref
 
 DEVICE = "dev-link"
@@ -77,7 +77,7 @@ def linked(broker, keys, store, digits):
 
 
 def test_hello_on_every_connect_and_refused_desired_states_are_reported(linked, bundles, broker):
-    reconciler, host, link, fleet = linked
+    _, host, _, fleet = linked
     assert fleet.hellos.get(timeout=10).revision == 0
     fleet.desired(Desired(revision=1, models={"digits": ModelSpec(bundle=ref(bundles["1.0.0"], "1.0.0"))}).to_bytes())
     wait_for(lambda: fleet.last and "digits" in fleet.last.models and fleet.last.models["digits"].state == ModelState.serving,

@@ -158,3 +158,23 @@ def test_unfinished_downloads_survive_boot_and_go_at_the_next_promote(tmp_path, 
     store.promote("digits", stored.sha256, None)
     assert list(store.downloads.iterdir()) == []  # the abandoned download is gone with the promote
     assert store.current("digits").sha256 == stored.sha256
+
+
+def test_a_promote_never_collects_what_another_model_is_downloading(tmp_path, keys, bundles):
+    """Two models reconcile at once: one promotes while the other is mid-download and assembling its bundle."""
+    store = ModelStore(tmp_path / "data", keep=2)
+    other = digits_bundle(keys, tmp_path / "b", "1.0.0", epochs=1, name="other")
+    partial = _partial(store, other, name="other", chunks=2)
+    store.claim(partial.ref.sha256)  # the other model's worker is on it
+    assembling = store.downloads / ".bundle-inflight"
+    assembling.write_bytes(b"half an assembled bundle")
+
+    stored = install(store, bundles["1.0.0"], keys)
+    store.promote("digits", stored.sha256, None)
+    assert sorted(p.name for p in partial.folder.iterdir()) == ["0", "1"] and assembling.exists()
+    store.forget("digits")
+    assert partial.folder.exists() and assembling.exists()
+
+    store.release(partial.ref.sha256)
+    store.collect_garbage(boot=True)  # a restart: nothing is in flight any more, temporary files go
+    assert not assembling.exists() and partial.folder.exists()  # the download itself resumes after a restart

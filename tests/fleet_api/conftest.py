@@ -6,13 +6,19 @@ import itertools
 import threading
 import uuid
 
+import paho.mqtt.client as mqtt
 import pytest
+from fastapi.testclient import TestClient
+from paho.mqtt.enums import CallbackAPIVersion
 
+from demo.cluster import wait_for
+from fleet_api.app import create_app
 from fleet_api.db.session import make_engine, make_sessions
 from fleet_api.service import FleetService
 from fleet_api.settings import ApiSettings
 
 _db_counter = itertools.count()
+ADMIN = "eft_admin-token-for-tests"
 
 
 class Acked:
@@ -71,3 +77,25 @@ def make_service(db_url, tmp_path, keys):
     for service, engine in made:
         service.close()
         engine.dispose()
+
+
+@pytest.fixture
+def api(broker, tmp_path, keys):
+    """The whole app (HTTP, MQTT shell, core) on a real broker and SQLite, with an admin token on every request."""
+    settings = ApiSettings(database_url=f"sqlite:///{tmp_path / 'api.db'}", broker_url=broker.url,
+                           artifact_dir=tmp_path / "artifacts", trusted_keys=str(keys.public_path), admin_token=ADMIN,
+                           tick_interval_s=0.2)
+    with TestClient(create_app(settings)) as client:
+        client.headers["Authorization"] = f"Bearer {ADMIN}"
+        wait_for(lambda: client.get("/readyz").status_code == 200, 10, "the API to connect")
+        yield client
+
+
+@pytest.fixture
+def device_client(broker):
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-device", protocol=mqtt.MQTTv5)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    yield c
+    c.disconnect()
+    c.loop_stop()

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from fleet_protocol.messages import ModelReport, ModelState, ModelTelemetry, Reported, ServingModel, Telemetry
-
 from fleet_api.auth import Principal
+from fleet_protocol.messages import (
+    ModelReport,
+    ModelState,
+    ModelTelemetry,
+    Reported,
+    ServingModel,
+    Telemetry,
+)
 
 OPS = Principal(1, "ops", "operator")
 ROOT = Principal(2, "root", "admin")
@@ -57,7 +63,6 @@ def play_devices(service, rollout_id, outcome, now=None):
         if d["state"] != "notified":
             continue
         state, serving = outcome(d["device_id"])
-        wanted = model_of(service, d["device_id"], rollout["model"])["bundle"]
-        desired = {"name": wanted["name"], "version": wanted["version"], "sha256": wanted["sha256"]}
+        desired = {"name": rollout["model"], "version": rollout["version"], "sha256": d["bundle_sha256"]}
         report(service, d["device_id"], d["revision"], desired, state, serving=serving,
                error="GoldenCheckError: mismatch" if state == ModelState.failed else None, now=now)

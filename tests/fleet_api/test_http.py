@@ -3,41 +3,23 @@ and bad MQTT input (malformed payloads, unknown devices) that is refused without
 
 from __future__ import annotations
 
-
-import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
-from paho.mqtt.enums import CallbackAPIVersion
 
 from demo.cluster import wait_for
-from fleet_api.app import create_app
-from fleet_api.settings import ApiSettings
-from fleet_protocol.messages import ModelReport, ModelState, ModelTelemetry, Reported, ServingModel, Status, Telemetry
+from fleet_protocol.messages import (
+    ModelReport,
+    ModelState,
+    ModelTelemetry,
+    Reported,
+    ServingModel,
+    Status,
+    Telemetry,
+)
 from fleet_protocol.topics import Topics
+from tests.fleet_api.conftest import ADMIN
 
-ADMIN = "eft_admin-token-for-tests"
 TOPICS = Topics()
-
-
-@pytest.fixture
-def api(broker, tmp_path, keys):
-    settings = ApiSettings(database_url=f"sqlite:///{tmp_path / 'api.db'}", broker_url=broker.url,
-                           artifact_dir=tmp_path / "artifacts", trusted_keys=str(keys.public_path), admin_token=ADMIN,
-                           tick_interval_s=0.2)
-    with TestClient(create_app(settings)) as client:
-        client.headers["Authorization"] = f"Bearer {ADMIN}"
-        wait_for(lambda: client.get("/readyz").status_code == 200, 10, "the API to connect")
-        yield client
-
-
-@pytest.fixture
-def device_client(broker):
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-device", protocol=mqtt.MQTTv5)
-    c.connect("127.0.0.1", broker.port)
-    c.loop_start()
-    yield c
-    c.disconnect()
-    c.loop_stop()
 
 
 def as_token(client, token):

@@ -14,16 +14,31 @@ import pytest
 
 from fleet_api.db.tables import Rollout
 from fleet_api.errors import Conflict, Invalid, NotFound
-from fleet_protocol.messages import Desired, ModelState, ModelTelemetry, ProtocolError, Telemetry
+from fleet_protocol.messages import (
+    Desired,
+    ModelState,
+    ModelTelemetry,
+    ProtocolError,
+    Telemetry,
+)
 from tests.bundles import digits_bundle
-from tests.fleet_api.devices import (OPS, ROOT, desired_of, model_of, play_devices, ref, report, telemetry,
-                                     upload)
+from tests.fleet_api.devices import (
+    OPS,
+    ROOT,
+    desired_of,
+    model_of,
+    play_devices,
+    ref,
+    report,
+    telemetry,
+    upload,
+)
 
 SERVING, FAILED = ModelState.serving, ModelState.failed
 
 
 def now(seconds: float = 0) -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
+    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
 
 
 @pytest.fixture

@@ -8,8 +8,18 @@ import tarfile
 import pytest
 
 from fleet_protocol.bundle import BundleError, read_bundle
-from fleet_protocol.messages import (BundleRef, Desired, Fetch, Hello, ModelSpec, ProtocolError, Reported, Status,
-                                     Telemetry, UnknownSchema)
+from fleet_protocol.messages import (
+    BundleRef,
+    Desired,
+    Fetch,
+    Hello,
+    ModelSpec,
+    ProtocolError,
+    Reported,
+    Status,
+    Telemetry,
+    UnknownSchema,
+)
 from fleet_protocol.signing import generate_keypair, load_public_key
 from fleet_protocol.topics import Topics
 
@@ -128,3 +138,11 @@ def test_a_truncated_bundle_is_a_bundle_error(keys, bundles, tmp_path, keep):
     with pytest.raises(BundleError):
         read_bundle(cut, [keys.public], extract_to=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("payload", [b'{"schema": []}', b'{"schema": {"a": 1}}', b'{"schema": "2"}', b"[" * 100_000])
+def test_a_schema_of_any_json_type_or_absurd_nesting_is_a_protocol_error_not_a_crash(payload):
+    """Found by the API's property test: an unhashable `schema` raised TypeError out of parse()."""
+    for kind in (Reported, Desired, Hello, Telemetry):
+        with pytest.raises(ProtocolError):
+            kind.parse(payload)

@@ -31,9 +31,9 @@ class OcrDetection(BoxDecoder):
         super().__init__(config, labels or ["text"])
 
     def __call__(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
-        prob = next(iter(outputs.values()))
-        prob = prob.reshape(prob.shape[-2:]).astype(np.float32)
-        h, w = prob.shape
+        raw = next(iter(outputs.values()))
+        h, w = int(raw.shape[-2]), int(raw.shape[-1])
+        prob: np.ndarray = raw.reshape(h, w).astype(np.float32)
         mask = (prob > self.config.threshold).astype(np.uint8)
         contours, _ = cv2.findContours(mask, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
         rows = []

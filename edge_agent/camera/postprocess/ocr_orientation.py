@@ -30,5 +30,5 @@ class OcrOrientation(CropReader):
               detections: list[Detection]) -> tuple[list[np.ndarray], list[Detection]]:
         probs = outputs[0].reshape(len(crops), -1)
         turned = [np.ascontiguousarray(c[::-1, ::-1]) if p[self.flipped] > self.config.threshold else c
-                  for c, p in zip(crops, probs)]
+                  for c, p in zip(crops, probs, strict=True)]
         return turned, detections

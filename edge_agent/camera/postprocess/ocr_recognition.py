@@ -54,7 +54,7 @@ class OcrRecognition(CropReader):
         widths = [min(max_w, max(1, int(np.ceil(h * c.shape[1] / max(c.shape[0], 1))))) for c in crops]
         width = min(max_w, -(-max(widths) // 8) * 8)
         batch = np.zeros((len(crops), h, width, 3), np.uint8)
-        for i, (crop, w) in enumerate(zip(crops, widths)):
+        for i, (crop, w) in enumerate(zip(crops, widths, strict=True)):
             batch[i, :, :w] = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
         return normalise(batch, pre)
 
@@ -63,7 +63,7 @@ class OcrRecognition(CropReader):
         probs = outputs[0]
         best, conf = probs.argmax(-1), probs.max(-1)
         read = []
-        for d, seq, p in zip(detections, best, conf):
+        for d, seq, p in zip(detections, best, conf, strict=True):
             keep = np.ones(len(seq), bool)
             keep[1:] = seq[1:] != seq[:-1]
             keep &= seq != self.config.blank_index

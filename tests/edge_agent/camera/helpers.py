@@ -66,7 +66,7 @@ class MjpegServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/video"
 
-    def start(self) -> "MjpegServer":
+    def start(self) -> MjpegServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):

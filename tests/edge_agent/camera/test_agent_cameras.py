@@ -10,7 +10,14 @@ from edge_agent.reconcile import Reconciler
 from edge_agent.runtime.host import ModelHost
 from edge_agent.settings import AgentSettings
 from edge_agent.store import ModelStore
-from fleet_protocol.messages import BundleRef, CameraState, Desired, ModelSpec, ModelState, Reported
+from fleet_protocol.messages import (
+    BundleRef,
+    CameraState,
+    Desired,
+    ModelSpec,
+    ModelState,
+    Reported,
+)
 from fleet_protocol.signing import sha256_file
 from tests.edge_agent.conftest import install
 

@@ -79,7 +79,7 @@ def test_page_in_headless_chromium_shows_a_live_stream(view):
                 shots.append(cv2.imdecode(np.frombuffer(img.screenshot(), np.uint8), cv2.IMREAD_COLOR))
                 page.wait_for_timeout(400)
             # The video moves (background pan, faces): consecutive pictures in the browser must differ.
-            changes = [float(np.abs(a.astype(int) - b.astype(int)).mean()) for a, b in zip(shots, shots[1:])]
+            changes = [float(np.abs(a.astype(int) - b.astype(int)).mean()) for a, b in zip(shots, shots[1:], strict=False)]
             assert all(c > 1.0 for c in changes), f"the stream did not update in the browser: {changes}"
             page.wait_for_function("Number(document.getElementById('v-inference_fps')?.textContent) > 5", timeout=10000)
             first = int(page.inner_text("#v-frames_processed"))

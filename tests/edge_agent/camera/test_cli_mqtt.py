@@ -51,6 +51,6 @@ def test_camera_command_sends_detections_over_mqtt(broker, face_video, blazeface
     for _, e in detections:
         assert e.source == "cam0" and e.frame_ts is not None
         assert e.detections and all(d.label == "face" and d.score >= 0.5 and d.box[2] > d.box[0] for d in e.detections)
-    gaps = [b[0] - a[0] for a, b in zip(detections, detections[1:])]
+    gaps = [b[0] - a[0] for a, b in zip(detections, detections[1:], strict=False)]
     assert min(gaps) > 0.4, f"events closer than the 0.5 s interval: {gaps}"
     assert json.loads(detections[0][1].to_bytes())["detections"][0]["box"]

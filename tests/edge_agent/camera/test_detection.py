@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-
 from pydantic import ValidationError
 
 from edge_agent.camera import postprocess
@@ -156,3 +155,12 @@ def test_a_blazeface_bundle_made_with_the_model_tools_command_finds_the_faces(fa
     hit = sum(1 for r in results if face_video.boxes[r.frame.seq - 1]
               and all(any(iou(t, d.box) >= 0.5 for d in r.detections) for t in face_video.boxes[r.frame.seq - 1]))
     assert hit / len(face_video.face_frames) >= 0.9
+
+
+def test_a_long_error_is_cut_in_the_event_not_raised_on_the_camera_thread():
+    from edge_agent.camera.events import EventGate
+
+    events = []
+    gate = EventGate("cam", CameraEvents(), events.append)
+    event = gate.lifecycle("source_lost", {"error": "x" * 5000})
+    assert event is not None and len(event.detail["error"]) == 254 and events == [event]

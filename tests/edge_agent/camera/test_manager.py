@@ -6,7 +6,6 @@ photos, a model hot-swapped under a running camera, bad cameras that do not dist
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import replace
 
 import pytest
@@ -72,7 +71,7 @@ def test_ocr_pipeline_reads_the_moving_text(host, text_video):
     assert json.loads(detections[0].to_bytes())["detections"][0]["text"]
 
 
-def test_orientation_stage_turns_upside_down_text_before_it_is_read(host, ppocr):
+def test_orientation_stage_turns_upside_down_text_before_it_is_read(ppocr):
     """det → cls → rec: a crop the classifier finds upside down is turned before the recognizer reads it."""
     import cv2
     import numpy as np

@@ -88,7 +88,7 @@ def test_model_that_cannot_be_had_exits_2(face_video, keys, tmp_path, capsys):
     assert "ppocr-rec (ocr-recognition) cannot be a camera's detector" in capsys.readouterr().err
 
 
-def test_the_camera_takes_signed_bundles_only(face_video, blazeface_bundle, keys, tmp_path, monkeypatch, capsys):
+def test_the_camera_takes_signed_bundles_only(face_video, blazeface_bundle, tmp_path, monkeypatch, capsys):
     """A device has no model_tools: a zoo name is no model; a bundle is verified with the agent's trusted keys."""
     from tests.bundles import Keys
 
@@ -117,3 +117,32 @@ def test_edge_agent_never_imports_model_tools():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             offenders += [f"{path.relative_to(root)}:{node.lineno}" for n in names if n.split(".")[0] == "model_tools"]
     assert offenders == []
+
+
+def test_the_camera_core_knows_no_transport():
+    """The camera's core is plain classes; only the view, the metrics and the CLI speak HTTP, Prometheus or MQTT."""
+    import ast
+
+    import edge_agent.camera as camera
+
+    root = Path(camera.__file__).parent
+    shells = {"view.py", "metrics.py", "cli.py"}
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name in shells:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names
+                          if n.split(".")[0] in {"fastapi", "starlette", "uvicorn", "paho", "prometheus_client", "httpx"}]
+    assert offenders == []
+
+
+def test_a_stage_that_does_not_read_crops_exits_2(face_video, blazeface_bundle, keys, tmp_path, capsys):
+    det = pack_zoo("ppocr-det", keys, tmp_path)
+    run = ["camera", "--source", str(face_video.path), "--trusted-key", str(keys.public_path), "--seconds", "1", "--http-port", "0"]
+    assert cli.main([*run, "--model", str(det), "--stage", str(blazeface_bundle)]) == 2
+    assert "blazeface (detection) cannot be a later stage: it does not read crops" in capsys.readouterr().err
+    assert cli.main([*run, "--model", str(det), "--stage", str(det)]) == 2
+    assert "two bundles of one model name" in capsys.readouterr().err

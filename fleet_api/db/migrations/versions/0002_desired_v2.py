@@ -6,9 +6,15 @@ Create Date: 2026-12-01
 
 Telemetry minutes of schema 1 were keyed by one bundle per device; schema 2 keys them by model and version. The
 old rollups (a lossy, per-minute metric) are dropped rather than guessed into the new key.
+
+A device's schema 1 desired state named one model: it becomes that device's model assignment, and its stored
+desired state is rewritten in schema 2 under the same revision (the device gets it on its next hello; nothing is
+republished on its own). The schema 1 runtime config had other fields and is not carried over.
 """
 
 from __future__ import annotations
+
+import datetime as dt
 
 import sqlalchemy as sa
 from alembic import op
@@ -87,6 +93,26 @@ def upgrade() -> None:
     )
     _drop_telemetry()
     _create_telemetry(v2=True)
+    _desired_v1_to_v2()
+
+
+def _desired_v1_to_v2() -> None:
+    devices = sa.table('devices', sa.column('id', sa.String), sa.column('desired', sa.JSON))
+    models = sa.table('device_models', sa.column('device_id', sa.String), sa.column('model', sa.String),
+                      sa.column('bundle_sha256', sa.String), sa.column('runtime', sa.JSON),
+                      sa.column('rollout_id', sa.Integer), sa.column('updated_at', sa.DateTime(timezone=True)))
+    conn = op.get_bind()
+    now = dt.datetime.now(dt.UTC)
+    for device_id, desired in conn.execute(sa.select(devices.c.id, devices.c.desired)).all():
+        if not desired or 'model' not in desired:
+            continue
+        model, rollout_id = desired.get('model'), desired.get('rollout_id')
+        v2: dict = {'schema': 2, 'revision': desired.get('revision', 0), 'models': {}}
+        if model:
+            conn.execute(models.insert().values(device_id=device_id, model=model['name'], bundle_sha256=model['sha256'],
+                                                runtime=None, rollout_id=rollout_id, updated_at=now))
+            v2['models'][model['name']] = {'bundle': model, 'rollout_id': rollout_id}
+        conn.execute(devices.update().where(devices.c.id == device_id).values(desired=v2))
 
 
 def downgrade() -> None:
