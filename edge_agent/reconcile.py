@@ -114,9 +114,10 @@ class Target:
 
     def same_work(self, other: Target | None) -> bool:
         """Whether `other` asks for exactly this work (the rollout that asks does not matter; a key that came or
-        went does: a model refused for want of its key is tried again when it comes)."""
-        return other is not None and (self.bundle, self.runtime, self.explicit, self.key) == \
-            (other.bundle, other.runtime, other.explicit, other.key)
+        went does: a model refused for want of its key is tried again when it comes; so does a shadow candidate,
+        which is reported)."""
+        return other is not None and (self.bundle, self.runtime, self.explicit, self.key, self.shadow) == \
+            (other.bundle, other.runtime, other.explicit, other.key, other.shadow)
 
 
 REMOVE = object()  # a worker's target when its model left the desired state
