@@ -28,6 +28,7 @@ from typing import Any, Protocol, Self
 import onnxruntime as ort
 
 from fleet_protocol.bundle import BundleError
+from fleet_protocol.encryption import EncryptionError
 from fleet_protocol.messages import (
     BundleRef,
     Desired,
@@ -38,9 +39,11 @@ from fleet_protocol.messages import (
     Runtime,
     ServingModel,
     ShadowReport,
+    WrappedKey,
 )
 
 from . import __version__, hardware
+from .keys import ModelKeys
 from .runtime import golden
 from .runtime.errors import (
     GoldenCheckError,
@@ -56,7 +59,8 @@ from .store import DigestMismatch, ModelStore, PartialDownload, StoredModel
 
 DOWNLOAD_ATTEMPTS = 3
 # Errors that refuse one bundle (reported `failed`, the previous version keeps serving).
-REFUSALS = (BundleError, GoldenCheckError, MemoryBudgetError, ModelLoadError, ProviderError, TimeoutError, OSError)
+REFUSALS = (BundleError, EncryptionError, GoldenCheckError, MemoryBudgetError, ModelLoadError, ProviderError, TimeoutError,
+            OSError)
 
 log = logging.getLogger(__name__)
 
@@ -99,19 +103,21 @@ class Target:
     runtime: Runtime
     explicit: bool
     rollout_id: int | None = None
-    encrypted: bool = False  # the spec carries a wrapped key: the model file is encrypted
+    key: WrappedKey | None = None  # the data key of an encrypted bundle, wrapped for this device
     shadow: BundleRef | None = None
 
     @classmethod
     def of(cls, spec: ModelSpec, default: Runtime) -> Target:
         explicit = "runtime" in spec.model_fields_set
-        return cls(spec.bundle, spec.runtime if explicit else default, explicit, spec.rollout_id,
-                   spec.key is not None, spec.shadow.bundle if spec.shadow is not None else None)
+        return cls(spec.bundle, spec.runtime if explicit else default, explicit, spec.rollout_id, spec.key,
+                   spec.shadow.bundle if spec.shadow is not None else None)
 
     def same_work(self, other: Target | None) -> bool:
-        """Whether `other` asks for exactly this work (the rollout that asks does not matter)."""
-        return other is not None and (self.bundle, self.runtime, self.explicit, self.encrypted) == \
-            (other.bundle, other.runtime, other.explicit, other.encrypted)
+        """Whether `other` asks for exactly this work (the rollout that asks does not matter; a key that came or
+        went does: a model refused for want of its key is tried again when it comes; so does a shadow candidate,
+        which is reported)."""
+        return other is not None and (self.bundle, self.runtime, self.explicit, self.key, self.shadow) == \
+            (other.bundle, other.runtime, other.explicit, other.key, other.shadow)
 
 
 REMOVE = object()  # a worker's target when its model left the desired state
@@ -133,8 +139,9 @@ def _short(exc: BaseException) -> str:
 
 class Reconciler:
     def __init__(self, settings: AgentSettings, store: ModelStore, host: ModelHost, transport: Transport | None = None,
-                 cameras: Cameras | None = None) -> None:
+                 cameras: Cameras | None = None, keys: ModelKeys | None = None) -> None:
         self.settings = settings
+        self.keys = keys or ModelKeys(settings.data_dir)  # the device key pair is made here on first start
         self.store = store
         self.host = host
         self.transport = transport
@@ -287,7 +294,7 @@ class Reconciler:
             return Reported(
                 revision=self.revision, models=dict(self._reports), cameras=cameras, error=self._error,
                 providers_available=ort.get_available_providers(), hardware=self._hardware,
-                agent_version=__version__, onnxruntime_version=ort.__version__,
+                agent_version=__version__, onnxruntime_version=ort.__version__, public_key=self.keys.public_key,
             )
 
     def publish(self) -> None:
@@ -501,9 +508,6 @@ class ModelWorker:
         ref, runtime = target.bundle, target.runtime
         current = self.host.get(self.name)
         try:
-            if target.encrypted:
-                raise BundleError("the bundle's model file is encrypted (a wrapped key is set), which this agent "
-                                  "version cannot decrypt; the previous version keeps serving")
             if current is not None and current.sha256 == ref.sha256 and same_session(current.runtime, runtime):
                 if current.runtime != runtime:  # only batching changed: the same session, a new batcher
                     self.host.swap(current.with_runtime(runtime))
@@ -512,6 +516,7 @@ class ModelWorker:
                 return
             self.store.claim(ref.sha256)  # kept by the store's garbage collection until this apply ends
             self.busy_with = ref.sha256
+            self.r.keys.remember(ref.sha256, target.key)
             stored = self.store.get(ref.sha256)
             if stored is None:
                 self.host.check_memory(self.name, ref.size, self.r.budget_mb())
@@ -527,6 +532,7 @@ class ModelWorker:
             return
         self.host.swap(model)
         self.store.promote(self.name, model.sha256, runtime if target.explicit else None)
+        self.r.keys.forget_except({p.name for p in self.store.models.iterdir()})
         log.info("now serving %s %s on %s (%s)", model.name, model.version, model.provider, model.precision.value)
         self.say(ModelState.serving)
 
@@ -545,14 +551,20 @@ class ModelWorker:
 
     def _load_checked(self, stored: StoredModel, runtime: Runtime) -> LoadedModel:
         providers = providers_for(runtime)
+        # An encrypted bundle (already verified: its signature covers the ciphertext) is decrypted into memory
+        # only; the session is built from those bytes and they are dropped once it holds its own copy.
+        plaintext = None
+        if stored.manifest.encryption is not None:
+            plaintext = self.r.keys.decrypt(stored.sha256, stored.manifest, stored.model_path)
         if providers[0].builds_engine:
             with _Building(self, expected_s=60.0):
                 model = load(stored, runtime, providers=providers, optimization=self.settings.graph_optimization,
-                             cache_dir=self.store.cache)
+                             cache_dir=self.store.cache, plaintext=plaintext)
         else:
             self.say(ModelState.loading, progress=1.0)
             model = load(stored, runtime, providers=providers, optimization=self.settings.graph_optimization,
-                         cache_dir=self.store.cache)
+                         cache_dir=self.store.cache, plaintext=plaintext)
+        del plaintext
         golden.check(model)
         return model
 

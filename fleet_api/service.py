@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from fleet_protocol.encryption import EncryptionError, b64d, load_public
 from fleet_protocol.messages import (
     Event,
     Fetch,
@@ -36,7 +37,7 @@ from fleet_protocol.topics import Topics
 from . import auth, telemetry
 from .auth import SYSTEM, Principal
 from .chunk_server import ChunkServer
-from .db.tables import Bundle, Device, Rollout, RolloutDevice, utcnow
+from .db.tables import Bundle, Device, ModelPolicy, Rollout, RolloutDevice, utcnow
 from .desired import outbox
 from .desired import state as desired_state
 from .desired.specs import DeviceConfig, ProfileSpec
@@ -48,6 +49,7 @@ from .registry import profiles as profile_registry
 from .registry.artifacts import ArtifactStore
 from .registry.bundles import pick_variant
 from .registry.devices import HARDWARE_LABEL
+from .registry.keys import KeyStore, encrypted_key_id
 from .rollouts import machine
 from .rollouts.gates import Gates
 from .rollouts.states import ACTIVE, RolloutState
@@ -61,7 +63,17 @@ TELEMETRY = Counter("edgefleet_api_telemetry_messages_total", "Telemetry message
 DESIRED_SENT = Counter("edgefleet_api_desired_published_total", "Desired-state revisions published")
 HELLOS = Counter("edgefleet_api_hellos_total", "Devices that asked for their desired state on connect")
 
+KEY_MISMATCH = Counter("edgefleet_api_device_key_mismatch_total",
+                       "Reported public keys that differ from the enrolled one (ignored)")
+
 KNOWN_DEVICE_TTL_S = 30.0
+
+
+def _check_public_key(text: str) -> None:
+    try:
+        load_public(text)
+    except (EncryptionError, ValueError) as exc:
+        raise Invalid(f"public_key: not an X25519 public key (32 bytes, urlsafe base64): {exc}") from None
 
 
 class FleetService:
@@ -76,6 +88,7 @@ class FleetService:
         self.topics = Topics(settings.topic_prefix)
         self.store = ArtifactStore(settings.artifact_dir)
         self.trusted_keys = settings.public_keys()
+        self.keys = KeyStore(settings.master_key_bytes())
         self.chunks = ChunkServer(self.store, publisher, self.topics, settings.chunk_coalesce_ms / 1000,
                                   settings.fetch_sends_per_chunk, settings.fetch_budget_window_s)
         self.telemetry = telemetry.TelemetryBuffer()
@@ -86,6 +99,7 @@ class FleetService:
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         with self.sessions() as db, db.begin():
+            db.info[desired_state.KEYS] = self.keys  # composing a desired state wraps data keys with it
             yield db
 
     def close(self) -> None:
@@ -125,25 +139,68 @@ class FleetService:
             return auth.list_audit(db, limit, action, before_id)
 
     # --- models -------------------------------------------------------------------------------------------
-    def upload_bundle(self, upload: Path, who: Principal = SYSTEM) -> tuple[dict[str, Any], bool]:
+    def upload_bundle(self, upload: Path, who: Principal = SYSTEM,
+                      data_key: dict[str, str] | None = None) -> tuple[dict[str, Any], bool]:
+        """Register a bundle; `data_key` (the .key file of `model-tools bundle --encrypt`) is kept with it, in the
+        same transaction: a bundle whose key is refused is not registered either."""
         with self.transaction() as db:
             row, created = bundle_registry.register_bundle(db, self.store, upload, self.trusted_keys)
             if created:
                 auth.audit(db, who.actor, "model.upload", f"{row.name}@{row.version}",
-                           {"hardware_class": row.hardware_class, "sha256": row.sha256, "size": row.size})
+                           {"hardware_class": row.hardware_class, "sha256": row.sha256, "size": row.size,
+                            "encrypted": encrypted_key_id(row) is not None})
+            if data_key is not None:
+                self._put_key(db, row.name, row.version, data_key, who)
             return bundle_view(row), created
+
+    def upload_key(self, name: str, version: str, data_key: dict[str, str], who: Principal = SYSTEM) -> dict[str, Any]:
+        with self.transaction() as db:
+            return self._put_key(db, name, version, data_key, who)
+
+    def _put_key(self, db: Session, name: str, version: str, data_key: dict[str, str], who: Principal) -> dict[str, Any]:
+        key_id = data_key["key_id"]
+        rows = bundle_registry.variants(db, name, version)
+        if not any(encrypted_key_id(b) == key_id for b in rows):
+            raise Invalid(f"no bundle of {name} {version} is encrypted under key {key_id}")
+        try:
+            raw = b64d(data_key["key"])
+        except EncryptionError as exc:
+            raise Invalid(f"key: {exc}") from None
+        self.keys.put(db, key_id, raw, name, version)
+        auth.audit(db, who.actor, "model.key.upload", f"{name}@{version}", {"key_id": key_id})  # never the key
+        return {"name": name, "version": version, "key_id": key_id, "stored": True}
+
+    def set_policy(self, name: str, require_encryption: bool, who: Principal = SYSTEM) -> dict[str, Any]:
+        """Takes effect for the rollouts and assignments made from now on; what devices run is left as it is."""
+        with self.transaction() as db:
+            row = db.get(ModelPolicy, name)
+            if row is None:
+                row = ModelPolicy(name=name)
+                db.add(row)
+            row.require_encryption = require_encryption
+            auth.audit(db, who.actor, "model.policy", f"model:{name}", {"require_encryption": require_encryption})
+            return {"name": name, "require_encryption": require_encryption}
+
+    def get_policy(self, name: str) -> dict[str, Any]:
+        with self.transaction() as db:
+            row = db.get(ModelPolicy, name)
+            return {"name": name, "require_encryption": bool(row and row.require_encryption)}
 
     def list_bundles(self) -> list[dict[str, Any]]:
         with self.transaction() as db:
             return [bundle_view(b) for b in bundle_registry.list_bundles(db)]
 
     # --- devices ------------------------------------------------------------------------------------------
-    def register_device(self, device_id: str, labels: dict[str, str], who: Principal = SYSTEM) -> dict[str, Any]:
+    def register_device(self, device_id: str, labels: dict[str, str], who: Principal = SYSTEM,
+                        public_key: str | None = None) -> dict[str, Any]:
         """Register a device; with dynamic security on, create its broker client and return its credentials
         once (the broker keeps only a hash). The broker call runs inside the transaction: if it fails,
-        the device is not registered either."""
+        the device is not registered either. `public_key`: its X25519 key, enrolled for wrapped model keys."""
+        if public_key is not None:
+            _check_public_key(public_key)
         with self.transaction() as db:
             device = device_registry.register_device(db, device_id, labels)
+            device.public_key = public_key
             credentials = None
             if self.broker_admin is not None:
                 credentials = self._issue_credentials(device)
@@ -187,6 +244,7 @@ class FleetService:
             if self.broker_admin is not None and device.broker_username:
                 self.broker_admin.delete_device_client(device.id, device.broker_username)
             device.revoked = True
+            device.key_revoked = True  # and no data key is ever wrapped for it again
             device.online = False
             machine.remove_device(db, device_id)
             # Clearing the retained messages goes through the outbox like any change, so it is retried until the
@@ -198,6 +256,37 @@ class FleetService:
         self._known.pop(device_id, None)
         self.tick_rollouts()  # a wave may pass now that the device no longer counts; publishes the outbox
         return view
+
+    def set_public_key(self, device_id: str, public_key: str | None, who: Principal = SYSTEM) -> dict[str, Any]:
+        """Enrol (a key) or revoke (None) a device's public key. Revoked, the device gets no data key for anything
+        new (a model it already serves goes on serving until it restarts) and no key is pinned for it again."""
+        if public_key is not None:
+            _check_public_key(public_key)
+        with self.transaction() as db:
+            device = device_registry.get_active_device(db, device_id, lock=True)
+            device.public_key, device.key_revoked = public_key, public_key is None
+            changed = desired_state.recompose(db, device, self.settings.chunk_size)
+            auth.audit(db, who.actor, "device.key.enrol" if public_key else "device.key.revoke", f"device:{device_id}",
+                       {"public_key": public_key, "new_revision": device.desired_revision if changed else None})
+            view = device_view(device)
+        self.flush_outbox()
+        return view
+
+    def _pin_key(self, db: Session, device: Device, reported: Reported) -> bool:
+        """first_contact enrolment: the first key a device reports is trusted; a different one later is not."""
+        offered = reported.public_key
+        if not offered or offered == device.public_key:
+            return False
+        if device.public_key is not None:
+            KEY_MISMATCH.inc()
+            log.warning("device %s reports public key %s…, enrolled is %s…: ignored (PUT /v1/devices/%s/public-key "
+                        "to change it)", device.id, offered[:8], device.public_key[:8], device.id)
+            return False
+        if self.settings.key_enrolment != "first_contact" or device.key_revoked:
+            return False
+        device.public_key = offered
+        auth.audit(db, SYSTEM.actor, "device.key.pin", f"device:{device.id}", {"public_key": offered})
+        return desired_state.recompose(db, device, self.settings.chunk_size)
 
     def list_devices(self) -> list[dict[str, Any]]:
         with self.transaction() as db:
@@ -243,6 +332,7 @@ class FleetService:
             device = device_registry.get_active_device(db, device_id, lock=True)
             self._not_in_rollout(db, device_id, model)
             bundle = pick_variant(bundle_registry.variants(db, model, version), device.labels.get(HARDWARE_LABEL))
+            self.keys.check_deliverable(db, model, version, [bundle])
             desired_state.assign(db, device_id, model, bundle.sha256,
                                  runtime.model_dump(mode="json") if runtime is not None else None, None)
             changed = desired_state.recompose(db, device, self.settings.chunk_size)
@@ -332,6 +422,7 @@ class FleetService:
                 first = exc.errors()[0]
                 raise Invalid(f"gates: {'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg')}") from None
         with self.transaction() as db:
+            self.keys.check_deliverable(db, model, version, bundle_registry.variants(db, model, version))
             rollout = machine.create_rollout(
                 db, model=model, version=version, selector=device_registry.parse_selector(selector), waves=waves,
                 gates=gates, runtime=runtime, chunk_size=self.settings.chunk_size, now=now,
@@ -478,14 +569,15 @@ class FleetService:
     # --- device messages (from the MQTT shell) ------------------------------------------------------------
     def on_reported(self, device_id: str, reported: Reported, now: dt.datetime | None = None) -> None:
         with self.transaction() as db:
-            device_registry.record_reported(db, device_id, reported)
+            device = device_registry.record_reported(db, device_id, reported)
+            pinned = self._pin_key(db, device, reported)
         # Its own transaction, holding no device row: it locks rollouts, and a rollout step that holds one and
         # moves this device would otherwise wait for us while we wait for it (PostgreSQL deadlock).
         with self.transaction() as db:
             touched = machine.on_reported(db, device_id, reported, now)
         for rollout_id in touched:
             self.evaluate(rollout_id, now)
-        if touched:
+        if touched or pinned:
             self.flush_outbox()
 
     def on_status(self, device_id: str, status: Status) -> None:
@@ -589,6 +681,7 @@ def bundle_view(b: Bundle) -> dict[str, Any]:
         "name": b.name, "version": b.version, "hardware_class": b.hardware_class, "sha256": b.sha256, "size": b.size,
         "task": b.task, "signed_by": b.signed_by, "created_at": b.created_at.isoformat(),
         "quantization": (b.manifest.get("quantization") or {}).get("method"),
+        "encryption_key_id": encrypted_key_id(b),
     }
 
 
@@ -614,6 +707,7 @@ def device_view(d: Device) -> dict[str, Any]:
         "cameras": reported.get("cameras") or {},
         "error": reported.get("error"),
         "desired": d.desired, "reported": d.reported, "broker_username": d.broker_username,
+        "public_key": d.public_key, "key_revoked": d.key_revoked,
     }
 
 

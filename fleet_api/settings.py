@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleet_protocol.encryption import b64d
 from fleet_protocol.messages import DEFAULT_CHUNK_SIZE
 from fleet_protocol.signing import load_public_key
 from fleet_protocol.topics import DEFAULT_PREFIX
@@ -49,7 +51,25 @@ class ApiSettings(BaseSettings):
     upload_idle_timeout_s: float = Field(default=30.0, gt=0)
     max_bundle_mb: float = 2048.0
     tick_interval_s: float = 1.0
+    # Master key (32 bytes, urlsafe base64) that seals model data keys at rest; or a file holding it (a k3s Secret).
+    master_key: SecretStr | None = None
+    master_key_file: Path | None = None
+    # How a device's X25519 public key (for wrapped model keys) becomes trusted: "registration" (only the key
+    # given in POST /v1/devices or PUT /v1/devices/{id}/public-key) or "first_contact" (also the key a device
+    # reports while it has none: trust on first use, later changes refused).
+    key_enrolment: Literal["registration", "first_contact"] = "registration"
     outbox_batch: int = 500  # desired states published (and acknowledged) per outbox transaction
 
     def public_keys(self) -> list:
         return [load_public_key(Path(p.strip()).read_bytes()) for p in self.trusted_keys.split(",") if p.strip()]
+
+    def master_key_bytes(self) -> bytes | None:
+        text = self.master_key.get_secret_value() if self.master_key else None
+        if text is None and self.master_key_file is not None:
+            text = self.master_key_file.read_text().strip()
+        if text is None:
+            return None
+        key = b64d(text.strip())
+        if len(key) != 32:
+            raise ValueError(f"the master key must be 32 bytes (urlsafe base64), got {len(key)}")
+        return key

@@ -61,6 +61,13 @@ class Golden(_Strict):
     iou: float = Field(default=0.5, gt=0, le=1)
 
 
+class Encryption(_Strict):
+    """The model file is ciphertext: `cipher` under the data key `key_id` (see fleet_protocol.encryption)."""
+
+    cipher: Literal["AES-256-GCM"] = "AES-256-GCM"
+    key_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+
+
 class Manifest(_Strict):
     schema_version: int = MANIFEST_SCHEMA_VERSION
     name: str
@@ -74,6 +81,7 @@ class Manifest(_Strict):
     hardware_class: str = "generic"
     measurements: dict[str, Any] = Field(default_factory=dict)  # accuracy, latency per provider
     golden: Golden = Field(default_factory=Golden)
+    encryption: Encryption | None = None  # None: model.onnx is plaintext
     files: dict[str, FileEntry]
     created_at: str = ""
     extra: dict[str, Any] = Field(default_factory=dict)  # task-specific settings (anchors, thresholds …)

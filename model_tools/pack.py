@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,8 @@ import numpy as np
 from pydantic import ValidationError
 
 from fleet_protocol.bundle import GOLDEN, MODEL, bundle_filename, write_bundle
-from fleet_protocol.manifest import Golden, Manifest, Preprocessing, QuantizationInfo, TensorSpec
+from fleet_protocol.encryption import CIPHER, b64e, encrypt_model, new_data_key, new_key_id
+from fleet_protocol.manifest import Encryption, Golden, Manifest, Preprocessing, QuantizationInfo, TensorSpec
 from fleet_protocol.signing import SignatureError, load_private_key
 
 from . import calibration, golden
@@ -90,7 +93,9 @@ def pack_bundle(
     tolerance: tuple[float, float] | None = None,
     extra: dict[str, Any] | None = None,
     force: bool = False,
+    encrypt: bool = False,
 ) -> tuple[Path, Manifest]:
+    """Write NAME-VERSION.bundle; with `encrypt`, also NAME-VERSION.key (the data key: upload it, keep it secret)."""
     try:
         key = load_private_key(private_key_pem)
     except SignatureError as exc:
@@ -135,7 +140,25 @@ def pack_bundle(
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise UsageError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
+    if encrypt:
+        # Goldens come from the plaintext above; the bundle carries only ciphertext, whose digest the signature covers.
+        data_key, kid = new_data_key(), new_key_id()
+        manifest = manifest.model_copy(update={"encryption": Encryption(key_id=kid)})
+        model_bytes = encrypt_model(model_bytes, data_key, kid)
+        write_data_key(key_path(out), kid, data_key)
     files = {MODEL: model_bytes, GOLDEN: golden.to_npz(sample, expected)}
     manifest = write_bundle(out, manifest, files, key)
     chmod_like_open(out)  # written through mkstemp (0600); a bundle is for sharing, so the user's umask decides
     return out, manifest
+
+
+def key_path(bundle: Path) -> Path:
+    return bundle.with_suffix(".key")
+
+
+def write_data_key(path: Path, kid: str, data_key: bytes) -> None:
+    """The data key file the fleet API takes with the bundle: JSON, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)  # written before the bundle, whose writer makes the folder
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"key_id": kid, "cipher": CIPHER, "key": b64e(data_key)}, f)

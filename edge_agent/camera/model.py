@@ -88,6 +88,8 @@ def load(ref: str, trusted_keys: list, *, work_dir: Path | None = None, provider
             bundle = read_bundle(path, trusted_keys, extract_to=folder)
         except BundleError as exc:
             raise ModelError(f"{ref}: {exc}") from None
+        if bundle.manifest.encryption is not None:  # its data key only ever reaches an enrolled device's agent
+            raise ModelError(f"{ref}: the model is encrypted; serve it through the fleet (an enrolled device)")
         runtime = Runtime(intra_op_threads=threads, providers=providers) if providers else Runtime(intra_op_threads=threads)
         try:
             # onnxruntime has read the file once the session exists: nothing extracted needs to stay behind.

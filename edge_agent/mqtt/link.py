@@ -147,6 +147,8 @@ class AgentLink:
                 client.subscribe(self.topics.artifact_chunks(sha), qos=1)
             if (last := self.reconciler.last_reported) is not None:
                 self.report(last)  # the fleet may have missed it while we were away
+            else:  # first contact: say who we are (the public key, for pinning) before anything is asked of us
+                self.reconciler.publish()
             self._answered.clear()
             self.hello()
         self._connected.set()

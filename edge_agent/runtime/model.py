@@ -227,9 +227,12 @@ class LoadedModel:
 
 
 def load(stored: StoredModel, runtime: Runtime, *, optimization: str = "all", cache_dir=None,
-         providers=None) -> LoadedModel:
-    """A session for a stored bundle, built from its file (never from a copy of its bytes)."""
+         providers=None, plaintext: bytes | None = None) -> LoadedModel:
+    """A session for a stored bundle, built from its file (never from a copy of its bytes); for an encrypted
+    bundle, from `plaintext`, the model decrypted into memory (and then no engine cache is written either)."""
     from .session import create_session
 
-    session = create_session(stored.model_path, runtime, providers=providers, optimization=optimization, cache_dir=cache_dir)
+    source = stored.model_path if plaintext is None else plaintext
+    session = create_session(source, runtime, providers=providers, optimization=optimization, cache_dir=cache_dir,
+                             disk_cache=plaintext is None)
     return LoadedModel.from_session(stored, session, runtime)

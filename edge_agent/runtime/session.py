@@ -44,8 +44,12 @@ def providers_for(runtime: Runtime, available: list[str] | None = None) -> list[
 
 
 def create_session(model: bytes | Path, runtime: Runtime | None = None, *, providers: list[Provider] | None = None,
-                   optimization: str = "all", cache_dir: Path | None = None) -> ort.InferenceSession:
+                   optimization: str = "all", cache_dir: Path | None = None,
+                   disk_cache: bool = True) -> ort.InferenceSession:
     """A session for `model` (a path, or the bytes of a model held only in memory) as `runtime` says.
+
+    `disk_cache=False` (a decrypted model): no provider writes a compiled engine or graph cache to disk, since it
+    would hold the model's weights in the clear; such a model is built again on every load.
 
     Raises ProviderError when a required provider is missing or the session does not run on it, and
     ModelLoadError when onnxruntime refuses the model."""
@@ -55,14 +59,25 @@ def create_session(model: bytes | Path, runtime: Runtime | None = None, *, provi
     cache = cache_dir or Path(".")
     options = session_options(runtime.intra_op_threads, optimization)
     source = str(model) if isinstance(model, Path) else model
+
+    def provider_options(p: Provider) -> dict[str, str]:
+        opts = p.options(cache, precision)
+        return opts if disk_cache else {k: v for k, v in opts.items() if "cache" not in k}
+
     try:
         session = ort.InferenceSession(
             source, sess_options=options,
-            providers=[(p.name, o) if (o := p.options(cache, precision)) else p.name for p in providers],
+            providers=[(p.name, o) if (o := provider_options(p)) else p.name for p in providers],
         )
     except Exception as exc:  # onnxruntime's errors share no base class beyond Exception
         what = model.name if isinstance(model, Path) else f"a {len(model)}-byte model"
         raise ModelLoadError(f"onnxruntime cannot load {what}: {first_line(exc)}") from None
+    if isinstance(model, bytes):
+        # onnxruntime keeps the bytes it was built from, to rebuild the session on a provider fallback: for a
+        # decrypted model that is a second plaintext copy in RAM for the session's whole life (measured +1x the
+        # model's size, steady). The agent reports a failed provider instead of falling back, so drop them.
+        session.disable_fallback()
+        session._model_bytes = None
     used = session.get_providers()
     wanted = providers[0].name
     if runtime.require_provider is not None and used[0] != wanted:

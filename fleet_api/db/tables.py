@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -58,6 +59,10 @@ class Device(Base):
     broker_username: Mapped[str | None] = mapped_column(String(128), nullable=True)
     # the device's own configuration (desired.specs.DeviceConfig); None: profiles and defaults only
     config: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # X25519 public key (urlsafe base64) that model data keys are wrapped for: enrolled at registration or pinned
+    # at first contact (settings.key_enrolment). key_revoked: no key is wrapped for it, and none is pinned again.
+    public_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    key_revoked: Mapped[bool] = mapped_column(default=False)
 
 
 class DeviceModel(Base):
@@ -191,3 +196,25 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64), index=True)
     target: Mapped[str | None] = mapped_column(String(256), nullable=True)
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ModelKey(Base):
+    """A model's data key, sealed under the API's master key (never stored or logged in the clear)."""
+
+    __tablename__ = "model_keys"
+
+    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelPolicy(Base):
+    """What the fleet requires of a model's bundles (by model name), checked when a version is given to devices."""
+
+    __tablename__ = "model_policies"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    require_encryption: Mapped[bool] = mapped_column(default=False)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)

@@ -19,6 +19,19 @@ from ..db.tables import Bundle, Device, DeviceModel, Profile
 from .compose import EMPTY_BODY, Assignment, Composed, NamedProfile, compose
 from .specs import DeviceConfig, ProfileSpec
 
+KEYS = "keys"  # Session.info entry: the FleetService's KeyStore, put there by its transactions
+
+
+def wrapped_key(db: Session, device: Device, bundle: Bundle):
+    """An encrypted bundle's data key wrapped for `device`, or None: plaintext bundle, no key store, or a device
+    without an enrolled key or with its key revoked (it then gets no key for anything new). A shadow's bundle
+    (ModelSpec.shadow.key) is wrapped the same way, once shadows are composed."""
+    enc = (bundle.manifest or {}).get("encryption")
+    keys = db.info.get(KEYS)
+    if enc is None or keys is None or device.key_revoked or not device.public_key:
+        return None
+    return keys.wrap_for(db, enc["key_id"], device.public_key)
+
 
 def profiles(db: Session) -> list[NamedProfile]:
     return [NamedProfile(p.name, ProfileSpec.model_validate({**p.spec, "selector": p.selector, "priority": p.priority}))
@@ -72,7 +85,8 @@ def compose_device(db: Session, device: Device, chunk_size: int, named: list[Nam
             continue
         assignments[name] = Assignment(
             BundleRef(name=b.name, version=b.version, sha256=b.sha256, size=b.size, chunk_size=chunk_size),
-            Runtime.model_validate(r.runtime) if r.runtime is not None else None, r.rollout_id)
+            Runtime.model_validate(r.runtime) if r.runtime is not None else None, r.rollout_id,
+            wrapped_key(db, device, b))
     config = DeviceConfig.model_validate(device.config) if device.config is not None else None
     return compose(device.labels or {}, config, profiles(db) if named is None else named, assignments)
 

@@ -18,6 +18,7 @@ from .schemas import (
     DeviceWithCredentials,
     LabelsPatch,
     ModelAssignIn,
+    PublicKeyIn,
     TelemetryOut,
 )
 
@@ -27,7 +28,7 @@ router = APIRouter(prefix="/v1/devices", tags=["devices"], responses=ERRORS)
 @router.post("", status_code=201, response_model=DeviceWithCredentials,
              summary="Register a device; with broker dynamic security, returns its credentials once")
 def register(body: DeviceIn, service: ServiceDep, who: Admin) -> dict:
-    return service.register_device(body.id, body.labels, who)
+    return service.register_device(body.id, body.labels, who, body.public_key)
 
 
 @router.get("", response_model=list[DeviceOut], summary="List devices with their reported models and cameras")
@@ -56,6 +57,18 @@ def revoke(device_id: DeviceIdPath, service: ServiceDep, who: Admin) -> dict:
              summary="New broker credentials for a device (the old ones stop working)")
 def rotate(device_id: DeviceIdPath, service: ServiceDep, who: Admin) -> dict:
     return service.rotate_credentials(device_id, who)
+
+
+@router.put("/{device_id}/public-key", response_model=DeviceOut,
+            summary="Enrol (or replace) the device's X25519 public key: encrypted models' data keys are wrapped for it")
+def put_public_key(device_id: DeviceIdPath, body: PublicKeyIn, service: ServiceDep, who: Admin) -> dict:
+    return service.set_public_key(device_id, body.public_key, who)
+
+
+@router.delete("/{device_id}/public-key", response_model=DeviceOut,
+               summary="Revoke the device's key: it gets no data key for anything new, and none is pinned again")
+def revoke_public_key(device_id: DeviceIdPath, service: ServiceDep, who: Admin) -> dict:
+    return service.set_public_key(device_id, None, who)
 
 
 @router.get("/{device_id}/config", response_model=DeviceConfigOut, summary="The device's own configuration")

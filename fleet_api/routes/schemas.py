@@ -3,7 +3,7 @@ every answer). The core returns plain dicts; FastAPI validates them against thes
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -24,9 +24,31 @@ from ..strict import StrictModel
 Selector = Annotated[str, Field(max_length=2048)] | dict[LabelKey, LabelValue]
 
 
+PUBLIC_KEY_PATTERN = r"^[A-Za-z0-9_-]{43}=?$"
+
+
 class DeviceIn(StrictModel):
     id: str = Field(max_length=64, description=f"device id: {DEVICE_ID_PATTERN}")
     labels: Labels = Field(default_factory=dict, description="e.g. {'site': 'plant-3', 'hw': 'jetson'}")
+    public_key: str | None = Field(default=None, pattern=PUBLIC_KEY_PATTERN,
+                                   description="the device's X25519 public key (urlsafe base64; the agent logs it and "
+                                               "reports it): encrypted models' data keys are wrapped for it")
+
+
+class PublicKeyIn(StrictModel):
+    public_key: str = Field(pattern=PUBLIC_KEY_PATTERN, description="X25519 public key, urlsafe base64")
+
+
+class DataKeyIn(StrictModel):
+    """The NAME-VERSION.key file that `model-tools bundle --encrypt` writes."""
+
+    key_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    cipher: Literal["AES-256-GCM"] = "AES-256-GCM"
+    key: str = Field(pattern=r"^[A-Za-z0-9_-]{43}=?$", description="the 32-byte data key, urlsafe base64")
+
+
+class PolicyIn(StrictModel):
+    require_encryption: bool = Field(description="refuse rollouts and assignments of plaintext bundles of this model")
 
 
 class LabelsPatch(StrictModel):
@@ -87,6 +109,19 @@ class BundleOut(BaseModel):
     signed_by: str
     created_at: str
     quantization: str | None = None
+    encryption_key_id: str | None = Field(default=None, description="set when the model file is encrypted")
+
+
+class DataKeyOut(BaseModel):
+    name: str
+    version: str
+    key_id: str
+    stored: bool
+
+
+class PolicyOut(BaseModel):
+    name: str
+    require_encryption: bool
 
 
 class ReportedModel(BaseModel):
@@ -126,6 +161,8 @@ class DeviceOut(BaseModel):
     desired: dict[str, Any] | None
     reported: dict[str, Any] | None
     broker_username: str | None
+    public_key: str | None = Field(default=None, description="enrolled X25519 key that data keys are wrapped for")
+    key_revoked: bool = False
 
 
 class DeviceWithCredentials(DeviceOut):

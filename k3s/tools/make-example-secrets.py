@@ -9,6 +9,7 @@ nothing keeps the passwords. Needs `cryptography` (in .venv-k8s).
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import ipaddress
 import os
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return secrets.token_urlsafe(24)
 
     write("api-admin-token", secrets.token_hex(32))
+    write("api-master-key", base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
     write("mqtt-api-username", "fleet-api")
     write("mqtt-api-password", password())
     nodes = [n.strip() for n in args.nodes.split(",") if n.strip()]

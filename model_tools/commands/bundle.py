@@ -16,7 +16,7 @@ from fleet_protocol.manifest import Quantization, Task
 from fleet_protocol.signing import sha256_file
 
 from ..errors import UsageError
-from ..pack import pack_bundle
+from ..pack import key_path, pack_bundle
 from .arguments import json_object
 
 
@@ -62,6 +62,9 @@ def add_parser(sub) -> None:
                    "those from --tune-report")
     p.add_argument("--atol", type=float, help="golden check absolute tolerance (default 1e-4, quantized 1e-3)")
     p.add_argument("--rtol", type=float, help="golden check relative tolerance (default 1e-3, quantized 1e-2)")
+    p.add_argument("--encrypt", action="store_true",
+                   help="encrypt model.onnx (AES-256-GCM, fresh data key); writes NAME-VERSION.key beside the bundle "
+                   "(mode 0600): upload it with the bundle, never ship it to devices")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(func=run)
 
@@ -130,10 +133,15 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out, task=args.task or (zoo.task if zoo else "other"), labels=labels,
         preprocessing=args.preprocessing or (zoo.preprocessing if zoo else None),
         extra=args.postprocessing or (zoo.extra if zoo else None), hardware_class=args.hardware_class,
-        quantization=quant or None, measurements=measurements, tolerance=tolerance,
+        quantization=quant or None, measurements=measurements, tolerance=tolerance, encrypt=args.encrypt,
     )
     if args.json:
-        print(json.dumps({"bundle": str(path), "sha256": sha256_file(path), "manifest": manifest.model_dump(mode="json")}))
+        out = {"bundle": str(path), "sha256": sha256_file(path), "manifest": manifest.model_dump(mode="json")}
+        if manifest.encryption:
+            out["key_file"] = str(key_path(path))
+        print(json.dumps(out))
     else:
         print(f"{path}  sha256 {sha256_file(path)}  ({manifest.task}, quantization {manifest.quantization.method})")
+        if manifest.encryption:
+            print(f"{key_path(path)}  data key {manifest.encryption.key_id} (secret: upload it with the bundle)")
     return 0

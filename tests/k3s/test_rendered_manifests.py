@@ -230,6 +230,21 @@ def test_api_admin_token_comes_from_a_mounted_secret_file(docs):
     assert mounters == ["edgefleet-api"]
 
 
+def test_api_master_key_comes_from_a_secret_file_only_the_api_mounts(docs):
+    deployment = api(docs)
+    c = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(c)
+    assert "EDGEFLEET_API_MASTER_KEY" not in env
+    secret, key = mounted_secret_key(docs, deployment, c, env["EDGEFLEET_API_MASTER_KEY_FILE"]["value"])
+    master = base64.b64decode(secret["data"][key]).decode()
+    assert len(base64.urlsafe_b64decode(master)) == 32  # what ApiSettings.master_key_bytes() takes
+    mounters = [w["metadata"]["name"] for w in docs if w["kind"] in WORKLOADS
+                for v in w["spec"]["template"]["spec"].get("volumes", [])
+                if v.get("secret", {}).get("secretName") == secret["metadata"]["name"]]
+    assert mounters == ["edgefleet-api"]
+    assert secret["data"][key] not in json.dumps([d for d in docs if d is not secret])
+
+
 def test_api_admin_token_value_appears_only_in_its_secret(docs):
     deployment = api(docs)
     c = deployment["spec"]["template"]["spec"]["containers"][0]

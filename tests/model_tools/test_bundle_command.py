@@ -180,3 +180,25 @@ def test_a_camera_ready_blazeface_bundle_from_the_cli(keypair, tmp_path, capsys)
     detector = Detector(model)
     faces = detector(data.astronaut()[:, :, ::-1].copy())  # the camera hands BGR frames
     assert len(faces) == 1 and faces[0].label == "face"
+
+
+def test_bundle_encrypt_writes_ciphertext_and_a_private_key_file(tmp_path, keypair):
+    from fleet_protocol.bundle import MODEL
+    from fleet_protocol.encryption import b64d, decrypt_model
+
+    private, public, _ = keypair
+    zoo = digits(20)
+    out_dir = tmp_path / "new-folder"  # not there yet: the key file is written before the bundle
+    out = tools("bundle", zoo.onnx, "--name", "digits", "--version", "4.0.0", "--golden", zoo.golden_inputs,
+                "--key", private, "--out", out_dir, "--encrypt", "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    key_file = out_dir / "digits-4.0.0.key"
+    assert info["key_file"] == str(key_file) and oct(key_file.stat().st_mode & 0o777) == "0o600"
+    secret = json.loads(key_file.read_text())
+    assert secret["key"] not in out.stdout  # the key is in its file only
+    verified = read_bundle(out_dir / "digits-4.0.0.bundle", [load_public_key(public.read_bytes())], extract_to=tmp_path / "x")
+    assert verified.manifest.encryption.key_id == secret["key_id"]
+    ciphertext = (tmp_path / "x" / MODEL).read_bytes()
+    assert ciphertext != zoo.onnx.read_bytes()
+    assert decrypt_model(ciphertext, b64d(secret["key"]), secret["key_id"]) == zoo.onnx.read_bytes()
