@@ -228,11 +228,13 @@ class Reconciler:
             self._error = reason[:1900]
             self.publish()
 
-    def on_chunk(self, sha256: str, index: int, data: bytes) -> None:
+    def on_chunk(self, sha256: str, index: int, data: bytes) -> bool:
+        """Hand a chunk to the worker downloading that artifact; False when none is."""
         for worker in list(self.workers.values()):
             if worker.downloading == sha256:
                 worker.on_chunk(sha256, index, data)
-                return
+                return True
+        return False
 
     def rollback(self, name: str, timeout: float = 60.0) -> str:
         worker = self.workers.get(name)

@@ -183,4 +183,5 @@ class AgentLink:
             REJECTED.labels("unexpected_topic").inc()
             log.warning("ignoring message on unexpected topic %r", topic)
             return
-        self.reconciler.on_chunk(sha, index, bytes(msg.payload))
+        if not self.reconciler.on_chunk(sha, index, bytes(msg.payload)):
+            REJECTED.labels("unwanted_chunk").inc()  # no download of that artifact in progress (late, or not ours)
