@@ -72,3 +72,19 @@ class HistogramWindow:
         with self._lock:
             counts, self._counts = self._counts, np.zeros(self.bins, np.int64)
         return Histogram(counts=[int(c) for c in counts]) if counts.any() else None
+
+
+class ModelDrift:
+    """One model's two histograms for the current telemetry window (kept by the ModelHost per model name)."""
+
+    def __init__(self, task: str, bins: int = HISTOGRAM_BINS) -> None:
+        self.task = task
+        self.confidence = HistogramWindow(bins)
+        self.input_mean = HistogramWindow(bins)
+
+    def observe(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[np.ndarray]) -> None:
+        self.confidence.add(confidence(self.task, outputs))
+        self.input_mean.add(brightness(feeds))
+
+    def take(self) -> tuple[Histogram | None, Histogram | None]:
+        return self.confidence.take(), self.input_mean.take()

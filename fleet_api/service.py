@@ -320,7 +320,8 @@ class FleetService:
     # --- rollouts -----------------------------------------------------------------------------------------
     def create_rollout(self, model: str, version: str, selector: str | dict, waves: str | list,
                        gates: Gates | dict[str, Any] | None = None, who: Principal = SYSTEM,
-                       runtime: Runtime | None = None, now: dt.datetime | None = None) -> dict[str, Any]:
+                       runtime: Runtime | None = None, now: dt.datetime | None = None,
+                       shadow: dict[str, Any] | None = None) -> dict[str, Any]:
         if not isinstance(gates, Gates):
             try:
                 gates = Gates.model_validate(gates or {})
@@ -330,11 +331,11 @@ class FleetService:
         with self.transaction() as db:
             rollout = machine.create_rollout(
                 db, model=model, version=version, selector=device_registry.parse_selector(selector), waves=waves,
-                gates=gates, runtime=runtime, chunk_size=self.settings.chunk_size, now=now,
+                gates=gates, runtime=runtime, chunk_size=self.settings.chunk_size, now=now, shadow=shadow,
             )
             auth.audit(db, who.actor, "rollout.create", f"rollout:{rollout.id}",
                        {"model": model, "version": version, "selector": rollout.selector, "waves": rollout.waves,
-                        "gates": rollout.gates, "runtime": rollout.runtime})
+                        "gates": rollout.gates, "runtime": rollout.runtime, "shadow": rollout.shadow})
             rollout_id = rollout.id
         self.evaluate(rollout_id, now)  # devices already serving the bundle may pass the first wave at once
         self.flush_outbox()
@@ -527,6 +528,11 @@ class FleetService:
         self._check_known(device_id)
         self.telemetry.add(device_id, message)
         TELEMETRY.inc()
+        shadows = {name: m.shadow for name, m in message.models.items() if m.shadow is not None}
+        if shadows:  # only while a shadow runs on the device: its numbers are what a shadow-mode wave waits for
+            with self.transaction() as db:
+                for name, shadow in shadows.items():
+                    machine.record_shadow(db, device_id, name, shadow)
 
     def flush_telemetry(self) -> int:
         return telemetry.flush(self.sessions, self.telemetry)
@@ -619,14 +625,14 @@ def member_view(m: RolloutDevice, model: str, reported: dict[str, Any] | None) -
     entry = ((reported or {}).get("models") or {}).get(model) or {}
     return {"device_id": m.device_id, "wave": m.wave, "state": m.state, "bundle_sha256": m.bundle_sha256,
             "revision": m.revision, "error": m.error,
-            "previous_version": (m.previous or {}).get("version"),
+            "previous_version": (m.previous or {}).get("version"), "shadow": m.shadow,
             "reported": model_summary(entry) if entry else None}
 
 
 def rollout_view(r: Rollout, members: list[RolloutDevice] | None, reported: dict[str, Any] | None = None) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": r.id, "model": r.model, "version": r.version, "selector": r.selector, "waves": r.waves,
-        "gates": r.gates, "runtime": r.runtime, "state": r.state, "current_wave": r.current_wave, "reason": r.reason,
+        "gates": r.gates, "runtime": r.runtime, "shadow": r.shadow, "state": r.state, "current_wave": r.current_wave, "reason": r.reason,
         "created_at": r.created_at.isoformat(),
     }
     if members is not None:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet_protocol.messages import BundleRef, Capture, Desired, ModelSpec, Runtime
+from fleet_protocol.messages import BundleRef, Capture, Desired, ModelSpec, Runtime, Shadow
 
 from .specs import Layer, ProfileSpec, matches
 
@@ -28,6 +28,7 @@ class Assignment:
     bundle: BundleRef
     runtime: Runtime | None = None
     rollout_id: int | None = None
+    shadow: Shadow | None = None  # a candidate a shadow-mode rollout evaluates beside the bundle
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def compose(labels: Mapping[str, Any], config: Layer | None, profiles: Iterable[
         if runtime is None:
             runtime_from = next((src for src, layer in layers if name in layer.runtime), "default")
             runtime = next((layer.runtime[name] for _, layer in layers if name in layer.runtime), Runtime())
-        models[name] = ModelSpec(bundle=a.bundle, runtime=runtime, rollout_id=a.rollout_id)
+        models[name] = ModelSpec(bundle=a.bundle, runtime=runtime, rollout_id=a.rollout_id, shadow=a.shadow)
         sources["models"][name] = {"bundle": f"rollout:{a.rollout_id}" if a.rollout_id is not None else "assignment",
                                    "runtime": runtime_from}
     desired = Desired(
