@@ -40,6 +40,7 @@ from .db.tables import Bundle, Device, Rollout, RolloutDevice, utcnow
 from .desired import outbox
 from .desired import state as desired_state
 from .desired.specs import DeviceConfig, ProfileSpec
+from .drift_monitor import DriftMonitor
 from .errors import Conflict, Invalid, NotFound
 from .publisher import BrokerAdmin, Publisher
 from .registry import bundles as bundle_registry
@@ -78,6 +79,7 @@ class FleetService:
         self.trusted_keys = settings.public_keys()
         self.chunks = ChunkServer(self.store, publisher, self.topics, settings.chunk_coalesce_ms / 1000)
         self.telemetry = telemetry.TelemetryBuffer()
+        self.drift = DriftMonitor(settings.drift)
         self._outbox_lock = threading.Lock()
         self._outbox_dirty = threading.Event()
         self._known: dict[str, float] = {}  # device id → when we last saw it registered (telemetry hot path)
@@ -528,6 +530,9 @@ class FleetService:
         self._check_known(device_id)
         self.telemetry.add(device_id, message)
         TELEMETRY.inc()
+        for alert in self.drift.add(device_id, message):
+            log.warning("drift alert %s: device %s, %s %s, %s PSI %.3f", alert.state.value, device_id, alert.model,
+                        alert.version, alert.stat, alert.score)
         shadows = {name: m.shadow for name, m in message.models.items() if m.shadow is not None}
         if shadows:  # only while a shadow runs on the device: its numbers are what a shadow-mode wave waits for
             with self.transaction() as db:

@@ -11,6 +11,8 @@ from fleet_protocol.messages import DEFAULT_CHUNK_SIZE
 from fleet_protocol.signing import load_public_key
 from fleet_protocol.topics import DEFAULT_PREFIX
 
+from .drift_monitor import DriftSettings
+
 
 class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_API_", populate_by_name=True)
@@ -45,6 +47,8 @@ class ApiSettings(BaseSettings):
     max_bundle_mb: float = 2048.0
     tick_interval_s: float = 1.0
     outbox_batch: int = 500  # desired states published (and acknowledged) per outbox transaction
+    # drift per device: baseline and recent windows, PSI threshold (EDGEFLEET_API_DRIFT='{"threshold": 0.3}')
+    drift: DriftSettings = Field(default_factory=DriftSettings)
 
     def public_keys(self) -> list:
         return [load_public_key(Path(p.strip()).read_bytes()) for p in self.trusted_keys.split(",") if p.strip()]
