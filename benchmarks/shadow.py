@@ -2,7 +2,7 @@
 
 For each model (the digits CNN and BlazeFace, batch 1, one intra-op thread), the agent's in-process request path
 `LoadedModel.run` (what the HTTP server and the camera pipelines call) is timed under four settings, interleaved
-in rounds so a busy machine hurts them alike:
+in many short blocks, in a shuffled order each round, so a busy machine hurts them alike:
   bare         no taps at all (no drift histograms, no shadow)
   drift        the per-model confidence and brightness histograms (always on in the agent)
   shadow 10%   drift + a shadow candidate (the same network, its own session) at sample_rate 0.1, cpu_budget 0.1
@@ -45,7 +45,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="digits,blazeface")
     parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke run)")
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=40)
     args = parser.parse_args()
 
     import onnxruntime as ort
@@ -54,14 +54,15 @@ def main() -> int:
     from edge_agent.runtime.host import ModelHost
     from edge_agent.runtime.model import load
     from edge_agent.shadow.compare import comparer_for
-    from edge_agent.shadow.runner import ShadowRunner
+    from edge_agent.shadow.runner import SHADOW_NICE, ShadowRunner
     from edge_agent.store import ModelStore
     from fleet_protocol.bundle import read_bundle
     from fleet_protocol.messages import Runtime
     from fleet_protocol.signing import generate_keypair, load_public_key, sha256_file
 
-    per_round = 50 if args.quick else 300
-    rounds = 3 if args.quick else args.rounds
+    per_round = 50
+    rounds = 4 if args.quick else args.rounds
+    shuffle = np.random.default_rng(0)
     runtime = Runtime(providers=["CPUExecutionProvider"], intra_op_threads=1)
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgefleet-shadow-") as tmp:
@@ -104,11 +105,11 @@ def main() -> int:
             for _ in range(50):  # warm-up
                 live.run({input_name: xs[0]})
             for rnd in range(rounds):
-                order = MODES if rnd % 2 == 0 else tuple(reversed(MODES))
+                order = [MODES[k] for k in shuffle.permutation(len(MODES))]
                 for mode in order:
                     live.drift = None if mode == "bare" else drift
                     live.shadow = runners.get(mode)
-                    time.sleep(0.05)  # the previous mode's queued shadow work drains
+                    time.sleep(0.02)  # the previous mode's queued shadow work drains
                     out = times[mode]
                     for i in range(per_round):
                         feed = {input_name: xs[i % len(xs)]}
@@ -128,7 +129,8 @@ def main() -> int:
                              f"{t.agreement:.3f}" if t and t.agreement is not None else "-"))
 
     print(f"live path with and without a shadow candidate: onnxruntime {ort.__version__}, {os.cpu_count()} CPUs, "
-          f"batch 1, 1 intra-op thread, {rounds} interleaved rounds x {per_round} requests per setting")
+          f"batch 1, 1 intra-op thread, {rounds} shuffled rounds x {per_round} requests per setting; the candidate's "
+          f"thread at nice {SHADOW_NICE}")
     print(f"{'model':<10} {'setting':<12} {'p50 ms':>8} {'p95 ms':>8} {'p50 vs bare':>12} {'compared/skipped':>17} "
           f"{'agreement':>10}")
     for name, mode, p50, p95, delta, counts, agree in rows:

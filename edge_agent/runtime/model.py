@@ -202,6 +202,8 @@ class LoadedModel:
         """After the live answer: the drift histograms and the shadow candidate see the sample (HTTP requests and
         camera frames alike run through here). Never raises into the request."""
         drift, shadow = self.drift, self.shadow
+        if drift is not None and not drift.wants():
+            drift = None
         if drift is None and shadow is None:
             return
         outs = [outputs[n] for n in self.output_names]

@@ -9,6 +9,7 @@ so on a busy device the candidate sees fewer samples instead of slowing the live
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -43,6 +44,19 @@ class ShadowTotals:
     @property
     def agreement(self) -> float | None:
         return self.agreement_sum / self.samples if self.samples else None
+
+
+SHADOW_NICE = 19
+
+
+def lower_priority() -> None:
+    """The calling thread at the lowest CPU priority (Linux: a thread id is a process id to setpriority): on a
+    loaded device the scheduler runs the live model first and the candidate in what is left. With one
+    intra-op thread onnxruntime runs the candidate's ops on this very thread, so they inherit it."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), SHADOW_NICE)
+    except (AttributeError, OSError) as exc:  # not Linux, or not permitted: the token bucket still bounds it
+        log.debug("shadow thread priority not lowered: %s", exc)
 
 
 class ShadowRunner:
@@ -112,6 +126,7 @@ class ShadowRunner:
 
     # --- the worker ---------------------------------------------------------------------------------------
     def _work(self) -> None:
+        lower_priority()
         while True:
             with self._wake:
                 while not self._queue and not self._stop:
