@@ -153,3 +153,17 @@ def permuted_bundle(keys: Keys, out: Path, version: str, epochs: int = 20) -> Pa
                             private_key_pem=keys.private_path.read_bytes(), out_dir=out, task="classification",
                             labels=zoo.labels, preprocessing=zoo.preprocessing)
     return bundle
+
+
+def int8_bundle(keys: Keys, out: Path, version: str, epochs: int = 20) -> Path:
+    """The digits CNN quantized to dynamic int8 by model_tools (golden outputs from itself, quantization named in
+    the manifest): the sound candidate of an fp32 model."""
+    from model_tools.quantize import dynamic_int8
+
+    zoo = digits(epochs)
+    out.mkdir(parents=True, exist_ok=True)
+    info = dynamic_int8(Path(zoo.onnx), out / "int8.onnx")
+    bundle, _ = pack_bundle(out / "int8.onnx", name="digits", version=version, golden_inputs=zoo.golden_inputs,
+                            private_key_pem=keys.private_path.read_bytes(), out_dir=out, task="classification",
+                            labels=zoo.labels, preprocessing=zoo.preprocessing, quantization={"method": info["method"]})
+    return bundle

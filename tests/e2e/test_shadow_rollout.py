@@ -2,7 +2,7 @@
 
 A candidate that passes its own golden check but reads digits differently from the live model is caught on the
 devices' own inputs: the rollout aborts in shadow with the agreement numbers in its reason, and no request was
-ever answered by it. The same network repacked as a new version agrees, is promoted and serves.
+ever answered by it. The live fp32 model quantized to int8 agrees, is promoted wave by wave and serves.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from demo.cluster import wait_for
 from demo.fleet import Fleet, roll_out, upload, wait_serving
-from tests.bundles import digits_bundle, permuted_bundle
+from tests.bundles import int8_bundle, permuted_bundle
 
 pytestmark = pytest.mark.e2e
 
@@ -74,7 +74,7 @@ def shadow_rollout(api: httpx.Client, version: str) -> dict:
 
 def test_a_candidate_that_disagrees_aborts_in_shadow_and_a_sound_one_promotes(tmp_path, keys, bundles):
     bad = permuted_bundle(keys, tmp_path / "bad", "3.0.0")
-    sound = digits_bundle(keys, tmp_path / "sound", "2.1.0", epochs=20)
+    sound = int8_bundle(keys, tmp_path / "sound", "2.1.0")  # the live fp32 model quantized to int8
     env = {"EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S": "1.0"}
     with Fleet(tmp_path, keys.public_path, DEVICES, agent_env=env) as fleet, fleet.api.client() as api:
         for b in (bundles["2.0.0"], bad, sound):
@@ -98,7 +98,7 @@ def test_a_candidate_that_disagrees_aborts_in_shadow_and_a_sound_one_promotes(tm
             promoted = shadow_rollout(api, "2.1.0")
             assert promoted["state"] == "succeeded", promoted
             assert [d["state"] for d in promoted["devices"]] == ["succeeded", "succeeded"]
-            assert all(d["shadow"]["agreement"] == 1.0 for d in promoted["devices"]), promoted["devices"]
+            assert all(d["shadow"]["agreement"] >= 0.95 and d["shadow"]["samples"] >= 40 for d in promoted["devices"])
             wait_serving(api, "2.1.0")
             wait_for(lambda: traffic.versions.get("2.1.0", 0) > 10, 30, "requests answered by 2.1.0")
         # No request was ever answered by the candidate that failed in shadow.
