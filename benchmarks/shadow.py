@@ -89,7 +89,7 @@ def main() -> int:
             xs = [np.random.default_rng(i).random(shape, dtype=np.float32) for i in range(16)]
             names = candidate.output_names
 
-            def run_candidate(feeds):
+            def run_candidate(feeds, candidate=candidate, names=names):
                 out = candidate.run_checked(dict(feeds))
                 return [out[n] for n in names]
 

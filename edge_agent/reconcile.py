@@ -595,9 +595,13 @@ class ModelWorker:
             live.shadow = None
             self._shadow_runner.stop()
         names = candidate.output_names
+
+        def run(feeds) -> list:
+            out = candidate.run_checked(dict(feeds))  # the live model validated these inputs
+            return [out[n] for n in names]
+
         runner = ShadowRunner(
-            candidate.version,
-            lambda feeds: (lambda out: [out[n] for n in names])(candidate.run_checked(dict(feeds))),
+            candidate.version, run,
             comparer_for(candidate.manifest.task), sample_rate=spec.sample_rate, cpu_budget=spec.cpu_budget,
         ).start()
         self._shadow_spec, self._shadow_runner = spec, runner

@@ -16,7 +16,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet_protocol.messages import BundleRef, Capture, Desired, ModelSpec, Runtime, Shadow
+from fleet_protocol.messages import (
+    BundleRef,
+    Capture,
+    Desired,
+    ModelSpec,
+    Runtime,
+    Shadow,
+)
 
 from .specs import Layer, ProfileSpec, matches
 

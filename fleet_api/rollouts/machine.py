@@ -38,8 +38,8 @@ from ..desired import state as desired_state
 from ..errors import Conflict, Invalid, NotFound
 from ..registry.bundles import pick_variant, variants
 from ..registry.devices import HARDWARE_LABEL, select_devices
-from . import waves as wave_plan
 from . import shadow as shadow_mode
+from . import waves as wave_plan
 from .gates import Gates
 from .states import (
     ACTIVE,

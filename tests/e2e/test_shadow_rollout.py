@@ -8,6 +8,7 @@ ever answered by it. The live fp32 model quantized to int8 agrees, is promoted w
 from __future__ import annotations
 
 import threading
+from typing import Self
 
 import httpx
 import numpy as np
@@ -54,7 +55,7 @@ class Traffic:
                 i += 1
                 self._stop.wait(0.01)
 
-    def __enter__(self) -> Traffic:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -48,7 +48,7 @@ def shadow_numbers(service, device_id, version, samples, agreement, p95=5.0):
 
 
 def test_a_wave_in_shadow_keeps_the_live_bundle_and_promotes_when_its_numbers_pass(fleet):
-    service, v1, v2 = fleet
+    service, _, v2 = fleet
     r = service.create_rollout("digits", "2.0.0", "site=lab", "1,100%", GATES, shadow=SHADOW, now=now())
     assert [d["state"] for d in r["devices"]] == ["shadowing", "waiting", "waiting"]
     spec = model_of(service, "d0", "digits")
