@@ -148,5 +148,5 @@ class DriftMonitor:
 
     def baselines(self) -> list[dict]:
         with self._lock:
-            return [{"model": m, "version": v, "stat": stat, "windows": len(ws), "counts": merge(ws) if ws else []}
-                    for (m, v), b in sorted(self._baselines.items()) for stat, ws in sorted(b.items())]
+            return [{"model": m, "version": v, "stat": stat, "windows": len(ws), "counts": merge(ws)}
+                    for (m, v), b in sorted(self._baselines.items()) for stat, ws in sorted(b.items()) if ws]

@@ -114,3 +114,21 @@ def test_an_alert_resolves_when_the_input_comes_back_and_reopens_if_it_leaves_ag
         states += [(a.state.value, t[0]) for a in monitor.add("d", window(bins))]
     assert states == [("open", 30.0), ("resolved", 50.0), ("open", 60.0)]
     assert monitor.opened == 2
+
+
+def test_each_model_version_has_its_own_baseline():
+    """A new version that answers differently is not drift: its first windows are its baseline."""
+    from fleet_protocol.messages import Histogram
+
+    monitor = DriftMonitor(DriftSettings(baseline_windows=2, recent_windows=1, threshold=0.25, min_samples=10))
+
+    def window(version: str, bins: list[int]) -> Telemetry:
+        return Telemetry(window_s=10, models={"m": ModelTelemetry(version=version, confidence=Histogram(counts=bins))})
+
+    sure, unsure = [0] * 9 + [40], [0, 0, 0, 20, 20, 0, 0, 0, 0, 0]
+    for _ in range(4):
+        assert monitor.add("d", window("1", sure)) == []
+    for _ in range(4):
+        assert monitor.add("d", window("2", unsure)) == []
+    assert [a.stat for a in monitor.add("d", window("2", sure))] == ["confidence"]
+    assert {(b["version"], b["windows"]) for b in monitor.baselines()} == {("1", 2), ("2", 2)}
