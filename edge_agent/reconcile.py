@@ -38,6 +38,7 @@ from fleet_protocol.messages import (
     Reported,
     Runtime,
     ServingModel,
+    Shadow,
     ShadowReport,
     WrappedKey,
 )
@@ -55,6 +56,8 @@ from .runtime.host import ModelHost
 from .runtime.model import LoadedModel, load
 from .runtime.session import providers_for
 from .settings import AgentSettings
+from .shadow.compare import comparer_for
+from .shadow.runner import ShadowRunner
 from .store import DigestMismatch, ModelStore, PartialDownload, StoredModel
 
 DOWNLOAD_ATTEMPTS = 3
@@ -104,13 +107,13 @@ class Target:
     explicit: bool
     rollout_id: int | None = None
     key: WrappedKey | None = None  # the data key of an encrypted bundle, wrapped for this device
-    shadow: BundleRef | None = None
+    shadow: Shadow | None = None  # a candidate evaluated beside the live bundle
 
     @classmethod
     def of(cls, spec: ModelSpec, default: Runtime) -> Target:
         explicit = "runtime" in spec.model_fields_set
         return cls(spec.bundle, spec.runtime if explicit else default, explicit, spec.rollout_id, spec.key,
-                   spec.shadow.bundle if spec.shadow is not None else None)
+                   spec.shadow)
 
     def same_work(self, other: Target | None) -> bool:
         """Whether `other` asks for exactly this work (the rollout that asks does not matter; a key that came or
@@ -351,6 +354,12 @@ class ModelWorker:
         self.downloading: str | None = None  # the artifact whose chunks this worker takes
         self.busy_with: str | None = None  # the bundle this worker is downloading or loading (kept by the GC)
         self._report = ModelReport(state=ModelState.pending)
+        # The shadow candidate: its spec, its session (held here, never served) and what it reports.
+        self._shadow_spec: Shadow | None = None
+        self._shadow_model: LoadedModel | None = None
+        self._shadow_runner: ShadowRunner | None = None
+        self._shadow_report: ShadowReport | None = None
+        self._shadow_claimed: str | None = None
 
     # --- other threads ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -362,6 +371,7 @@ class ModelWorker:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        self._end_shadow()
 
     def submit(self, target: Any) -> None:
         current = self._target
@@ -371,7 +381,7 @@ class ModelWorker:
             # what refused it may have changed (memory budget, a timed-out download resumes).
             failed = self._report.state == ModelState.failed
             self._target = target
-            if self._applied is current and not failed:
+            if self._applied is current and not failed and target.shadow == current.shadow:
                 self._applied = target
             self._wake.set()
             return
@@ -412,11 +422,7 @@ class ModelWorker:
             precision=serving.precision if serving is not None else None,
             golden_passed=serving.golden_passed if serving is not None else None,
             rollout_id=target.rollout_id if target else None,
-            # Said, not silently ignored: this agent runs no shadow candidates yet.
-            shadow=ShadowReport(bundle=ServingModel(name=target.shadow.name, version=target.shadow.version,
-                                                    sha256=target.shadow.sha256), state=ModelState.failed,
-                                error="shadow evaluation is not supported by this agent version")
-            if target is not None and target.shadow is not None else None,
+            shadow=self._shadow_report if target is not None and target.shadow is not None else None,
         )
         self._report = report
         self.r.update(self.name, report)
@@ -457,9 +463,11 @@ class ModelWorker:
             return
         try:
             if target is REMOVE:
+                self._end_shadow()
                 self._remove()
             else:
                 self._apply(target)
+                self._apply_shadow(target)
             self._applied = target
         except Superseded:
             return
@@ -536,6 +544,98 @@ class ModelWorker:
         log.info("now serving %s %s on %s (%s)", model.name, model.version, model.provider, model.precision.value)
         self.say(ModelState.serving)
 
+    # --- the shadow candidate ---------------------------------------------------------------------------------
+    def _apply_shadow(self, target: Target) -> None:
+        """Load, keep or drop the shadow candidate so it matches `target.shadow`, and tap the live model.
+
+        The candidate comes through the same path as a served bundle (memory check, download, verify, load,
+        golden check) but is never swapped in: it only gets the samples the live model's tap offers."""
+        spec = target.shadow
+        live = self.host.get(self.name)
+        if spec is None:
+            self._end_shadow()
+            return
+        same = self._shadow_spec is not None and self._shadow_spec.bundle.sha256 == spec.bundle.sha256
+        if same and self._shadow_runner is not None and self._shadow_spec == spec:
+            if live is not None and live.shadow is not self._shadow_runner:
+                live.shadow = self._shadow_runner  # the live model was swapped (e.g. a runtime change)
+            return
+        if same and self._shadow_model is not None and live is not None:  # only the rate or the budget changed
+            self._start_runner(spec, self._shadow_model, live)
+            return
+        self._end_shadow()
+        ref = spec.bundle
+        self._shadow_spec = spec
+        self._shadow_report = ShadowReport(bundle=ServingModel(name=ref.name, version=ref.version, sha256=ref.sha256),
+                                           state=ModelState.loading)
+        try:
+            if live is None:
+                raise ModelRejected(f"no live {self.name} serves here to compare the candidate with")
+            if spec.key is not None:
+                raise BundleError("the candidate's model file is encrypted, which this agent version cannot decrypt")
+            self.store.claim(ref.sha256)  # kept while the shadow runs (and for the promotion that may follow)
+            self._shadow_claimed = ref.sha256
+            stored = self.store.get(ref.sha256)
+            if stored is None:
+                # The candidate loads beside everything served: the same check as for a new version.
+                self.host.check_memory(self.name, ref.size, self.r.budget_mb())
+                self._shadow_report = self._shadow_report.model_copy(update={"state": ModelState.downloading})
+                stored = self._download(target, ref)
+            self.host.check_memory(self.name, stored.model_path.stat().st_size, self.r.budget_mb())
+            candidate = load(stored, target.runtime, providers=providers_for(target.runtime),
+                             optimization=self.settings.graph_optimization, cache_dir=self.store.cache)
+            golden.check(candidate)
+        except REFUSALS + (ModelRejected,) as exc:
+            log.error("shadow candidate %s %s refused: %s", ref.name, ref.version, exc)
+            self._shadow_report = self._shadow_report.model_copy(
+                update={"state": ModelState.failed, "error": _short(exc)})
+            self.say(self._report.state, progress=self._report.progress, error=self._report.error)
+            return
+        self._shadow_model = candidate
+        self._start_runner(spec, candidate, live)
+        log.info("shadow: %s %s evaluates beside %s (sample rate %g, cpu budget %g)", ref.name, ref.version,
+                 live.version, spec.sample_rate, spec.cpu_budget)
+
+    def _start_runner(self, spec: Shadow, candidate: LoadedModel, live: LoadedModel) -> None:
+        if self._shadow_runner is not None:
+            live.shadow = None
+            self._shadow_runner.stop()
+        names = candidate.output_names
+
+        def run(feeds) -> list:
+            out = candidate.run_checked(dict(feeds))  # the live model validated these inputs
+            return [out[n] for n in names]
+
+        runner = ShadowRunner(
+            candidate.version, run,
+            comparer_for(candidate.manifest.task), sample_rate=spec.sample_rate, cpu_budget=spec.cpu_budget,
+        ).start()
+        self._shadow_spec, self._shadow_runner = spec, runner
+        live.shadow = runner
+        self._shadow_report = ShadowReport(
+            bundle=ServingModel(name=spec.bundle.name, version=spec.bundle.version, sha256=spec.bundle.sha256),
+            state=ModelState.serving)
+        self.say(self._report.state, progress=self._report.progress, error=self._report.error)
+
+    def shadow_telemetry(self):
+        runner = self._shadow_runner
+        return runner.telemetry() if runner is not None else None
+
+    def _end_shadow(self) -> None:
+        runner, self._shadow_runner = self._shadow_runner, None
+        live = self.host.get(self.name)
+        if live is not None and live.shadow is runner:
+            live.shadow = None
+        if runner is not None:
+            runner.stop()
+        claimed = self._shadow_claimed
+        if claimed is not None:
+            self.store.release(claimed)
+            self._shadow_claimed = None
+        self._shadow_model = None
+        self._shadow_spec = None
+        self._shadow_report = None
+
     def _admit(self, model: LoadedModel) -> None:
         cameras = self.r.cameras
         if cameras is None:
@@ -568,19 +668,21 @@ class ModelWorker:
         golden.check(model)
         return model
 
-    def _download(self, target: Target) -> StoredModel:
-        ref = target.bundle
+    def _download(self, target: Target, ref: BundleRef | None = None) -> StoredModel:
+        ref = ref or target.bundle
         transport = self.r.transport
         if transport is None:
             raise TimeoutError("no network transport to download from")
         partial = self.store.partial(ref)
-        self.say(ModelState.downloading, progress=partial.progress)
+        if ref is target.bundle:
+            self.say(ModelState.downloading, progress=partial.progress)
         self.downloading = ref.sha256
         transport.watch_artifact(ref.sha256)
         try:
             for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-                self._fetch(target, partial)
-                self.say(ModelState.verifying, progress=1.0)
+                self._fetch(target, partial, ref)
+                if ref is target.bundle:
+                    self.say(ModelState.verifying, progress=1.0)
                 try:
                     return self.store.install(partial, self.r.trusted_keys)
                 except DigestMismatch as exc:
@@ -592,8 +694,8 @@ class ModelWorker:
             self.downloading = None
             transport.unwatch_artifact(ref.sha256)
 
-    def _fetch(self, target: Target, partial: PartialDownload) -> None:
-        ref = target.bundle
+    def _fetch(self, target: Target, partial: PartialDownload, ref: BundleRef | None = None) -> None:
+        ref = ref or target.bundle
         transport = self.r.transport
         assert transport is not None
         deadline = time.monotonic() + self.settings.download_timeout_s
@@ -615,7 +717,7 @@ class ModelWorker:
                     continue
                 if not partial.put(index, data):
                     log.warning("chunk %d of %s has a wrong size or index; ignored", index, ref.sha256[:12])
-                if partial.progress - reported_progress >= 0.1:
+                if ref is target.bundle and partial.progress - reported_progress >= 0.1:
                     reported_progress = partial.progress
                     self.say(ModelState.downloading, progress=partial.progress)
 

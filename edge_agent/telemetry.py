@@ -162,12 +162,17 @@ def build_telemetry(stats: Stats, host, window_s: float, cameras: Any = None, he
         w = windows.get(name)
         if model is None and (w is None or not w.requests):
             continue
+        drift = getattr(host, "drift", {}).get(name)
+        confidence, input_mean = drift.take() if drift is not None else (None, None)
+        shadow = model.shadow if model is not None else None
         models[name] = ModelTelemetry(
             version=model.version if model is not None else (w.version if w and w.version else "unknown"),
             provider=model.provider if model is not None else None,
             requests=w.requests if w else 0, errors=w.errors if w else 0,
             latency_ms_p50=_ms(w.p50_ms) if w else None, latency_ms_p95=_ms(w.p95_ms) if w else None,
             latency_ms_p99=_ms(w.p99_ms) if w else None,
+            confidence=confidence, input_mean=input_mean,
+            shadow=shadow.telemetry() if shadow is not None else None,
         )
     return Telemetry(window_s=window_s, models=models, cameras=cameras.telemetry() if cameras is not None else {},
                      health=health)

@@ -21,7 +21,7 @@ from .metrics import FleetCollector
 from .mqtt import handlers
 from .mqtt.broker import Broker
 from .mqtt.dynsec import DynSec
-from .routes import devices, health, models, profiles, rollouts, security
+from .routes import devices, drift, health, models, profiles, rollouts, security
 from .service import FleetService
 from .settings import ApiSettings
 
@@ -96,6 +96,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         return JSONResponse({"error": "invalid request: " + "; ".join(problems)[:2000], "detail": detail[:50]}, status_code=422)
 
     for router in (health.router, security.router, models.router, devices.router, profiles.router, rollouts.router,
-                   web.router):
+                   drift.router, web.router):
         app.include_router(router)
     return app

@@ -47,6 +47,22 @@ class FleetCollector(Collector):
         yield wave
         yield waves
         yield from self._per_device_and_rollout_states()
+        drift = getattr(self.service, "drift", None)
+        if drift is not None:
+            scores = GaugeMetricFamily("edgefleet_drift_psi", "Drift of a device's recent windows from its model "
+                                       "version's baseline (population stability index)",
+                                       labels=["device", "model", "version", "stat"])
+            for s in drift.scores():
+                scores.add_metric([s["device_id"], s["model"], s["version"], s["stat"]], s["psi"])
+            yield scores
+            alerts = GaugeMetricFamily("edgefleet_drift_alerts_open", "Open drift alerts", labels=["model", "stat"])
+            counts: dict[tuple[str, str], int] = {}
+            for a in drift.alerts(state="open"):
+                counts[(a["model"], a["stat"])] = counts.get((a["model"], a["stat"]), 0) + 1
+            for (model, stat), n in sorted(counts.items()):
+                alerts.add_metric([model, stat], n)
+            yield alerts
+
 
     def _per_device_and_rollout_states(self):
         """What the alerting rules in k3s/addons/observability need: which device is offline (not only how

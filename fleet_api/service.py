@@ -41,6 +41,7 @@ from .db.tables import Bundle, Device, ModelPolicy, Rollout, RolloutDevice, utcn
 from .desired import outbox
 from .desired import state as desired_state
 from .desired.specs import DeviceConfig, ProfileSpec
+from .drift_monitor import DriftMonitor
 from .errors import Conflict, Invalid, NotFound
 from .publisher import BrokerAdmin, Publisher
 from .registry import bundles as bundle_registry
@@ -92,6 +93,7 @@ class FleetService:
         self.chunks = ChunkServer(self.store, publisher, self.topics, settings.chunk_coalesce_ms / 1000,
                                   settings.fetch_sends_per_chunk, settings.fetch_budget_window_s)
         self.telemetry = telemetry.TelemetryBuffer()
+        self.drift = DriftMonitor(settings.drift)
         self._outbox_lock = threading.Lock()
         self._outbox_dirty = threading.Event()
         self._known: dict[str, float] = {}  # device id → when we last saw it registered (telemetry hot path)
@@ -414,7 +416,8 @@ class FleetService:
     # --- rollouts -----------------------------------------------------------------------------------------
     def create_rollout(self, model: str, version: str, selector: str | dict, waves: str | list,
                        gates: Gates | dict[str, Any] | None = None, who: Principal = SYSTEM,
-                       runtime: Runtime | None = None, now: dt.datetime | None = None) -> dict[str, Any]:
+                       runtime: Runtime | None = None, now: dt.datetime | None = None,
+                       shadow: dict[str, Any] | None = None) -> dict[str, Any]:
         if not isinstance(gates, Gates):
             try:
                 gates = Gates.model_validate(gates or {})
@@ -425,11 +428,11 @@ class FleetService:
             self.keys.check_deliverable(db, model, version, bundle_registry.variants(db, model, version))
             rollout = machine.create_rollout(
                 db, model=model, version=version, selector=device_registry.parse_selector(selector), waves=waves,
-                gates=gates, runtime=runtime, chunk_size=self.settings.chunk_size, now=now,
+                gates=gates, runtime=runtime, chunk_size=self.settings.chunk_size, now=now, shadow=shadow,
             )
             auth.audit(db, who.actor, "rollout.create", f"rollout:{rollout.id}",
                        {"model": model, "version": version, "selector": rollout.selector, "waves": rollout.waves,
-                        "gates": rollout.gates, "runtime": rollout.runtime})
+                        "gates": rollout.gates, "runtime": rollout.runtime, "shadow": rollout.shadow})
             rollout_id = rollout.id
         self.evaluate(rollout_id, now)  # devices already serving the bundle may pass the first wave at once
         self.flush_outbox()
@@ -626,6 +629,14 @@ class FleetService:
         self._check_known(device_id)
         self.telemetry.add(device_id, message)
         TELEMETRY.inc()
+        for alert in self.drift.add(device_id, message):
+            log.warning("drift alert %s: device %s, %s %s, %s PSI %.3f", alert.state.value, device_id, alert.model,
+                        alert.version, alert.stat, alert.score)
+        shadows = {name: m.shadow for name, m in message.models.items() if m.shadow is not None}
+        if shadows:  # only while a shadow runs on the device: its numbers are what a shadow-mode wave waits for
+            with self.transaction() as db:
+                for name, shadow in shadows.items():
+                    machine.record_shadow(db, device_id, name, shadow)
 
     def flush_telemetry(self) -> int:
         return telemetry.flush(self.sessions, self.telemetry)
@@ -720,14 +731,14 @@ def member_view(m: RolloutDevice, model: str, reported: dict[str, Any] | None) -
     entry = ((reported or {}).get("models") or {}).get(model) or {}
     return {"device_id": m.device_id, "wave": m.wave, "state": m.state, "bundle_sha256": m.bundle_sha256,
             "revision": m.revision, "error": m.error,
-            "previous_version": (m.previous or {}).get("version"),
+            "previous_version": (m.previous or {}).get("version"), "shadow": m.shadow,
             "reported": model_summary(entry) if entry else None}
 
 
 def rollout_view(r: Rollout, members: list[RolloutDevice] | None, reported: dict[str, Any] | None = None) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": r.id, "model": r.model, "version": r.version, "selector": r.selector, "waves": r.waves,
-        "gates": r.gates, "runtime": r.runtime, "state": r.state, "current_wave": r.current_wave, "reason": r.reason,
+        "gates": r.gates, "runtime": r.runtime, "shadow": r.shadow, "state": r.state, "current_wave": r.current_wave, "reason": r.reason,
         "created_at": r.created_at.isoformat(),
     }
     if members is not None:

@@ -13,6 +13,8 @@ from fleet_protocol.messages import DEFAULT_CHUNK_SIZE
 from fleet_protocol.signing import load_public_key
 from fleet_protocol.topics import DEFAULT_PREFIX
 
+from .drift_monitor import DriftSettings
+
 
 class ApiSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_API_", populate_by_name=True)
@@ -59,6 +61,8 @@ class ApiSettings(BaseSettings):
     # reports while it has none: trust on first use, later changes refused).
     key_enrolment: Literal["registration", "first_contact"] = "registration"
     outbox_batch: int = 500  # desired states published (and acknowledged) per outbox transaction
+    # drift per device: baseline and recent windows, PSI threshold (EDGEFLEET_API_DRIFT='{"threshold": 0.3}')
+    drift: DriftSettings = Field(default_factory=DriftSettings)
 
     def public_keys(self) -> list:
         return [load_public_key(Path(p.strip()).read_bytes()) for p in self.trusted_keys.split(",") if p.strip()]

@@ -131,3 +131,39 @@ def zoo_bundle(name: str, keys: Keys, out: Path, version: str = "1.0.0") -> Path
                           private_key_pem=keys.private_path.read_bytes(), out_dir=out, task=zoo.task, labels=zoo.labels,
                           preprocessing=zoo.preprocessing, extra=zoo.extra, force=True)
     return path
+
+
+def permuted_bundle(keys: Keys, out: Path, version: str, epochs: int = 20) -> Path:
+    """The digits CNN with its class scores shuffled (a Gather after the softmax) and golden outputs computed
+    from itself: it passes its own golden check everywhere, yet reads every digit as another."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    zoo = digits(epochs)
+    model = onnx.load(zoo.onnx)
+    out_name = model.graph.output[0].name
+    model.graph.initializer.append(numpy_helper.from_array(np.roll(np.arange(10), 3).astype(np.int64), "perm"))
+    for node in model.graph.node:
+        node.output[:] = [out_name + "_raw" if o == out_name else o for o in node.output]
+    model.graph.node.append(helper.make_node("Gather", [out_name + "_raw", "perm"], [out_name], axis=1))
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "permuted.onnx"
+    onnx.save(model, path)
+    bundle, _ = pack_bundle(path, name="digits", version=version, golden_inputs=zoo.golden_inputs,
+                            private_key_pem=keys.private_path.read_bytes(), out_dir=out, task="classification",
+                            labels=zoo.labels, preprocessing=zoo.preprocessing)
+    return bundle
+
+
+def int8_bundle(keys: Keys, out: Path, version: str, epochs: int = 20) -> Path:
+    """The digits CNN quantized to dynamic int8 by model_tools (golden outputs from itself, quantization named in
+    the manifest): the sound candidate of an fp32 model."""
+    from model_tools.quantize import dynamic_int8
+
+    zoo = digits(epochs)
+    out.mkdir(parents=True, exist_ok=True)
+    info = dynamic_int8(Path(zoo.onnx), out / "int8.onnx")
+    bundle, _ = pack_bundle(out / "int8.onnx", name="digits", version=version, golden_inputs=zoo.golden_inputs,
+                            private_key_pem=keys.private_path.read_bytes(), out_dir=out, task="classification",
+                            labels=zoo.labels, preprocessing=zoo.preprocessing, quantization={"method": info["method"]})
+    return bundle

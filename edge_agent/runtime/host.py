@@ -12,6 +12,7 @@ import threading
 
 from fleet_protocol.messages import Batching
 
+from ..drift import ModelDrift
 from ..telemetry import Stats
 from .batching import Batcher
 from .errors import MemoryBudgetError
@@ -39,6 +40,9 @@ class ModelHost:
         self.batch_workers = batch_workers
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
+        # Per model name, the drift histograms of the current telemetry window (they span a hot swap, like the
+        # request counts; telemetry names the version serving when the window closes).
+        self.drift: dict[str, ModelDrift] = {}
 
     # --- request path -------------------------------------------------------------------------------------
     def get(self, name: str) -> LoadedModel | None:
@@ -56,6 +60,11 @@ class ModelHost:
         queued batched requests of the old one finish on it."""
         if new.metrics is None:
             new.metrics = self.stats.for_model(new.name, new.version, new.provider)
+        if new.drift is None:
+            drift = self.drift.get(new.name)
+            if drift is None or drift.task != new.manifest.task:
+                drift = self.drift[new.name] = ModelDrift(new.manifest.task)
+            new.drift = drift
         batching = new.runtime.batching
         if new.batcher is None and batching.enabled and new.batchable:
             new.batcher = Batcher(batching, on_batch=self.stats.batch_size.observe, workers=self.batch_workers)

@@ -23,6 +23,8 @@ from fleet_protocol.messages import Precision, Runtime
 from .errors import InferenceError, InputError, first_line
 
 if TYPE_CHECKING:
+    from ..drift import ModelDrift
+    from ..shadow.runner import ShadowRunner
     from ..store import StoredModel
     from ..telemetry import ModelMetrics
     from .batching import Batcher
@@ -108,6 +110,9 @@ class LoadedModel:
     run_ms: float | None = None  # one warm session run of a single item, measured by the golden check
     golden_passed: bool | None = None
     loaded_at: float = field(default_factory=time.time)
+    # Taps after the live answer (bound by the ModelHost / the shadow worker): both cost O(1) on the request path.
+    drift: ModelDrift | None = None
+    shadow: ShadowRunner | None = None
 
     @classmethod
     def from_session(cls, stored: StoredModel, session: ort.InferenceSession, runtime: Runtime) -> LoadedModel:
@@ -141,7 +146,7 @@ class LoadedModel:
 
     def with_runtime(self, runtime: Runtime) -> LoadedModel:
         """The same session under a runtime that differs only in batching (a new batcher, new metrics)."""
-        return replace(self, runtime=runtime, batcher=None, metrics=None)
+        return replace(self, runtime=runtime, batcher=None, metrics=None, drift=None, shadow=None)
 
     # --- validation ---------------------------------------------------------------------------------------
     def validate(self, inputs: dict[str, np.ndarray]) -> None:
@@ -190,7 +195,25 @@ class LoadedModel:
             self.record(0.0, None, exc)
             raise
         self.record(time.perf_counter() - started, None, None)
+        self.tap(feeds, outputs)
         return outputs
+
+    def tap(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        """After the live answer: the drift histograms and the shadow candidate see the sample (HTTP requests and
+        camera frames alike run through here). Never raises into the request."""
+        drift, shadow = self.drift, self.shadow
+        if drift is not None and not drift.wants():
+            drift = None
+        if drift is None and shadow is None:
+            return
+        outs = [outputs[n] for n in self.output_names]
+        try:
+            if drift is not None:
+                drift.observe(feeds, outs)
+            if shadow is not None:
+                shadow.offer(feeds, outs)
+        except Exception as exc:  # a tap must never fail a request that was answered
+            log.warning("tap on %s failed: %s", self.name, exc)
 
     def submit(self, feeds: dict[str, np.ndarray], done: Done) -> None:
         """The batched request path, for blocking and async callers alike: validate, queue on the batcher,
@@ -208,6 +231,8 @@ class LoadedModel:
         def finished(outputs, error, queued: float) -> None:
             self.record(time.perf_counter() - started, queued, error)
             done(outputs, error)
+            if error is None and outputs is not None:
+                self.tap(feeds, outputs)  # after the answer went out
 
         batcher.submit(self, feeds, finished)
 

@@ -75,6 +75,8 @@ class DeviceModel(Base):
     bundle_sha256: Mapped[str] = mapped_column(String(64))
     runtime: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # None: config / profiles decide
     rollout_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # a shadow candidate beside the bundle ({sha256, sample_rate, cpu_budget, rollout_id}); None: none
+    shadow: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
 
@@ -119,6 +121,8 @@ class Rollout(Base):
     waves: Mapped[list[Any]] = mapped_column(JSON)  # cumulative device counts per wave
     gates: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     runtime: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # carried to every device it moves
+    # shadow mode ({sample_rate, cpu_budget}): each wave evaluates the candidate beside the live bundle first
+    shadow: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # rollouts.states.RolloutState
     current_wave: Mapped[int] = mapped_column(Integer, default=-1)
     wave_started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
@@ -142,6 +146,8 @@ class RolloutDevice(Base):
     revision: Mapped[int | None] = mapped_column(Integer, nullable=True)  # desired revision that moved it
     state: Mapped[str] = mapped_column(String(16), default="waiting")  # rollouts.states.MemberState
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # shadow mode: the device's latest ShadowTelemetry of the candidate (cumulative since the shadow started)
+    shadow: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     succeeded_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 

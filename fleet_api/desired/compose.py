@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleet_protocol.messages import BundleRef, Capture, Desired, ModelSpec, Runtime, WrappedKey
+from fleet_protocol.messages import BundleRef, Capture, Desired, ModelSpec, Runtime, Shadow, WrappedKey
 
 from .specs import Layer, ProfileSpec, matches
 
@@ -29,6 +29,7 @@ class Assignment:
     runtime: Runtime | None = None
     rollout_id: int | None = None
     key: WrappedKey | None = None  # an encrypted bundle's data key, wrapped for this device (None: it gets none)
+    shadow: Shadow | None = None  # a candidate a shadow-mode rollout evaluates beside the bundle
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ def compose(labels: Mapping[str, Any], config: Layer | None, profiles: Iterable[
         if runtime is None:
             runtime_from = next((src for src, layer in layers if name in layer.runtime), "default")
             runtime = next((layer.runtime[name] for _, layer in layers if name in layer.runtime), Runtime())
-        models[name] = ModelSpec(bundle=a.bundle, runtime=runtime, rollout_id=a.rollout_id, key=a.key)
+        models[name] = ModelSpec(bundle=a.bundle, runtime=runtime, rollout_id=a.rollout_id, key=a.key,
+                                 shadow=a.shadow)
         sources["models"][name] = {"bundle": f"rollout:{a.rollout_id}" if a.rollout_id is not None else "assignment",
                                    "runtime": runtime_from}
     desired = Desired(

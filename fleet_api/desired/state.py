@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fleet_protocol.messages import BundleRef, Runtime
+from fleet_protocol.messages import BundleRef, Runtime, Shadow
 
 from ..db.tables import Bundle, Device, DeviceModel, Profile
 from .compose import EMPTY_BODY, Assignment, Composed, NamedProfile, compose
@@ -53,8 +53,17 @@ def assign(db: Session, device_id: str, model: str, bundle_sha256: str, runtime:
         row = DeviceModel(device_id=device_id, model=model)
         db.add(row)
     row.bundle_sha256, row.runtime, row.rollout_id = bundle_sha256, runtime, rollout_id
+    row.shadow = None  # a new bundle ends any shadow evaluation beside the old one
     db.flush()
     return row
+
+
+def set_shadow(db: Session, device_id: str, model: str, shadow: dict[str, Any] | None) -> None:
+    """Put a candidate beside the device's assigned bundle of `model` (None: take it away); the bundle stays."""
+    row = get_assignment(db, device_id, model)
+    if row is not None:
+        row.shadow = shadow
+        db.flush()
 
 
 def unassign(db: Session, device_id: str, model: str) -> bool:
@@ -76,17 +85,22 @@ def assignment_view(row: DeviceModel | None, bundle: Bundle | None) -> dict[str,
 
 def compose_device(db: Session, device: Device, chunk_size: int, named: list[NamedProfile] | None = None) -> Composed:
     rows = assignment_rows(db, device.id)
-    shas = {r.bundle_sha256 for r in rows.values()}
+    shas = {r.bundle_sha256 for r in rows.values()} | {r.shadow["sha256"] for r in rows.values() if r.shadow}
     bundles = {b.sha256: b for b in db.scalars(select(Bundle).where(Bundle.sha256.in_(shas)))} if shas else {}
     assignments = {}
     for name, r in rows.items():
         b = bundles.get(r.bundle_sha256)
         if b is None:  # bundles are never deleted; a dangling row would be a bug, not a reason to fail everything
             continue
+        shadow = None
+        if r.shadow and (c := bundles.get(r.shadow["sha256"])) is not None:
+            shadow = Shadow(bundle=BundleRef(name=c.name, version=c.version, sha256=c.sha256, size=c.size,
+                                             chunk_size=chunk_size),
+                            sample_rate=r.shadow["sample_rate"], cpu_budget=r.shadow["cpu_budget"])
         assignments[name] = Assignment(
             BundleRef(name=b.name, version=b.version, sha256=b.sha256, size=b.size, chunk_size=chunk_size),
             Runtime.model_validate(r.runtime) if r.runtime is not None else None, r.rollout_id,
-            wrapped_key(db, device, b))
+            wrapped_key(db, device, b), shadow)
     config = DeviceConfig.model_validate(device.config) if device.config is not None else None
     return compose(device.labels or {}, config, profiles(db) if named is None else named, assignments)
 

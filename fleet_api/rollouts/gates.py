@@ -24,3 +24,9 @@ class Gates(StrictModel):
     max_error_rate: float | None = Field(default=None, ge=0, le=1)
     # how far back the previous version's telemetry is taken for the baseline
     baseline_window_s: float = Field(default=3600.0, gt=0, le=30 * DAY)
+    # Shadow mode only (a rollout with `shadow`): each device of a wave must have compared the candidate with the
+    # live model on at least this many of its own inputs, agreeing at least this much (task-aware: top-1, box
+    # F1, characters), its p95 on them at most this many ms (None: not checked), before the wave serves it.
+    min_shadow_samples: int = Field(default=100, ge=1, le=10_000_000)
+    min_shadow_agreement: float = Field(default=0.98, ge=0, le=1)
+    max_shadow_p95_ms: float | None = Field(default=None, gt=0, le=3_600_000)

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from fleet_protocol.messages import ModelState, Reported, Runtime
+from fleet_protocol.messages import ModelState, Reported, Runtime, ShadowTelemetry
 
 from .. import telemetry
 from ..db.tables import (
@@ -38,6 +38,7 @@ from ..desired import state as desired_state
 from ..errors import Conflict, Invalid, NotFound
 from ..registry.bundles import pick_variant, variants
 from ..registry.devices import HARDWARE_LABEL, select_devices
+from . import shadow as shadow_mode
 from . import waves as wave_plan
 from .gates import Gates
 from .states import (
@@ -62,11 +63,14 @@ def _set_member(member: RolloutDevice, target: MemberState) -> None:
 
 
 def create_rollout(db: Session, *, model: str, version: str, selector: dict[str, str], waves: str | list,
-                   gates: Gates, runtime: Runtime | None, chunk_size: int, now: dt.datetime | None = None) -> Rollout:
+                   gates: Gates, runtime: Runtime | None, chunk_size: int, now: dt.datetime | None = None,
+                   shadow: dict[str, Any] | None = None) -> Rollout:
     bundles = variants(db, model, version)
     targets = select_devices(db, selector, lock=True)
     if not targets:
         raise Invalid(f"no registered device matches selector {selector}")
+    if shadow is not None:
+        shadow_mode.check_live(db, model, [d.id for d in targets])
     busy = db.scalars(
         select(RolloutDevice.device_id)
         .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
@@ -78,7 +82,7 @@ def create_rollout(db: Session, *, model: str, version: str, selector: dict[str,
     counts = wave_plan.plan(waves, len(targets))
     rollout = Rollout(model=model, version=version, selector=selector, waves=counts, gates=gates.model_dump(mode="json"),
                       runtime=runtime.model_dump(mode="json") if runtime is not None else None,
-                      state=RolloutState.pending.value, current_wave=-1)
+                      shadow=shadow, state=RolloutState.pending.value, current_wave=-1)
     db.add(rollout)
     db.flush()
     for i, device in enumerate(targets):
@@ -122,6 +126,14 @@ def _start_wave(db: Session, rollout: Rollout, wave: int, chunk_size: int, now: 
         before = desired_state.get_assignment(db, device.id, rollout.model)
         prev_bundle = db.scalar(select(Bundle).where(Bundle.sha256 == before.bundle_sha256)) if before else None
         member.previous = desired_state.assignment_view(before, prev_bundle)
+        if rollout.shadow is not None and not _serves(device.reported, rollout.model, member.bundle_sha256):
+            # Shadow mode: the live bundle stays; the candidate only compares beside it until the wave passes.
+            desired_state.set_shadow(db, device.id, rollout.model, {**rollout.shadow, "sha256": member.bundle_sha256,
+                                                                     "rollout_id": rollout.id})
+            desired_state.recompose(db, device, chunk_size, named)
+            member.revision = device.desired_revision
+            _set_member(member, MemberState.shadowing)
+            continue
         desired_state.assign(db, device.id, rollout.model, member.bundle_sha256, rollout.runtime, rollout.id)
         desired_state.recompose(db, device, chunk_size, named)
         member.revision = device.desired_revision
@@ -147,7 +159,7 @@ def on_reported(db: Session, device_id: str, reported: Reported, now: dt.datetim
         select(RolloutDevice.rollout_id)
         .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
         .where(RolloutDevice.device_id == device_id, Rollout.state.in_(values(ACTIVE)),
-               RolloutDevice.state == MemberState.notified.value)
+               RolloutDevice.state.in_([MemberState.notified.value, MemberState.shadowing.value]))
         .order_by(RolloutDevice.rollout_id)
     ).all()
     touched = []
@@ -158,14 +170,22 @@ def on_reported(db: Session, device_id: str, reported: Reported, now: dt.datetim
         member = db.scalar(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id,
                                                        RolloutDevice.device_id == device_id)
                            .with_for_update().execution_options(populate_existing=True))
-        if rollout.state not in values(ACTIVE) or member is None or member.state != MemberState.notified.value:
+        if rollout.state not in values(ACTIVE) or member is None or \
+                member.state not in (MemberState.notified.value, MemberState.shadowing.value):
             continue
         if member.revision is None or reported.revision < member.revision:
             continue  # about an older desired state
         entry = reported.models.get(rollout.model)
         if entry is None:
             continue
-        if (entry.state == ModelState.serving and entry.serving is not None
+        if member.state == MemberState.shadowing.value:
+            failed = entry.shadow is not None and entry.shadow.bundle.sha256 == member.bundle_sha256 \
+                and entry.shadow.state == ModelState.failed
+            if not failed:
+                continue
+            _set_member(member, MemberState.failed)
+            member.error = f"shadow: {entry.shadow.error or 'failed'}"[:2000]
+        elif (entry.state == ModelState.serving and entry.serving is not None
                 and entry.serving.sha256 == member.bundle_sha256 and entry.golden_passed is True):
             _set_member(member, MemberState.succeeded)
             member.succeeded_at = now
@@ -206,6 +226,9 @@ def _judge(db: Session, rollout: Rollout, chunk_size: int, now: dt.datetime) -> 
         return rollout.state
     started = aware(rollout.wave_started_at)
     elapsed = (now - started).total_seconds() if started else 0.0
+    shadowing = [m for m in members if m.state == MemberState.shadowing.value]
+    if shadowing:
+        return _judge_shadow(db, rollout, gates, shadowing, total, wave_no, elapsed, chunk_size, now)
     if len(succeeded) / total >= gates.min_success_ratio:
         if rollout.soak_started_at is None:
             rollout.soak_started_at = now
@@ -220,6 +243,61 @@ def _judge(db: Session, rollout: Rollout, chunk_size: int, now: dt.datetime) -> 
     if elapsed > gates.wave_timeout_s:
         abort(db, rollout, f"wave {wave_no} timed out: {len(succeeded)}/{total} succeeded, {len(failed)} failed", chunk_size)
     return rollout.state
+
+
+def _judge_shadow(db: Session, rollout: Rollout, gates: Gates, shadowing: list[RolloutDevice], total: int,
+                  wave_no: int, elapsed: float, chunk_size: int, now: dt.datetime) -> str:
+    """A wave in shadow: abort on the first device whose numbers fail a gate; promote the wave (its devices are
+    told to serve the candidate) once enough of them have enough samples and pass; abort at the wave's timeout."""
+    verdicts = {m.device_id: shadow_mode.verdict(gates, rollout.version,
+                                                 ShadowTelemetry.model_validate(m.shadow) if m.shadow else None)
+                for m in shadowing}
+    bad = {d: v for d, v in verdicts.items() if v.failed}
+    if bad:
+        detail = "; ".join(f"{d}: {v.text}" for d, v in sorted(bad.items()))
+        abort(db, rollout, f"wave {wave_no} in shadow: {len(bad)}/{total} devices failed the shadow gates ({detail})"[:2000],
+              chunk_size)
+        return rollout.state
+    passed = [m for m in shadowing if verdicts[m.device_id].passed]
+    if len(passed) / total >= gates.min_success_ratio:
+        _promote(db, rollout, shadowing, verdicts, chunk_size, now)
+        return rollout.state
+    if elapsed > gates.wave_timeout_s:
+        detail = "; ".join(f"{d}: {v.text}" for d, v in sorted(verdicts.items()))
+        abort(db, rollout, f"wave {wave_no} timed out in shadow: {len(passed)}/{total} passed ({detail})"[:2000], chunk_size)
+    return rollout.state
+
+
+def _promote(db: Session, rollout: Rollout, shadowing: list[RolloutDevice], verdicts: dict, chunk_size: int,
+             now: dt.datetime) -> None:
+    """The wave's candidate proved itself beside the live model: its devices are told to serve it (the shadow goes)."""
+    named = desired_state.profiles(db)
+    for member in shadowing:
+        device = db.get(Device, member.device_id)
+        if device is None or device.revoked:
+            _set_member(member, MemberState.removed)
+            continue
+        desired_state.assign(db, device.id, rollout.model, member.bundle_sha256, rollout.runtime, rollout.id)
+        desired_state.recompose(db, device, chunk_size, named)
+        member.revision = device.desired_revision
+        _set_member(member, MemberState.notified)
+    # The serving half of the wave gets its own time and soak.
+    rollout.wave_started_at = now
+    rollout.soak_started_at = None
+    log.info("rollout %s (%s): wave %d promoted from shadow (%s)", rollout.id, rollout.model, rollout.current_wave + 1,
+             "; ".join(f"{d}: {v.text}" for d, v in sorted(verdicts.items())))
+
+
+def record_shadow(db: Session, device_id: str, model: str, shadow: ShadowTelemetry) -> bool:
+    """Keep a shadowing device's latest numbers of the candidate (its telemetry); → whether one was kept."""
+    member = db.scalar(
+        select(RolloutDevice).join(Rollout, Rollout.id == RolloutDevice.rollout_id)
+        .where(RolloutDevice.device_id == device_id, Rollout.model == model, Rollout.version == shadow.version,
+               Rollout.state.in_(values(ACTIVE)), RolloutDevice.state == MemberState.shadowing.value).limit(1))
+    if member is None:
+        return False
+    member.shadow = shadow.model_dump(mode="json")
+    return True
 
 
 def _next_wave_or_finish(db: Session, rollout: Rollout, chunk_size: int, now: dt.datetime) -> str:
@@ -275,11 +353,15 @@ def _revert(db: Session, rollout: Rollout, chunk_size: int) -> int:
     named = desired_state.profiles(db)
     for member in moved:
         device = db.get(Device, member.device_id)
+        shadowed = member.state == MemberState.shadowing.value or (
+            member.state == MemberState.failed.value and (member.error or "").startswith("shadow:"))
         _set_member(member, MemberState.reverted)
         if device is None or device.revoked:
             continue
         prev = member.previous
-        if prev is None:
+        if shadowed:
+            desired_state.set_shadow(db, device.id, rollout.model, None)  # its live bundle never changed
+        elif prev is None:
             desired_state.unassign(db, device.id, rollout.model)
         else:
             desired_state.assign(db, device.id, rollout.model, prev["sha256"], prev.get("runtime"), prev.get("rollout_id"))
@@ -327,6 +409,8 @@ def rollback(db: Session, rollout_id: int, reason: str | None, chunk_size: int) 
     rollout = lock(db, rollout_id)
     check_rollout(rollout.id, rollout.state, RolloutState.rolled_back)
     for member in _members(db, rollout, RolloutDevice.state.in_(values(MOVED))):
+        if member.state == MemberState.shadowing.value:
+            continue  # its assignment is still its own: only the shadow goes
         current = desired_state.get_assignment(db, member.device_id, rollout.model)
         if current is not None and current.rollout_id != rollout.id:
             by = f"rollout {current.rollout_id}" if current.rollout_id else "a direct assignment"

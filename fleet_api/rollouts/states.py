@@ -20,6 +20,7 @@ class MemberState(str, Enum):
     """One device in one rollout."""
 
     waiting = "waiting"  # its wave has not started
+    shadowing = "shadowing"  # shadow mode: its live bundle serves, the rollout's candidate only compares beside it
     notified = "notified"  # its desired state names the rollout's bundle; no verdict yet
     succeeded = "succeeded"  # it reports that model serving the rollout's bundle, golden check passed
     failed = "failed"  # it reports that model failed on the rollout's bundle
@@ -38,7 +39,9 @@ ROLLOUT_MOVES: dict[RolloutState, frozenset[RolloutState]] = {
 }
 
 MEMBER_MOVES: dict[MemberState, frozenset[MemberState]] = {
-    MemberState.waiting: frozenset({MemberState.notified, MemberState.removed}),
+    MemberState.waiting: frozenset({MemberState.notified, MemberState.shadowing, MemberState.removed}),
+    MemberState.shadowing: frozenset({MemberState.notified, MemberState.failed, MemberState.reverted,
+                                      MemberState.removed}),
     MemberState.notified: frozenset({MemberState.succeeded, MemberState.failed, MemberState.reverted, MemberState.removed}),
     MemberState.succeeded: frozenset({MemberState.reverted, MemberState.removed}),
     MemberState.failed: frozenset({MemberState.reverted, MemberState.removed}),
@@ -48,7 +51,8 @@ MEMBER_MOVES: dict[MemberState, frozenset[MemberState]] = {
 
 ACTIVE = frozenset({RolloutState.pending, RolloutState.running, RolloutState.paused})
 FINISHED = frozenset({RolloutState.succeeded, RolloutState.aborted, RolloutState.rolled_back})
-MOVED = frozenset({MemberState.notified, MemberState.succeeded, MemberState.failed})  # told to take the bundle
+# told to take the bundle, or to evaluate it in shadow (an abort gives both their previous assignment back)
+MOVED = frozenset({MemberState.notified, MemberState.succeeded, MemberState.failed, MemberState.shadowing})
 
 
 class InvalidTransition(Conflict):

@@ -15,7 +15,8 @@ router = APIRouter(prefix="/v1/rollouts", tags=["rollouts"], responses=ERRORS)
 @router.post("", status_code=201, response_model=RolloutOut,
              summary="Start a rollout of one model (409 if a device is in another active rollout of that model)")
 def create(body: RolloutIn, service: ServiceDep, who: Operator) -> dict:
-    return service.create_rollout(body.model, body.version, body.selector, body.waves, body.gates, who, body.runtime)
+    return service.create_rollout(body.model, body.version, body.selector, body.waves, body.gates, who, body.runtime,
+                                  shadow=body.shadow.model_dump() if body.shadow is not None else None)
 
 
 @router.get("", response_model=list[RolloutOut], summary="List rollouts")

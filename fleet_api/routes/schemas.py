@@ -65,6 +65,11 @@ class ProfileIn(ProfileSpec):
     name: str = Field(pattern=PROFILE_NAME_PATTERN)
 
 
+class ShadowIn(StrictModel):
+    sample_rate: float = Field(default=0.1, gt=0, le=1, description="share of live inputs mirrored to the candidate")
+    cpu_budget: float = Field(default=0.1, gt=0, le=1, description="share of one core the candidate may use")
+
+
 class RolloutIn(StrictModel):
     model: ModelName
     version: str = Field(min_length=1, max_length=64)
@@ -73,6 +78,8 @@ class RolloutIn(StrictModel):
     gates: Gates = Field(default_factory=Gates)
     runtime: Runtime | None = Field(default=None, description="the model's runtime on every device it moves "
                                     "(e.g. require_provider, precision); None: config / profiles decide")
+    shadow: ShadowIn | None = Field(default=None, description="shadow mode: each wave first evaluates the candidate "
+                                    "beside the live bundle on the devices' own inputs (gates min_shadow_*)")
 
 
 class ControlIn(StrictModel):
@@ -207,6 +214,7 @@ class MemberOut(BaseModel):
     error: str | None
     previous_version: str | None = None
     reported: ReportedModel | None = None
+    shadow: dict[str, Any] | None = None  # shadow mode: the device's latest numbers of the candidate
 
 
 class WaveOut(BaseModel):
@@ -223,6 +231,7 @@ class RolloutOut(BaseModel):
     waves: list[int]
     gates: dict[str, Any]
     runtime: dict[str, Any] | None
+    shadow: dict[str, Any] | None = None
     state: str
     current_wave: int
     reason: str | None

@@ -60,6 +60,8 @@ def dashboard(request: Request) -> HTMLResponse:
         f"{r['current_wave'] + 1}/{len(r['waves'])}", escape(", ".join(f"{k}: {v}" for k, v in sorted(r["device_states"].items()))),
         escape((r.get("reason") or "")[:200]), escape(r["created_at"][:19]),
     ] for r in rollouts]
+    drift_rows = [[escape(a["device_id"]), escape(f"{a['model']} {a['version']}"), escape(a["stat"]), f"{a['psi']:.3f}",
+                   _state(a["state"])] for a in service.drift.alerts(state="open")]
     online = sum(d["online"] for d in devices)
     body = (
         f'<p class="who">signed in as {escape(who.name)} ({escape(who.role)}) · <a href="/logout">sign out</a></p>'
@@ -67,6 +69,8 @@ def dashboard(request: Request) -> HTMLResponse:
         + _table(["device", "labels", "link", "state", "model", "provider", "revision", "error"], device_rows)
         + "<h2>Rollouts</h2>"
         + _table(["id", "model", "state", "wave", "devices", "reason", "created"], rollout_rows)
+        + "<h2>Drift alerts <small>open; PSI against the model version's baseline</small></h2>"
+        + _table(["device", "model", "statistic", "PSI", "state"], drift_rows)
     )
     return _page("edgefleet fleet", body)
 

@@ -358,13 +358,14 @@ def test_cameras_follow_the_desired_state_and_refuse_a_model_they_cannot_use(age
 
 
 def test_what_this_agent_cannot_do_is_reported_not_ignored(agent, bundles):
-    """A shadow candidate: said in the report; the rest runs on. (Encrypted bundles: test_confidential.py.)"""
-    from fleet_protocol.messages import Shadow
+    """An encrypted shadow candidate: said in the report; the rest runs on. (Encrypted bundles: test_confidential.py.)"""
+    from fleet_protocol.messages import Shadow, WrappedKey
 
     reconciler, host, reports = agent
     apply(reconciler, Desired(revision=1, models={"digits": spec(bundles["1.0.0"], "1.0.0")}))
-    shadow = Shadow(bundle=ref(bundles["2.0.0"], "2.0.0"))
+    key = WrappedKey(key_id="k1", ephemeral_public_key="A" * 43, nonce="B" * 16, ciphertext="C" * 64)
+    shadow = Shadow(bundle=ref(bundles["2.0.0"], "2.0.0"), key=key)
     apply(reconciler, Desired(revision=3, models={"digits": ModelSpec(bundle=ref(bundles["1.0.0"], "1.0.0"), shadow=shadow)}))
     report = reports.model()
     assert report.state == ModelState.serving and report.shadow.state == ModelState.failed
-    assert "not supported" in report.shadow.error and report.shadow.bundle.version == "2.0.0"
+    assert "encrypted" in report.shadow.error and report.shadow.bundle.version == "2.0.0"
