@@ -69,7 +69,7 @@ class FleetCollector(Collector):
             online.add_metric([device_id], 1 if is_online else 0)
             if last_seen is not None:
                 if last_seen.tzinfo is None:  # SQLite hands back naive UTC
-                    last_seen = last_seen.replace(tzinfo=dt.timezone.utc)
+                    last_seen = last_seen.replace(tzinfo=dt.UTC)
                 seen.add_metric([device_id], last_seen.timestamp())
         yield online
         yield seen

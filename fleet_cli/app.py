@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -37,10 +37,10 @@ app.command("whoami")(tokens.whoami)
 
 @app.callback()
 def root(ctx: typer.Context,
-         server: Annotated[Optional[str], typer.Option(help="fleet API URL (overrides EDGEFLEET_SERVER and the context)")] = None,
-         token: Annotated[Optional[str], typer.Option(help="API token (overrides EDGEFLEET_TOKEN and the context)")] = None,
-         context_name: Annotated[Optional[str], typer.Option("--context", help="use this context instead of the current one")] = None,
-         config: Annotated[Optional[Path], typer.Option(help="config file (default $XDG_CONFIG_HOME/edgefleet/config)",
+         server: Annotated[str | None, typer.Option(help="fleet API URL (overrides EDGEFLEET_SERVER and the context)")] = None,
+         token: Annotated[str | None, typer.Option(help="API token (overrides EDGEFLEET_TOKEN and the context)")] = None,
+         context_name: Annotated[str | None, typer.Option("--context", help="use this context instead of the current one")] = None,
+         config: Annotated[Path | None, typer.Option(help="config file (default $XDG_CONFIG_HOME/edgefleet/config)",
                                                         envvar="EDGEFLEET_CONFIG")] = None,
          timeout: Annotated[float, typer.Option(help="seconds to wait for each answer", min=0.1)] = 30.0,
          json: Annotated[bool, typer.Option("--json", help="JSON output for every command")] = False) -> None:

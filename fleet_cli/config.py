@@ -33,7 +33,7 @@ class Config:
     contexts: dict[str, Context] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path | None = None) -> "Config":
+    def load(cls, path: Path | None = None) -> Config:
         path = path or default_path()
         if not path.exists():
             return cls(path)

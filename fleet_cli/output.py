@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -48,12 +49,12 @@ def ago(iso: str | None, now: dt.datetime | None = None) -> str:
     except ValueError:
         return iso
     if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
-    now = now or dt.datetime.now(dt.timezone.utc)
+        t = t.replace(tzinfo=dt.UTC)
+    now = now or dt.datetime.now(dt.UTC)
     s = int((now - t).total_seconds())
     rel = "just now" if abs(s) < 5 else f"{s}s ago" if s < 120 else f"{s // 60}m ago" if s < 7200 else \
         f"{s // 3600}h ago" if s < 172800 else f"{s // 86400}d ago"
-    return f"{rel} ({t.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S}Z)"
+    return f"{rel} ({t.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}Z)"
 
 
 def labels(value: dict[str, str] | None) -> str:

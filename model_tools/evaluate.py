@@ -133,7 +133,7 @@ def _edit_distance(a: str, b: str) -> int:
 
 
 def cer(pred: list[str], truth: list[str]) -> float:
-    errors = sum(_edit_distance(p, t) for p, t in zip(pred, truth))
+    errors = sum(_edit_distance(p, t) for p, t in zip(pred, truth, strict=True))
     return errors / max(1, sum(len(t) for t in truth))
 
 
@@ -163,7 +163,7 @@ def score(task: str, pred, truth) -> dict[str, float]:
         return {"accuracy": float(np.mean(np.asarray(pred) == np.asarray(truth))), "metric": "top1"}
     if task == "ocr-recognition":
         c = cer(list(pred), [str(t) for t in truth])
-        exact = float(np.mean([p == str(t) for p, t in zip(pred, truth)]))
+        exact = float(np.mean([p == str(t) for p, t in zip(pred, truth, strict=True)]))
         return {"accuracy": max(0.0, 1.0 - c), "cer": c, "exact": exact, "metric": "1-cer"}
     if task == "detection":
         from .detection import match
@@ -176,7 +176,7 @@ def score(task: str, pred, truth) -> dict[str, float]:
         union = np.logical_or(pred, truth).sum()
         return {"accuracy": float(inter / union) if union else 1.0, "metric": "mask-iou"}
     # Anything else: closeness to the reference outputs, 1 at identical.
-    errs = [float(np.max(np.abs(p.astype(np.float64) - t)) / (np.max(np.abs(t)) + 1e-9)) for p, t in zip(pred, truth)]
+    errs = [float(np.max(np.abs(p.astype(np.float64) - t)) / (np.max(np.abs(t)) + 1e-9)) for p, t in zip(pred, truth, strict=True)]
     return {"accuracy": max(0.0, 1.0 - max(errs)), "max_rel_error": max(errs), "metric": "1-max-rel-error"}
 
 

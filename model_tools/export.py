@@ -64,7 +64,7 @@ def quiet() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
         said = (out.getvalue() + err.getvalue()).strip()
         if said:
@@ -238,7 +238,7 @@ def check_dims(model, samples: dict[str, np.ndarray], dynamic: dict[str, dict[in
         want = [dynamic.get(v.name, {}).get(axis, size) for axis, size in enumerate(a.shape)]
         if len(got) != len(want) or any(
                 (isinstance(w, str) and not isinstance(g, str)) or (isinstance(w, int) and g != w)
-                for g, w in zip(got, want)):
+                for g, w in zip(got, want, strict=True)):
             return f"input {v.name!r} was exported with dims {got}, declared {want}"
     return None
 
@@ -457,7 +457,7 @@ def _compare(model, feed: dict[str, np.ndarray], expected: list[np.ndarray], ato
     elif len(got) != len(expected):
         raise UsageError(f"the exported model gives {len(got)} outputs, the source {len(expected)}")
     worst = 0.0
-    for i, (g, e) in enumerate(zip(got, expected)):
+    for i, (g, e) in enumerate(zip(got, expected, strict=True)):
         g, e = np.asarray(g), np.asarray(e)
         if g.shape != e.shape and g.size == e.size and only is not None:
             g = g.reshape(e.shape)

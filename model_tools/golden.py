@@ -39,7 +39,7 @@ def compute(model_bytes: bytes, inputs: dict[str, np.ndarray]) -> dict[str, np.n
         # onnxruntime's messages span lines ("… for the following indices\n index: 1 Got: 3 Expected: 1"):
         # joined into one line, whole, rather than cut after the first.
         raise UsageError(f"the model cannot run on the golden inputs: {' '.join(str(exc).split())[:400]}") from None
-    return dict(zip(names, outputs))
+    return dict(zip(names, outputs, strict=True))
 
 
 def to_npz(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> bytes:

@@ -143,7 +143,7 @@ def tune(
         try:
             sess = ev.session(v.path, provider, threads)
             sess.run(None, sample)
-        except Exception as exc:  # noqa: BLE001 - a variant that cannot run here is reported, not fatal
+        except Exception as exc:
             v.status, v.reason = "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             continue
         runners[v.name] = (lambda s=sess: s.run(None, sample))
@@ -268,7 +268,7 @@ def chart(report: dict[str, Any], dest: Path) -> None:
     acc.axvline(floor, color="black", linestyle="--", linewidth=1)
     labels = [f"{v['name']}" + ("  ◀ chosen" if state(v) == "chosen" else "") for v in rows]
     lat.set_yticks(range(len(rows)), labels)
-    for tick, v in zip(lat.get_yticklabels(), rows):
+    for tick, v in zip(lat.get_yticklabels(), rows, strict=True):
         tick.set_color(colours[state(v)])
         if state(v) == "chosen":
             tick.set_fontweight("bold")

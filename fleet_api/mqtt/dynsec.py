@@ -119,7 +119,7 @@ class DynSec:
             if not self.broker.publish(CONTROL_TOPIC, json.dumps({"commands": commands}).encode(), qos=1, wait=True):
                 raise Unavailable("the broker did not accept the dynamic-security command")
             responses = []
-            for command, (event, box) in zip(commands, waiting):
+            for command, (event, box) in zip(commands, waiting, strict=True):
                 if not event.wait(self.timeout_s):
                     raise Unavailable(f"no answer from the broker's dynamic security plugin to {command['command']}; "
                                       "is the plugin loaded and the API's MQTT user its admin?")
@@ -128,7 +128,7 @@ class DynSec:
             with self._lock:
                 for cid in ids:
                     self._waiting.pop(cid, None)
-        for command, response in zip(commands, responses):
+        for command, response in zip(commands, responses, strict=True):
             error = response.get("error")
             if error and not (tolerate and any(t in error.lower() for t in TOLERATED)):
                 raise Unavailable(f"broker refused {command['command']}: {error}")

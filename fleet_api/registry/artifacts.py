@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+
 from fleet_protocol.signing import sha256_file
 
 
