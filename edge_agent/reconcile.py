@@ -39,6 +39,7 @@ from fleet_protocol.messages import (
     ServingModel,
     ShadowReport,
 )
+from fleet_protocol.signing import public_keys
 
 from . import __version__, hardware
 from .runtime import golden
@@ -139,7 +140,7 @@ class Reconciler:
         self.host = host
         self.transport = transport
         self.cameras = cameras
-        self.trusted_keys = settings.public_keys()
+        self.trusted_keys = public_keys(settings.trusted_keys)
         self.workers: dict[str, ModelWorker] = {}
         self._desired: Desired | None = None
         self._error: str | None = None

@@ -8,7 +8,6 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet_protocol.messages import DEFAULT_CHUNK_SIZE
-from fleet_protocol.signing import load_public_key
 from fleet_protocol.topics import DEFAULT_PREFIX
 
 
@@ -45,6 +44,3 @@ class ApiSettings(BaseSettings):
     max_bundle_mb: float = 2048.0
     tick_interval_s: float = 1.0
     outbox_batch: int = 500  # desired states published (and acknowledged) per outbox transaction
-
-    def public_keys(self) -> list:
-        return [load_public_key(Path(p.strip()).read_bytes()) for p in self.trusted_keys.split(",") if p.strip()]

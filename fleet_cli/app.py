@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,9 +16,13 @@ from .config import ConfigError
 from .exit_codes import ExitCode, for_status
 from .state import CliError, State
 
-# typer ≥ 0.24 carries its own copy of click; take the classes from typer, whichever click it uses.
-UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
-ClickError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+if TYPE_CHECKING:  # the type checker sees click's classes (the same ones, whichever copy typer carries)
+    from click.exceptions import ClickException as ClickError
+    from click.exceptions import UsageError
+else:
+    # typer ≥ 0.24 carries its own copy of click; take the classes from typer, whichever click it uses.
+    UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    ClickError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 app = typer.Typer(
     name="edgefleet", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _error(str(exc), ExitCode.USAGE)
     except UsageError as exc:
-        where = exc.ctx.command_path if getattr(exc, "ctx", None) else "edgefleet"
+        where = exc.ctx.command_path if exc.ctx is not None else "edgefleet"
         return _error(f"{exc.format_message()} (see '{where} --help')", ExitCode.USAGE)
     except typer.Abort:
         return _error("aborted", ExitCode.INTERRUPTED)

@@ -161,7 +161,7 @@ def read_bundle(path: Path, trusted_keys: list[Ed25519PublicKey], extract_to: Pa
                         dst.close()
                 if h.hexdigest() != entry.sha256:
                     raise BundleError(f"{name}: sha256 differs from the manifest (corrupted or tampered)")
-            if staging is not None:
+            if staging is not None and extract_to is not None:  # staging exists only when extracting
                 (staging / MANIFEST).write_bytes(body)
                 (staging / SIGNATURE).write_bytes(signature)
                 os.replace(staging, extract_to)

@@ -20,6 +20,7 @@ import numpy as np
 from . import calibration as calib
 from .errors import UsageError
 from .optimize import first_line
+from .session import create as create_session
 
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                     "tensorrt": "TensorrtExecutionProvider", "openvino": "OpenVINOExecutionProvider",
@@ -39,12 +40,8 @@ def session(model: Path | bytes, provider: str = "CPUExecutionProvider", threads
     if provider not in ort.get_available_providers():
         raise UsageError(f"execution provider {provider} is not available here "
                          f"(available: {', '.join(ort.get_available_providers())})")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(str(model) if isinstance(model, Path) else model, so, providers=[provider])
+        sess = create_session(model, provider=provider, threads=threads)
     except Exception as exc:
         msg = first_line(exc)
         op = re.search(r"implementation for (\w+)\((\d+)\)", msg) or re.search(r"([\w.]*:?\w+)\((-?\d+)\) is not a registered", msg)
@@ -157,7 +154,7 @@ def decode(task: str, outputs: list[np.ndarray], labels: list[str], extra: dict[
     return outputs
 
 
-def score(task: str, pred, truth) -> dict[str, float]:
+def score(task: str, pred, truth) -> dict[str, float | str]:
     """Compare decoded predictions with decoded truth (labels, or the fp32 model's decodes)."""
     if task in ("classification", "ocr-orientation"):
         return {"accuracy": float(np.mean(np.asarray(pred) == np.asarray(truth))), "metric": "top1"}

@@ -111,7 +111,7 @@ class DynSec:
             for command in commands:
                 cid = uuid.uuid4().hex
                 command["correlationData"] = cid
-                slot = (threading.Event(), [])
+                slot: tuple[threading.Event, list] = (threading.Event(), [])
                 self._waiting[cid] = slot
                 ids.append(cid)
                 waiting.append(slot)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Annotated
@@ -45,7 +46,7 @@ def upload(ctx: typer.Context,
             with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                           TimeRemainingColumn(), console=output.err, transient=True) as bar:
                 task = bar.add_task(f"uploading {path.name}", total=size)
-                view, created = client.upload_model(path, lambda n, t=task: bar.advance(t, n))
+                view, created = client.upload_model(path, functools.partial(bar.advance, task))
         else:
             view, created = client.upload_model(path)
         results.append({**view, "created": created})

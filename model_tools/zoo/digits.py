@@ -123,9 +123,9 @@ def to_onnx(params: dict[str, np.ndarray]) -> bytes:
 
 
 def accuracy(model_bytes: bytes, x: np.ndarray, y: np.ndarray) -> float:
-    import onnxruntime as ort
+    from ..session import create as create_session
 
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    session = create_session(model_bytes)
     probs = session.run(None, {"image": x})[0]
     return float((probs.argmax(1) == y).mean())
 
