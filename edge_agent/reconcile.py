@@ -336,7 +336,6 @@ class ModelWorker:
         self.host = reconciler.host
         self._target: Any = None  # Target, REMOVE or None (nothing asked: serve what booted)
         self._applied: Any = None  # the target last worked on to its end (served or refused)
-        self._retry = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._chunks: queue.Queue[tuple[str, int, bytes]] = queue.Queue(maxsize=4096)

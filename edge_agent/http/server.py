@@ -14,7 +14,7 @@ import ipaddress
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -273,7 +273,3 @@ def _loopback(host: str | None) -> bool:
     mapped = getattr(address, "ipv4_mapped", None)
     return (mapped or address).is_loopback
 
-
-def metric_lines(text: str, names: Sequence[str]) -> list[str]:
-    """The sample lines of `names` in a Prometheus exposition (for tests and the demo)."""
-    return [line for line in text.splitlines() if line.split("{")[0].split(" ")[0] in names]

@@ -17,9 +17,6 @@ class ArtifactStore:
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
 
-    def has(self, sha256: str) -> bool:
-        return self.path(sha256).is_file()
-
     def new_upload(self) -> Path:
         """A fresh temporary file under the store (same filesystem, so adding it later is a rename)."""
         fd, tmp = tempfile.mkstemp(prefix=".upload-", dir=self.root)
