@@ -6,8 +6,8 @@
 - in fleet_api and edge_agent only the transport shells (HTTP routes, MQTT, the dashboard, the camera view),
   the wiring (app, agent) and the cli import FastAPI, starlette, uvicorn or paho: the core knows none of them;
 - fleet_cli is an HTTP client: no server package, ours or a server library.
-The agent's finer rules (each shell only its own transport, one module creating sessions) are in
-tests/edge_agent/test_architecture.py.
+And model_tools creates onnxruntime sessions in one module. The agent's finer rules (each shell only its own
+transport, one module creating sessions) are in tests/edge_agent/test_architecture.py.
 """
 
 from __future__ import annotations
@@ -99,6 +99,13 @@ def test_only_the_shells_know_the_transports(path):
 @pytest.mark.parametrize("path", sources("fleet_cli"), ids=ident)
 def test_the_cli_is_a_client_only(path):
     assert not top(imports(path)) & (SERVER_LIBRARIES | {"fleet_api", "edge_agent", "model_tools"})
+
+
+def test_the_tools_create_onnxruntime_sessions_in_one_module():
+    """model_tools/session.py sets the options every command shares (the agent's rule: tests/edge_agent)."""
+    creators = sorted({ident(path) for path in sources("model_tools") for node in ast.walk(ast.parse(path.read_text()))
+                       if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "InferenceSession"})
+    assert creators == ["model_tools/session.py"]
 
 
 def test_the_rules_see_imports():
