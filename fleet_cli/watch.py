@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 ACTIVE = ("pending", "running", "paused")
-DONE_MEMBER = ("succeeded",)
 BAD_MEMBER = ("failed",)
 
 

@@ -90,7 +90,6 @@ class MjpegSource(_SourceBase):
 
 
 Source = Annotated[DeviceSource | FileSource | RtspSource | MjpegSource, Field(discriminator="type")]
-SOURCE_TYPES = (DeviceSource, FileSource, RtspSource, MjpegSource)
 
 
 def source_from_text(text: str) -> dict[str, Any]:

@@ -107,7 +107,6 @@ class LoadedModel:
     batcher: Batcher | None = None  # set by the ModelHost when the runtime turns batching on
     run_ms: float | None = None  # one warm session run of a single item, measured by the golden check
     golden_passed: bool | None = None
-    loaded_at: float = field(default_factory=time.time)
 
     @classmethod
     def from_session(cls, stored: StoredModel, session: ort.InferenceSession, runtime: Runtime) -> LoadedModel:
