@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, overload
 
 from rich.console import Console
 from rich.table import Table
@@ -40,6 +40,15 @@ def state(value: str | None) -> str:
     return f"[{style}]{value}[/{style}]" if style else value
 
 
+@overload
+def utc(t: dt.datetime) -> dt.datetime: ...
+@overload
+def utc(t: None) -> None: ...
+def utc(t: dt.datetime | None) -> dt.datetime | None:
+    """A time without a zone is UTC (what the API sends and what the options say)."""
+    return t.replace(tzinfo=dt.UTC) if t is not None and t.tzinfo is None else t
+
+
 def ago(iso: str | None, now: dt.datetime | None = None) -> str:
     """'3m ago (2026-12-01 21:04:05Z)': relative for reading, absolute for reference."""
     if not iso:
@@ -48,8 +57,7 @@ def ago(iso: str | None, now: dt.datetime | None = None) -> str:
         t = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
     except ValueError:
         return iso
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
+    t = utc(t)
     now = now or dt.datetime.now(dt.UTC)
     s = int((now - t).total_seconds())
     rel = "just now" if abs(s) < 5 else f"{s}s ago" if s < 120 else f"{s // 60}m ago" if s < 7200 else \

@@ -24,10 +24,7 @@ def telemetry(ctx: typer.Context, device_id: str,
               limit: Annotated[int, typer.Option(help="minutes, newest first", min=1, max=10_000)] = 30,
               json: JsonOpt = False) -> None:
     """Requests, errors, p50 / p95 / p99 latency, CPU and memory of a device, per minute, newest first."""
-    def utc(t: dt.datetime | None) -> dt.datetime | None:
-        return t.replace(tzinfo=dt.UTC) if t and t.tzinfo is None else t
-
-    data = api(ctx).telemetry(device_id, utc(since), utc(until), limit)
+    data = api(ctx).telemetry(device_id, output.utc(since), output.utc(until), limit)
     if wants_json(ctx, json):
         output.print_json(data)
         return
