@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 ARGS   ?=
 
-.PHONY: venv demo test e2e bench k8s-check camera-demo clean help
+.PHONY: venv demo lint test e2e bench k8s-check camera-demo clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -23,7 +23,14 @@ demo: venv  ## run broker, fleet API and three agents; roll out a real model (AR
 	@bash scripts/ensure-system.sh mosquitto
 	$(PY) -m demo $(ARGS)
 
-test: venv  ## run the whole test suite (and the offline k3s manifest checks)
+lint: venv  ## ruff over everything, mypy over the five packages, the import rules (seconds; run by `test`)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/vulture --min-confidence 80 fleet_protocol fleet_api edge_agent model_tools fleet_cli
+	@# the import rules: plain pytest, no plug-ins or fixtures (they cost more than the test)
+	PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(PY) -m pytest -q -p no:cacheprovider -p pytest_timeout --noconftest tests/test_architecture.py
+
+test: venv lint  ## run the whole test suite after `lint` (and the offline k3s manifest checks)
 	@bash scripts/ensure-system.sh mosquitto chromium
 	$(PY) -m pytest $(ARGS)
 	@$(MAKE) --no-print-directory k8s-check
@@ -38,4 +45,4 @@ bench: venv  ## run the benchmarks (prints tables)
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:  ## remove the virtualenv and demo state
-	rm -rf $(VENV) .demo .pytest_cache
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

@@ -98,7 +98,7 @@ def serve_plain_fastapi(store_dir: str, sha: str, port: int) -> None:
         feed = {i["name"]: np.asarray(i["data"], dtype=np.float32).reshape(i["shape"]) for i in body["inputs"]}
         outputs = await run_in_threadpool(session.run, names, feed)
         return JSONResponse({"model_name": name, "outputs": [
-            {"name": n, "shape": list(o.shape), "datatype": "FP32", "data": o.ravel().tolist()} for n, o in zip(names, outputs)]})
+            {"name": n, "shape": list(o.shape), "datatype": "FP32", "data": o.ravel().tolist()} for n, o in zip(names, outputs, strict=True)]})
 
     uvicorn.Server(uvicorn_config(app, "127.0.0.1", port)).run()
 

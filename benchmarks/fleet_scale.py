@@ -12,6 +12,7 @@ reported serving; telemetry; hello on connect; schema 2), many per process on on
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -24,15 +25,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import paho.mqtt.client as mqtt  # noqa: E402
-import psutil  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+import paho.mqtt.client as mqtt
+import psutil
+from paho.mqtt.enums import CallbackAPIVersion
 
-from demo.cluster import Broker, FleetApi, wait_for  # noqa: E402
-from fleet_protocol.bundle import write_bundle  # noqa: E402
-from fleet_protocol.manifest import Manifest  # noqa: E402
-from fleet_protocol.signing import generate_keypair, load_private_key  # noqa: E402
-from fleet_protocol.topics import Topics  # noqa: E402
+from demo.cluster import Broker, FleetApi, wait_for
+from fleet_protocol.bundle import write_bundle
+from fleet_protocol.manifest import Manifest
+from fleet_protocol.signing import generate_keypair, load_private_key
+from fleet_protocol.topics import Topics
 
 TOPICS = Topics()
 
@@ -66,7 +67,7 @@ class SimDevice:
         body = {"schema": 2, "revision": self.revision, "models": models}
         self.c.publish(TOPICS.reported(self.id), json.dumps(body), qos=1, retain=True)
 
-    def _on_connect(self, c, _u, _f, rc, _p) -> None:
+    def _on_connect(self, c, _u, _f, _rc, _p) -> None:
         c.subscribe(TOPICS.desired(self.id), qos=1)
         c.publish(TOPICS.status(self.id), b'{"online": true}', qos=1, retain=True)
         c.publish(TOPICS.hello(self.id), json.dumps({"schema": 2, "revision": self.revision}), qos=1)
@@ -247,7 +248,7 @@ def main() -> int:
             time.sleep(0.25)
         cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (t1 - t0) * 100
 
-        sizes = [b - a for a, b in zip([0] + waves, waves)]
+        sizes = [b - a for a, b in itertools.pairwise([0, *waves])]
         print(f"\nfleet scale: {args.devices} simulated devices, {args.workers} device processes, 2 vCPU box shared by all")
         print(f"{'rollout':<44} {done['state']}, waves {sizes}")
         print(f"{'  time for the whole rollout':<44} {rollout_s:.1f} s")

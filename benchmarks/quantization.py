@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model_tools import evaluate as ev  # noqa: E402
-from model_tools import tune  # noqa: E402
-from model_tools.zoo.base import prepare  # noqa: E402
+from model_tools import evaluate as ev
+from model_tools import tune
+from model_tools.zoo.base import prepare
 
 MODELS = [("digits", "test", None), ("ppocr-rec", "eval", "calibration"), ("blazeface", "eval", None)]
 
@@ -65,16 +65,16 @@ def main() -> int:
     print(head)
     print("|---" * 9 + "|")
     for name, metric, n, v, chosen, _ in rows:
-        def acc(k):
+        def acc(k, v=v):
             return f"{v[k]['accuracy']['accuracy']:.4f}" if v[k]["status"] == "measured" else "failed"
 
-        def lat(k):
+        def lat(k, v=v):
             return f"{v[k]['p50_ms']:.3f} ({v[k]['speedup']}×)" if v[k]["status"] == "measured" else "failed"
 
         print(f"| {name} | {metric} ({n}) | {acc('fp32')} | {acc('int8-dynamic')} | {acc('int8-static')} | "
               f"{lat('fp32')} | {lat('int8-dynamic')} | {lat('int8-static')} | {chosen} |")
     print()
-    for name, _, _, v, chosen, secs in rows:
+    for name, _, _, v, _, secs in rows:
         reasons = "; ".join(f"{k}: {r['verdict']}" for k, r in v.items() if k != "fp32")
         print(f"- {name} ({secs:.0f} s): {reasons}")
     return 0
@@ -145,7 +145,7 @@ def resnet_digits(cache: Path, width: int = 32, epochs: int = 4) -> tuple[Path, 
     net = mod.ResNet18(width)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     xt, yt = torch.from_numpy(data["x_train"]), torch.from_numpy(y_train)
-    for epoch in range(epochs):
+    for _ in range(epochs):
         net.train()
         for idx in torch.randperm(len(xt)).split(64):
             opt.zero_grad()

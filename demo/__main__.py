@@ -21,8 +21,17 @@ from rich.table import Table
 
 from .camera import make_video
 from .fleet import (
-    CAMERA, Fleet, build_blazeface_bundle, build_digits_bundles, camera_stats, device_table, infer_digit, roll_out,
-    set_up_cameras, upload, wait_serving,
+    CAMERA,
+    Fleet,
+    build_blazeface_bundle,
+    build_digits_bundles,
+    camera_stats,
+    device_table,
+    infer_digit,
+    roll_out,
+    set_up_cameras,
+    upload,
+    wait_serving,
 )
 
 DEVICES = {

@@ -66,12 +66,11 @@ class Process:
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
 
-    def start(self) -> "Process":
+    def start(self) -> Process:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        log.close()
+        with open(self.log_path, "ab") as log:  # the child holds its own copy of the descriptor
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         return self
 
     @property
@@ -167,7 +166,7 @@ class Broker:
     def url(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
-    def start(self) -> "Broker":
+    def start(self) -> Broker:
         self.process.start()
 
         def accepting() -> bool:
@@ -326,7 +325,7 @@ class Postgres:
         except OSError:
             return ""
 
-    def start(self) -> "Postgres":
+    def start(self) -> Postgres:
         self._run(self.bin / "initdb", "-D", self.data, "-U", self.user, "--auth=trust", "-E", "UTF8", "--no-sync")
         opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off " \
                "-c full_page_writes=off -c max_connections=200"

@@ -33,7 +33,7 @@ def camera_manager(host: ModelHost, on_event):
     """The camera pipelines (edge_agent/camera/manager.py) when that part of the agent is installed."""
     if importlib.util.find_spec("edge_agent.camera.manager") is None:
         return None
-    from .camera.manager import CameraManager  # type: ignore[import-not-found]
+    from .camera.manager import CameraManager
 
     return CameraManager(host, on_event)
 

@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from pydantic import ValidationError
 
+    from fleet_protocol.signing import public_keys
+
     from .agent import Agent
     from .settings import AgentSettings
 
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "log_level") and v is not None}
     try:
         settings = AgentSettings(**overrides)
-        if not settings.public_keys():
+        if not public_keys(settings.trusted_keys):
             raise ValueError("no trusted key: pass --trusted-key or set EDGEFLEET_AGENT_TRUSTED_KEYS")
         agent = Agent(settings)
     except ValidationError as exc:  # one line per bad setting, no pydantic boilerplate

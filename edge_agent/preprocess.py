@@ -120,7 +120,7 @@ class Preprocessor:
         if self.resize == "letterbox":
             s = min(w / fw, h / fh)
             nw, nh = max(1, round(fw * s)), max(1, round(fh * s))
-            canvas = np.zeros((h, w, 3), np.uint8)
+            canvas: np.ndarray = np.zeros((h, w, 3), np.uint8)
             x0, y0 = (w - nw) // 2, (h - nh) // 2
             canvas[y0:y0 + nh, x0:x0 + nw] = shrink(frame, nw, nh)
             img, geo = canvas, Geometry(sw, sh, nw / w, nh / h, x0 / w, y0 / h)

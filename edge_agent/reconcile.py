@@ -42,6 +42,7 @@ from fleet_protocol.messages import (
     ShadowReport,
     WrappedKey,
 )
+from fleet_protocol.signing import public_keys
 
 from . import __version__, hardware
 from .keys import ModelKeys
@@ -149,7 +150,7 @@ class Reconciler:
         self.host = host
         self.transport = transport
         self.cameras = cameras
-        self.trusted_keys = settings.public_keys()
+        self.trusted_keys = public_keys(settings.trusted_keys)
         self.workers: dict[str, ModelWorker] = {}
         self._desired: Desired | None = None
         self._error: str | None = None
@@ -345,7 +346,6 @@ class ModelWorker:
         self.host = reconciler.host
         self._target: Any = None  # Target, REMOVE or None (nothing asked: serve what booted)
         self._applied: Any = None  # the target last worked on to its end (served or refused)
-        self._retry = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._chunks: queue.Queue[tuple[str, int, bytes]] = queue.Queue(maxsize=4096)

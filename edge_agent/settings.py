@@ -10,7 +10,6 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet_protocol.messages import DEVICE_ID_PATTERN, Batching, Precision, Runtime
-from fleet_protocol.signing import load_public_key
 from fleet_protocol.topics import DEFAULT_PREFIX
 
 
@@ -51,9 +50,6 @@ class AgentSettings(BaseSettings):
     hello_retry_s: float = Field(default=5.0, gt=0, le=3600)
     chunk_timeout_s: float = 3.0  # no chunk for this long: ask again for what is still missing
     download_timeout_s: float = 600.0
-
-    def public_keys(self) -> list:
-        return [load_public_key(Path(p.strip()).read_bytes()) for p in self.trusted_keys.split(",") if p.strip()]
 
     def provider_list(self) -> list[str]:
         return [p.strip() for p in self.providers.split(",") if p.strip()]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleet_protocol.bundle import BundleError, VerifiedBundle, read_bundle
+from fleet_protocol.bundle import GOLDEN, MANIFEST, MODEL, BundleError, VerifiedBundle, read_bundle
 from fleet_protocol.manifest import Manifest
 from fleet_protocol.messages import BundleRef, Runtime
 from fleet_protocol.signing import sha256_file
@@ -70,11 +70,11 @@ class StoredModel:
 
     @property
     def model_path(self) -> Path:
-        return self.directory / "model.onnx"
+        return self.directory / MODEL
 
     @property
     def golden_path(self) -> Path:
-        return self.directory / "golden.npz"
+        return self.directory / GOLDEN
 
 
 class DigestMismatch(BundleError):
@@ -246,7 +246,7 @@ class ModelStore:
             return None
         folder = self.models / sha256
         try:
-            manifest = Manifest.model_validate_json((folder / "manifest.json").read_bytes())
+            manifest = Manifest.model_validate_json((folder / MANIFEST).read_bytes())
         except (OSError, ValueError):
             return None
         return StoredModel(sha256, folder, manifest)

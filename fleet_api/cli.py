@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from fleet_protocol.signing import public_keys
+
     from .app import create_app
     from .settings import ApiSettings
 
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "log_level") and v is not None}
     try:
         settings = ApiSettings(**overrides)
-        settings.public_keys()
+        public_keys(settings.trusted_keys)  # a missing or bad key file: one error line now, not at the first bundle
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

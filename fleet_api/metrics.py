@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 
 from prometheus_client.core import GaugeMetricFamily
@@ -69,7 +68,7 @@ class FleetCollector(Collector):
         many), and rollouts by final state (an abort leaves the active-rollout gauges, it must still be seen)."""
         from sqlalchemy import func, select
 
-        from .db.tables import Device, Rollout
+        from .db.tables import Device, Rollout, aware
 
         try:
             with self.service.sessions() as db:
@@ -84,9 +83,7 @@ class FleetCollector(Collector):
         for device_id, is_online, last_seen in devices:
             online.add_metric([device_id], 1 if is_online else 0)
             if last_seen is not None:
-                if last_seen.tzinfo is None:  # SQLite hands back naive UTC
-                    last_seen = last_seen.replace(tzinfo=dt.timezone.utc)
-                seen.add_metric([device_id], last_seen.timestamp())
+                seen.add_metric([device_id], aware(last_seen).timestamp())
         yield online
         yield seen
         by_state = GaugeMetricFamily("edgefleet_rollouts", "Rollouts by state, all time", labels=["state"])

@@ -32,6 +32,7 @@ from fleet_protocol.messages import (
     Status,
     Telemetry,
 )
+from fleet_protocol.signing import public_keys
 from fleet_protocol.topics import Topics
 
 from . import auth, telemetry
@@ -88,7 +89,7 @@ class FleetService:
         self.broker_admin = broker_admin
         self.topics = Topics(settings.topic_prefix)
         self.store = ArtifactStore(settings.artifact_dir)
-        self.trusted_keys = settings.public_keys()
+        self.trusted_keys = public_keys(settings.trusted_keys)
         self.keys = KeyStore(settings.master_key_bytes())
         self.chunks = ChunkServer(self.store, publisher, self.topics, settings.chunk_coalesce_ms / 1000,
                                   settings.fetch_sends_per_chunk, settings.fetch_budget_window_s)

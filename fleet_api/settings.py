@@ -10,7 +10,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet_protocol.encryption import b64d
 from fleet_protocol.messages import DEFAULT_CHUNK_SIZE
-from fleet_protocol.signing import load_public_key
 from fleet_protocol.topics import DEFAULT_PREFIX
 
 from .drift_monitor import DriftSettings
@@ -63,9 +62,6 @@ class ApiSettings(BaseSettings):
     outbox_batch: int = 500  # desired states published (and acknowledged) per outbox transaction
     # drift per device: baseline and recent windows, PSI threshold (EDGEFLEET_API_DRIFT='{"threshold": 0.3}')
     drift: DriftSettings = Field(default_factory=DriftSettings)
-
-    def public_keys(self) -> list:
-        return [load_public_key(Path(p.strip()).read_bytes()) for p in self.trusted_keys.split(",") if p.strip()]
 
     def master_key_bytes(self) -> bytes | None:
         text = self.master_key.get_secret_value() if self.master_key else None

@@ -183,7 +183,7 @@ def flush(sessions: Callable[[], Session], buffer: TelemetryBuffer) -> int:
     except OperationalError:
         buffer.put_back(taken)
         raise
-    except Exception as exc:  # noqa: BLE001 - one bad rollup (overflow, a row the database refuses): split
+    except Exception as exc:
         log.warning("telemetry flush of %d rollups refused (%s); storing them one by one", len(taken),
                     str(exc).splitlines()[0][:200])
     stored = 0
@@ -196,7 +196,7 @@ def flush(sessions: Callable[[], Session], buffer: TelemetryBuffer) -> int:
             keys = list(taken)
             buffer.put_back({k: taken[k] for k in keys[keys.index(key):]})
             raise
-        except Exception as exc:  # noqa: BLE001 - this rollup alone is bad: count it, keep the rest
+        except Exception as exc:
             ROLLUPS_REFUSED.inc()
             log.error("dropping the telemetry rollup of device %s, minute %s, model %r: %s", key[0],
                       key[1].isoformat(), key[2], str(exc).splitlines()[0][:200])

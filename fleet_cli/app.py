@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -16,9 +16,13 @@ from .config import ConfigError
 from .exit_codes import ExitCode, for_status
 from .state import CliError, State
 
-# typer ≥ 0.24 carries its own copy of click; take the classes from typer, whichever click it uses.
-UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
-ClickError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+if TYPE_CHECKING:  # the type checker sees click's classes (the same ones, whichever copy typer carries)
+    from click.exceptions import ClickException as ClickError
+    from click.exceptions import UsageError
+else:
+    # typer ≥ 0.24 carries its own copy of click; take the classes from typer, whichever click it uses.
+    UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    ClickError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 app = typer.Typer(
     name="edgefleet", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -37,10 +41,10 @@ app.command("whoami")(tokens.whoami)
 
 @app.callback()
 def root(ctx: typer.Context,
-         server: Annotated[Optional[str], typer.Option(help="fleet API URL (overrides EDGEFLEET_SERVER and the context)")] = None,
-         token: Annotated[Optional[str], typer.Option(help="API token (overrides EDGEFLEET_TOKEN and the context)")] = None,
-         context_name: Annotated[Optional[str], typer.Option("--context", help="use this context instead of the current one")] = None,
-         config: Annotated[Optional[Path], typer.Option(help="config file (default $XDG_CONFIG_HOME/edgefleet/config)",
+         server: Annotated[str | None, typer.Option(help="fleet API URL (overrides EDGEFLEET_SERVER and the context)")] = None,
+         token: Annotated[str | None, typer.Option(help="API token (overrides EDGEFLEET_TOKEN and the context)")] = None,
+         context_name: Annotated[str | None, typer.Option("--context", help="use this context instead of the current one")] = None,
+         config: Annotated[Path | None, typer.Option(help="config file (default $XDG_CONFIG_HOME/edgefleet/config)",
                                                         envvar="EDGEFLEET_CONFIG")] = None,
          timeout: Annotated[float, typer.Option(help="seconds to wait for each answer", min=0.1)] = 30.0,
          json: Annotated[bool, typer.Option("--json", help="JSON output for every command")] = False) -> None:
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return _error(str(exc), ExitCode.USAGE)
     except UsageError as exc:
-        where = exc.ctx.command_path if getattr(exc, "ctx", None) else "edgefleet"
+        where = exc.ctx.command_path if exc.ctx is not None else "edgefleet"
         return _error(f"{exc.format_message()} (see '{where} --help')", ExitCode.USAGE)
     except typer.Abort:
         return _error("aborted", ExitCode.INTERRUPTED)

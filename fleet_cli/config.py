@@ -33,7 +33,7 @@ class Config:
     contexts: dict[str, Context] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: Path | None = None) -> "Config":
+    def load(cls, path: Path | None = None) -> Config:
         path = path or default_path()
         if not path.exists():
             return cls(path)
@@ -58,9 +58,11 @@ class Config:
 
     def set(self, name: str, server: str | None, token: str | None) -> Context:
         existing = self.contexts.get(name)
-        if existing is None and not server:
-            raise ConfigError(f"context {name!r} is new: give it a --server")
-        ctx = Context(name, (server or existing.server).rstrip("/"), token if token is not None else (existing.token if existing else None))
+        if not server:
+            if existing is None:
+                raise ConfigError(f"context {name!r} is new: give it a --server")
+            server = existing.server
+        ctx = Context(name, server.rstrip("/"), token if token is not None else (existing.token if existing else None))
         self.contexts[name] = ctx
         if self.current is None:
             self.current = name

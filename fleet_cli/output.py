@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, overload
 
 from rich.console import Console
 from rich.table import Table
@@ -39,6 +40,15 @@ def state(value: str | None) -> str:
     return f"[{style}]{value}[/{style}]" if style else value
 
 
+@overload
+def utc(t: dt.datetime) -> dt.datetime: ...
+@overload
+def utc(t: None) -> None: ...
+def utc(t: dt.datetime | None) -> dt.datetime | None:
+    """A time without a zone is UTC (what the API sends and what the options say)."""
+    return t.replace(tzinfo=dt.UTC) if t is not None and t.tzinfo is None else t
+
+
 def ago(iso: str | None, now: dt.datetime | None = None) -> str:
     """'3m ago (2026-12-01 21:04:05Z)': relative for reading, absolute for reference."""
     if not iso:
@@ -47,13 +57,12 @@ def ago(iso: str | None, now: dt.datetime | None = None) -> str:
         t = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
     except ValueError:
         return iso
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.timezone.utc)
-    now = now or dt.datetime.now(dt.timezone.utc)
+    t = utc(t)
+    now = now or dt.datetime.now(dt.UTC)
     s = int((now - t).total_seconds())
     rel = "just now" if abs(s) < 5 else f"{s}s ago" if s < 120 else f"{s // 60}m ago" if s < 7200 else \
         f"{s // 3600}h ago" if s < 172800 else f"{s // 86400}d ago"
-    return f"{rel} ({t.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M:%S}Z)"
+    return f"{rel} ({t.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}Z)"
 
 
 def labels(value: dict[str, str] | None) -> str:
@@ -63,11 +72,12 @@ def labels(value: dict[str, str] | None) -> str:
 def size(n: int | None) -> str:
     if n is None:
         return "-"
+    x = float(n)
     for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return str(n)
+        if x < 1000 or unit == "GB":
+            return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
+        x /= 1000
+    return str(x)
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: str = "nothing yet") -> None:

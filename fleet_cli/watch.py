@@ -6,11 +6,10 @@ The loop takes its clock and its sleep as arguments, so tests drive it without w
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 ACTIVE = ("pending", "running", "paused")
-DONE_MEMBER = ("succeeded",)
 BAD_MEMBER = ("failed",)
 
 

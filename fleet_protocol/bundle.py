@@ -25,8 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import ValidationError
 
 from .manifest import FileEntry, Manifest
 from .signing import SignatureError, key_id, sha256_bytes, sign, verify_any
@@ -161,7 +161,7 @@ def read_bundle(path: Path, trusted_keys: list[Ed25519PublicKey], extract_to: Pa
     staging: Path | None = None
     try:
         try:
-            tar = tarfile.open(path, mode="r:")
+            tar = tarfile.open(path, mode="r:")  # noqa: SIM115 - entered below; only the open's own errors mean "not a bundle"
         except (tarfile.TarError, OSError) as exc:
             raise BundleError(f"not a bundle (tar) file: {exc}") from None
         with tar, _truncation_is_a_bundle_error():
@@ -206,7 +206,7 @@ def read_bundle(path: Path, trusted_keys: list[Ed25519PublicKey], extract_to: Pa
                 h = hashlib.sha256()
                 src = tar.extractfile(info)
                 assert src is not None
-                dst = open(staging / name, "wb") if staging else None
+                dst = open(staging / name, "wb") if staging else None  # noqa: SIM115 - closed in the finally; only when extracting
                 try:
                     while block := src.read(1 << 20):
                         h.update(block)
@@ -217,7 +217,7 @@ def read_bundle(path: Path, trusted_keys: list[Ed25519PublicKey], extract_to: Pa
                         dst.close()
                 if h.hexdigest() != entry.sha256:
                     raise BundleError(f"{name}: sha256 differs from the manifest (corrupted or tampered)")
-            if staging is not None:
+            if staging is not None and extract_to is not None:  # staging exists only when extracting
                 (staging / MANIFEST).write_bytes(body)
                 (staging / SIGNATURE).write_bytes(signature)
                 os.replace(staging, extract_to)

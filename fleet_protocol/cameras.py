@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePath
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -89,8 +89,7 @@ class MjpegSource(_SourceBase):
         return redact_url(self.url)
 
 
-Source = Annotated[Union[DeviceSource, FileSource, RtspSource, MjpegSource], Field(discriminator="type")]
-SOURCE_TYPES = (DeviceSource, FileSource, RtspSource, MjpegSource)
+Source = Annotated[DeviceSource | FileSource | RtspSource | MjpegSource, Field(discriminator="type")]
 
 
 def source_from_text(text: str) -> dict[str, Any]:

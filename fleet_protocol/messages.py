@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -83,7 +83,7 @@ class Message(BaseModel):
         return self.model_dump_json(by_alias=True).encode()
 
     @classmethod
-    def parse(cls, payload: bytes | str):  # noqa: ANN206 - returns the subclass
+    def parse(cls, payload: bytes | str):
         """Parse a wire payload; every failure is a ProtocolError naming the message kind."""
         if len(payload) > MAX_MESSAGE_BYTES:
             raise ProtocolError(f"invalid {cls.__name__} message: {len(payload)} bytes, more than {MAX_MESSAGE_BYTES}")
@@ -101,7 +101,7 @@ class Versioned(Message):
     schema_: int = Field(default=SCHEMA, alias="schema")
 
     @classmethod
-    def parse(cls, payload: bytes | str):  # noqa: ANN206
+    def parse(cls, payload: bytes | str):
         if len(payload) <= MAX_MESSAGE_BYTES:
             schema, revision = peek(payload)
             # not an int (a list, a string) is no schema this side knows either, and must not reach the set lookup
@@ -154,7 +154,7 @@ class Batching(Message):
     max_delay_ms: float = Field(default=2.0, ge=0, le=1000)
 
 
-class Precision(str, Enum):
+class Precision(StrEnum):
     """The arithmetic the provider may use; the golden check's tolerance follows it."""
 
     fp32 = "fp32"
@@ -240,7 +240,7 @@ class Desired(Versioned):
 # --- reported: device → api ---------------------------------------------------------------------------------
 
 
-class ModelState(str, Enum):
+class ModelState(StrEnum):
     pending = "pending"  # desired, not started (e.g. waiting for a download slot)
     downloading = "downloading"
     verifying = "verifying"
@@ -251,7 +251,7 @@ class ModelState(str, Enum):
     removing = "removing"
 
 
-class CameraState(str, Enum):
+class CameraState(StrEnum):
     starting = "starting"
     running = "running"
     reconnecting = "reconnecting"

@@ -56,6 +56,11 @@ def load_public_key(pem: bytes) -> Ed25519PublicKey:
     return key
 
 
+def public_keys(paths: str) -> list[Ed25519PublicKey]:
+    """The trusted keys of a setting: comma-separated PEM files (the API's and the agent's `trusted_keys`)."""
+    return [load_public_key(Path(p.strip()).read_bytes()) for p in paths.split(",") if p.strip()]
+
+
 def key_id(public: Ed25519PublicKey) -> str:
     """Short fingerprint, to name which key signed what in logs and manifests."""
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

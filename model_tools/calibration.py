@@ -127,7 +127,7 @@ def check(data: dict[str, np.ndarray], inputs: list, source: Path | str) -> None
             raise UsageError(f"{source}: {name!r} has shape {list(arr.shape)}, the model wants rank {len(dims)} {dims}")
         if arr.ndim and len(arr) == 0:
             raise UsageError(f"{source}: the data for {name!r} is empty")
-        for axis, (have, want) in enumerate(zip(arr.shape, dims)):
+        for axis, (have, want) in enumerate(zip(arr.shape, dims, strict=True)):
             if isinstance(want, int) and want > 0 and have != want and not (axis == 0 and want == 1):
                 raise UsageError(f"{source}: {name!r} has shape {list(arr.shape)}, the model wants {dims}")
         if arr.dtype != dtype and not (np.issubdtype(arr.dtype, np.floating) and np.issubdtype(dtype, np.floating)):

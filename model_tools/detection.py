@@ -39,7 +39,7 @@ def decode_blazeface(regressors: np.ndarray, scores: np.ndarray, extra: dict[str
     size = float(cfg["input_size"])
     clip = float(extra.get("score_clipping", 100.0))
     out = []
-    for reg, sc in zip(regressors, scores):
+    for reg, sc in zip(regressors, scores, strict=True):
         prob = 1.0 / (1.0 + np.exp(-np.clip(sc[:, 0].astype(np.float64), -clip, clip)))
         keep = prob >= extra["score_threshold"]
         r, a, p = reg[keep], anchors[keep], prob[keep]
@@ -82,7 +82,7 @@ def nms(boxes: np.ndarray, threshold: float) -> np.ndarray:
 def match(pred: list[np.ndarray], truth: list[np.ndarray], iou_threshold: float = 0.5) -> dict[str, float]:
     """Greedy IoU matching per image → recall, precision and the counts behind them."""
     tp = fp = fn = 0
-    for p, t in zip(pred, truth):
+    for p, t in zip(pred, truth, strict=True):
         t = np.asarray(t, np.float32).reshape(-1, 4)
         used = np.zeros(len(t), bool)
         for box in p[np.argsort(-p[:, 4])] if len(p) else []:

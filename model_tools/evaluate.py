@@ -20,6 +20,7 @@ import numpy as np
 from . import calibration as calib
 from .errors import UsageError
 from .optimize import first_line
+from .session import create as create_session
 
 PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                     "tensorrt": "TensorrtExecutionProvider", "openvino": "OpenVINOExecutionProvider",
@@ -39,12 +40,8 @@ def session(model: Path | bytes, provider: str = "CPUExecutionProvider", threads
     if provider not in ort.get_available_providers():
         raise UsageError(f"execution provider {provider} is not available here "
                          f"(available: {', '.join(ort.get_available_providers())})")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
     try:
-        sess = ort.InferenceSession(str(model) if isinstance(model, Path) else model, so, providers=[provider])
+        sess = create_session(model, provider=provider, threads=threads)
     except Exception as exc:
         msg = first_line(exc)
         op = re.search(r"implementation for (\w+)\((\d+)\)", msg) or re.search(r"([\w.]*:?\w+)\((-?\d+)\) is not a registered", msg)
@@ -133,7 +130,7 @@ def _edit_distance(a: str, b: str) -> int:
 
 
 def cer(pred: list[str], truth: list[str]) -> float:
-    errors = sum(_edit_distance(p, t) for p, t in zip(pred, truth))
+    errors = sum(_edit_distance(p, t) for p, t in zip(pred, truth, strict=True))
     return errors / max(1, sum(len(t) for t in truth))
 
 
@@ -157,13 +154,13 @@ def decode(task: str, outputs: list[np.ndarray], labels: list[str], extra: dict[
     return outputs
 
 
-def score(task: str, pred, truth) -> dict[str, float]:
+def score(task: str, pred, truth) -> dict[str, float | str]:
     """Compare decoded predictions with decoded truth (labels, or the fp32 model's decodes)."""
     if task in ("classification", "ocr-orientation"):
         return {"accuracy": float(np.mean(np.asarray(pred) == np.asarray(truth))), "metric": "top1"}
     if task == "ocr-recognition":
         c = cer(list(pred), [str(t) for t in truth])
-        exact = float(np.mean([p == str(t) for p, t in zip(pred, truth)]))
+        exact = float(np.mean([p == str(t) for p, t in zip(pred, truth, strict=True)]))
         return {"accuracy": max(0.0, 1.0 - c), "cer": c, "exact": exact, "metric": "1-cer"}
     if task == "detection":
         from .detection import match
@@ -176,7 +173,7 @@ def score(task: str, pred, truth) -> dict[str, float]:
         union = np.logical_or(pred, truth).sum()
         return {"accuracy": float(inter / union) if union else 1.0, "metric": "mask-iou"}
     # Anything else: closeness to the reference outputs, 1 at identical.
-    errs = [float(np.max(np.abs(p.astype(np.float64) - t)) / (np.max(np.abs(t)) + 1e-9)) for p, t in zip(pred, truth)]
+    errs = [float(np.max(np.abs(p.astype(np.float64) - t)) / (np.max(np.abs(t)) + 1e-9)) for p, t in zip(pred, truth, strict=True)]
     return {"accuracy": max(0.0, 1.0 - max(errs)), "max_rel_error": max(errs), "metric": "1-max-rel-error"}
 
 

@@ -64,7 +64,7 @@ def quiet() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
         said = (out.getvalue() + err.getvalue()).strip()
         if said:
@@ -238,7 +238,7 @@ def check_dims(model, samples: dict[str, np.ndarray], dynamic: dict[str, dict[in
         want = [dynamic.get(v.name, {}).get(axis, size) for axis, size in enumerate(a.shape)]
         if len(got) != len(want) or any(
                 (isinstance(w, str) and not isinstance(g, str)) or (isinstance(w, int) and g != w)
-                for g, w in zip(got, want)):
+                for g, w in zip(got, want, strict=True)):
             return f"input {v.name!r} was exported with dims {got}, declared {want}"
     return None
 
@@ -444,12 +444,10 @@ def _rename_output(model, old: str, new: str) -> None:
 
 def _compare(model, feed: dict[str, np.ndarray], expected: list[np.ndarray], atol: float, only: int | None = None) -> float:
     """Largest |onnx - source| over the outputs; floats within atol + 1e-3·max|expected|, others exactly."""
-    import onnxruntime as ort
+    from .session import create as create_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
     try:
-        got = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feed)
+        got = create_session(model.SerializeToString()).run(None, feed)
     except Exception as exc:
         raise UsageError(f"the exported model does not run in onnxruntime on {_describe(feed)}: {first_line(exc)}") from None
     if only is not None:
@@ -457,7 +455,7 @@ def _compare(model, feed: dict[str, np.ndarray], expected: list[np.ndarray], ato
     elif len(got) != len(expected):
         raise UsageError(f"the exported model gives {len(got)} outputs, the source {len(expected)}")
     worst = 0.0
-    for i, (g, e) in enumerate(zip(got, expected)):
+    for i, (g, e) in enumerate(zip(got, expected, strict=True)):
         g, e = np.asarray(g), np.asarray(e)
         if g.shape != e.shape and g.size == e.size and only is not None:
             g = g.reshape(e.shape)

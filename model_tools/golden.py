@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 
+from fleet_protocol.golden import INPUT_PREFIX, OUTPUT_PREFIX, to_npz
+
 from .errors import UsageError
 
-INPUT_PREFIX = "input:"
-OUTPUT_PREFIX = "output:"
+__all__ = ["compute", "load_inputs", "to_npz"]  # the file format itself: fleet_protocol.golden
 
 
 def load_inputs(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:
@@ -29,30 +29,15 @@ def load_inputs(path: Path, input_names: list[str]) -> dict[str, np.ndarray]:
 
 
 def compute(model_bytes: bytes, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
+    from .session import create as create_session
 
     try:
-        session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+        session = create_session(model_bytes)
         names = [o.name for o in session.get_outputs()]
         outputs = session.run(names, inputs)
     except Exception as exc:  # onnxruntime raises its own exception types for shape/dtype errors
         # onnxruntime's messages span lines ("… for the following indices\n index: 1 Got: 3 Expected: 1"):
         # joined into one line, whole, rather than cut after the first.
         raise UsageError(f"the model cannot run on the golden inputs: {' '.join(str(exc).split())[:400]}") from None
-    return dict(zip(names, outputs))
+    return dict(zip(names, outputs, strict=True))
 
-
-def to_npz(inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    arrays = {f"{INPUT_PREFIX}{k}": v for k, v in inputs.items()}
-    arrays.update({f"{OUTPUT_PREFIX}{k}": v for k, v in outputs.items()})
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def from_npz(data: bytes | Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    src = io.BytesIO(data) if isinstance(data, bytes) else data
-    with np.load(src, allow_pickle=False) as z:
-        inputs = {k[len(INPUT_PREFIX):]: z[k] for k in z.files if k.startswith(INPUT_PREFIX)}
-        outputs = {k[len(OUTPUT_PREFIX):]: z[k] for k in z.files if k.startswith(OUTPUT_PREFIX)}
-    return inputs, outputs

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UsageError
+from .session import create as create_session
 
 LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
@@ -117,12 +118,9 @@ def optimize(src: Path, dest: Path, *, level: str = "extended") -> dict:
         raised = Path(tmp) / "raised.onnx"
         onnx.save(model, str(raised))
         out = Path(tmp) / "optimized.onnx"
-        so = ort.SessionOptions()
-        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[level])
-        so.optimized_model_filepath = str(out)
-        so.log_severity_level = 3
         try:
-            ort.InferenceSession(str(raised), so, providers=["CPUExecutionProvider"])
+            create_session(raised, graph_optimization_level=getattr(ort.GraphOptimizationLevel, LEVELS[level]),
+                           optimized_model_filepath=str(out))
         except Exception as exc:
             raise UsageError(f"{src}: onnxruntime cannot load it: {first_line(exc)}") from None
         optimized = infer_shapes(onnx.load(str(out)))

@@ -133,7 +133,7 @@ def pack_bundle(
             measurements=measurements or {},
             golden=Golden(atol=tolerance[0], rtol=tolerance[1]),
             files={},
-            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             extra=extra or {},
         )
     except ValidationError as exc:

@@ -17,9 +17,11 @@ import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+
+from .session import create as create_session
 
 
 def _status_mb(field: str) -> float | None:
@@ -59,7 +61,7 @@ def peak_memory(model: Path, sample: dict[str, np.ndarray], *, provider: str = "
     when the child could not say (the report then shows no number rather than a wrong one)."""
     with tempfile.TemporaryDirectory(prefix="edgefleet-mem-") as tmp:
         feed = Path(tmp) / "feed.npz"
-        np.savez(feed, **sample)
+        np.savez(feed, **cast(dict[str, Any], sample))  # numpy's stubs match ** against allow_pickle too
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in [str(Path(__file__).resolve().parent.parent),
                                                                       os.environ.get("PYTHONPATH", "")] if p)}
         try:
@@ -85,17 +87,13 @@ def _child(argv: list[str]) -> int:
     ap.add_argument("--provider", default="CPUExecutionProvider")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
-    import onnxruntime as ort
+    import onnxruntime  # noqa: F401 - loaded before the baseline, so model_mb holds the model and not the library
 
     with np.load(args.feed, allow_pickle=False) as z:
         feed = {k: z[k] for k in z.files}
     _reset_peak()
     baseline = _status_mb("VmRSS") or _maxrss_mb()
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = args.threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(args.model, so, providers=[args.provider])
+    sess = create_session(args.model, provider=args.provider, threads=args.threads)
     for _ in range(3):
         sess.run(None, feed)
     peak = _maxrss_mb()
@@ -111,16 +109,9 @@ def operator_profile(model: Path, sample: dict[str, np.ndarray], *, provider: st
     Each row: op, nodes (how many nodes of that type), ms_per_run (its nodes' time in one inference, the median
     over the runs) and share (of all operator time). `keep` receives the raw trace (chrome://tracing / Perfetto format).
     """
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory(prefix="edgefleet-prof-") as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tmp) / "profile")
-        sess = ort.InferenceSession(str(model), so, providers=[provider])
+        sess = create_session(model, provider=provider, threads=threads, enable_profiling=True,
+                              profile_file_prefix=str(Path(tmp) / "profile"))
         for _ in range(3):  # warm-up runs are profiled too; they are dropped below by counting from the end
             sess.run(None, sample)
         for _ in range(runs):

@@ -111,7 +111,7 @@ def static_int8(
     check_loadable(model, src)
     calib.check(data, calib.model_inputs(model), calibration_name or "calibration data")
     n = len(next(iter(data.values())))
-    extra = {"ActivationSymmetric": False, "WeightSymmetric": True}
+    extra: dict[str, bool | float] = {"ActivationSymmetric": False, "WeightSymmetric": True}
     if method == "percentile":
         extra["CalibPercentile"] = 99.99
     with tempfile.TemporaryDirectory(prefix="edgefleet-q-") as tmp:
@@ -158,11 +158,10 @@ def check_loadable(model, src: Path) -> None:
     the quantizer fails on it somewhere deep (or writes a file that then does not load)."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    from .session import create as create_session
+
     try:
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        create_session(model.SerializeToString(), graph_optimization_level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     except Exception as exc:
         msg = first_line(exc)
         op = re.search(r"implementation for (\w+)\((\d+)\)", msg) or re.search(r"([\w.]*:?\w+)\((-?\d+)\) is not a registered", msg)
@@ -181,11 +180,9 @@ def _check_exclude(model, exclude: list[str] | None) -> None:
 
 def _verify(path: Path) -> None:
     """The quantized file must at least load in onnxruntime; otherwise it is not written."""
-    import onnxruntime as ort
+    from .session import create as create_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
     try:
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        create_session(path)
     except Exception as exc:
         raise UsageError(f"the quantized model does not load in onnxruntime: {first_line(exc)}") from None

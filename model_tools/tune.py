@@ -13,6 +13,7 @@ fresh process), and onnxruntime's per-operator profile of the chosen variant.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -30,6 +31,7 @@ from . import profiling, timing
 from . import quantize as q
 from .errors import UsageError
 from .optimize import atomic_path, optimize
+from .timing import Timing
 
 QUANT_METHOD = {"fp32": "none", "fp32-optimized": "none", "int8-dynamic": "dynamic-int8",
                 "int8-static": "static-qdq-int8", "fp16": "fp16"}
@@ -55,6 +57,18 @@ class Variant:
     speedup: float | None = None
     eligible: bool = False
     verdict: str = ""
+
+    @property
+    def built(self) -> Path:
+        """The variant's file, once built (every status after `pending` and `failed` has one)."""
+        assert self.path is not None, f"{self.name} has no file"
+        return self.path
+
+    @property
+    def timed(self) -> Timing:
+        """Its latency, once `measured`."""
+        assert self.timing is not None, f"{self.name} was not timed"
+        return self.timing
 
     def as_dict(self) -> dict[str, Any]:
         d = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items() if k != "timing"}
@@ -127,26 +141,26 @@ def tune(
             continue
         say(f"scoring {v.name}")
         try:
-            v.accuracy = ev.accuracy(v.path, eval_data, task=task, labels=labels or [], extra=extra or {},
+            v.accuracy = ev.accuracy(v.built, eval_data, task=task, labels=labels or [], extra=extra or {},
                                      truth=truth, reference=None if truth is not None else reference, output=output)
-            v.size_bytes = v.path.stat().st_size
+            v.size_bytes = v.built.stat().st_size
             v.status = "scored"
         except UsageError as exc:
             v.status, v.reason = "failed", str(exc)
 
     # Latency: every variant in every round, the order rotating, so the machine's drift falls on all alike.
     sample = {k: a[:1] for k, a in eval_data.items()}
-    runners = {}
+    runners: dict[str, Callable[[], object]] = {}
     for v in out:
         if v.status != "scored":
             continue
         try:
-            sess = ev.session(v.path, provider, threads)
+            sess = ev.session(v.built, provider, threads)
             sess.run(None, sample)
-        except Exception as exc:  # noqa: BLE001 - a variant that cannot run here is reported, not fatal
+        except Exception as exc:
             v.status, v.reason = "failed", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             continue
-        runners[v.name] = (lambda s=sess: s.run(None, sample))
+        runners[v.name] = functools.partial(sess.run, None, sample)
     say(f"timing {len(runners)} variants in {rounds} interleaved rounds")
     timings = timing.interleaved(runners, rounds=rounds, runs_per_round=max(1, runs // rounds), clock=clock)
     for v in out:
@@ -161,7 +175,7 @@ def tune(
         for v in out:
             if v.status == "measured":
                 say(f"peak memory of {v.name}")
-                v.memory = profiling.peak_memory(v.path, sample, provider=ev.provider_name(provider), threads=threads)
+                v.memory = profiling.peak_memory(v.built, sample, provider=ev.provider_name(provider), threads=threads)
 
     base = next((v for v in out if v.name == "fp32" and v.status == "measured"), None)
     if base is None:
@@ -171,14 +185,14 @@ def tune(
             v.verdict = f"failed: {v.reason}"
             continue
         v.accuracy_drop = round(base.accuracy["accuracy"] - v.accuracy["accuracy"], 6)
-        v.speedup = round(base.timing.p50 / v.timing.p50, 3)
-        lo, hi = timing.speedup_range(base.timing, v.timing)
+        v.speedup = round(base.timed.p50 / v.timed.p50, 3)
+        lo, hi = timing.speedup_range(base.timed, v.timed)
         v.speedup_range = [round(lo, 3), round(hi, 3)]
         if v is base:
             v.eligible, v.verdict = True, "baseline"
         elif v.accuracy_drop > max_accuracy_drop:
             v.verdict = f"rejected: accuracy drop {v.accuracy_drop:.4f} > budget {max_accuracy_drop}"
-        elif not timing.faster(base.timing, v.timing, min_speedup):
+        elif not timing.faster(base.timed, v.timed, min_speedup):
             v.verdict = (f"rejected: not faster than fp32 by {min_speedup}× across its spread "
                          f"({v.speedup_range[0]:.2f}–{v.speedup_range[1]:.2f}×)")
         else:
@@ -186,7 +200,7 @@ def tune(
     chosen = pick([v for v in out if v.eligible])
     chosen.verdict = "chosen" if chosen is not base else "chosen (baseline: no variant pays here)"
     say(f"profiling {chosen.name}")
-    profile = profiling.operator_profile(chosen.path, sample, provider=ev.provider_name(provider), threads=threads,
+    profile = profiling.operator_profile(chosen.built, sample, provider=ev.provider_name(provider), threads=threads,
                                          runs=max(10, min(runs, 50)), keep=workdir / "profile.json")
     report = {
         "model": str(model), "task": task, "provider": ev.provider_name(provider), "threads": threads,
@@ -214,7 +228,7 @@ PREFERENCE = ["fp32", "fp32-optimized", "fp16", "int8-static", "int8-dynamic"]
 
 
 def pick(eligible: list[Variant]) -> Variant:
-    contenders = [v for v in eligible if not any(timing.faster(v.timing, w.timing) for w in eligible if w is not v)]
+    contenders = [v for v in eligible if not any(timing.faster(v.timed, w.timed) for w in eligible if w is not v)]
     rank = {n: i for i, n in enumerate(PREFERENCE)}
     return min(contenders or eligible, key=lambda v: (rank.get(v.name, len(rank)), v.p50_ms))
 
@@ -268,7 +282,7 @@ def chart(report: dict[str, Any], dest: Path) -> None:
     acc.axvline(floor, color="black", linestyle="--", linewidth=1)
     labels = [f"{v['name']}" + ("  ◀ chosen" if state(v) == "chosen" else "") for v in rows]
     lat.set_yticks(range(len(rows)), labels)
-    for tick, v in zip(lat.get_yticklabels(), rows):
+    for tick, v in zip(lat.get_yticklabels(), rows, strict=True):
         tick.set_color(colours[state(v)])
         if state(v) == "chosen":
             tick.set_fontweight("bold")

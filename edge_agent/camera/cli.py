@@ -179,6 +179,8 @@ def _first_error(exc: Exception) -> str:
 
 def _trusted_keys(value: str | None) -> list:
     """--trusted-key, else EDGEFLEET_AGENT_TRUSTED_KEYS: the agent's own settings, read the agent's way."""
+    from fleet_protocol.signing import public_keys
+
     from ..settings import AgentSettings
 
-    return (AgentSettings(trusted_keys=value) if value is not None else AgentSettings()).public_keys()
+    return public_keys(value if value is not None else AgentSettings().trusted_keys)

@@ -32,15 +32,13 @@ class EventGate:
         self.interval = 1.0 / config.max_per_s
         self._last = float("-inf")
         self.sent = 0
-        self.suppressed = 0  # frames with detections that fell inside the rate limit
 
     def offer(self, frame_ts: float, detections: list[Detection], detail: dict[str, Any] | None = None) -> Event | None:
         hits = [d for d in detections if d.score >= self.config.min_score]
         if not hits:
             return None
         now = self.clock()
-        if now - self._last < self.interval:
-            self.suppressed += 1
+        if now - self._last < self.interval:  # within the rate limit: dropped
             return None
         self._last = now
         return self._send(Event(kind="detections", source=self.source, frame_ts=frame_ts, detections=hits[:1000],

@@ -42,8 +42,8 @@ class CameraCollector:
                 name = [pipeline.name]
                 for key, family in gauges.items():
                     family.add_metric(name, float(s["state"] == "live") if key == "up" else s[key])
-                for key, family in counters.items():
-                    family.add_metric(name, s[key])
+                for key, counter in counters.items():
+                    counter.add_metric(name, s[key])
                 lat = pipeline.latency
                 cumulative, buckets = 0, []
                 for bound, n in zip([*map(str, LATENCY_BUCKETS), "+Inf"], lat.buckets, strict=True):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from fleet_protocol.bundle import BundleError, read_bundle
+from fleet_protocol.bundle import MODEL, BundleError, read_bundle
 from fleet_protocol.manifest import Manifest
 from fleet_protocol.messages import Runtime
 from fleet_protocol.signing import sha256_file
@@ -93,7 +93,7 @@ def load(ref: str, trusted_keys: list, *, work_dir: Path | None = None, provider
         runtime = Runtime(intra_op_threads=threads, providers=providers) if providers else Runtime(intra_op_threads=threads)
         try:
             # onnxruntime has read the file once the session exists: nothing extracted needs to stay behind.
-            session = create_session(folder / "model.onnx", runtime)
+            session = create_session(folder / MODEL, runtime)
         except (ModelLoadError, ProviderError) as exc:
             raise ModelError(f"{ref}: {exc}") from None
         return BundleModel(bundle.manifest, session, sha256_file(path))

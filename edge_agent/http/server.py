@@ -14,7 +14,7 @@ import ipaddress
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
@@ -31,7 +31,7 @@ from .images import ImageInputs
 
 log = logging.getLogger(__name__)
 
-HEADER_LENGTH = "inference-header-content-length"
+HEADER_LENGTH = b"inference-header-content-length"  # the binary tensor extension's header, lower-case as ASGI gives it
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
 
@@ -79,7 +79,7 @@ class InferEndpoint:
         for key, value in scope["headers"]:
             if key == b"content-length":
                 declared = int(value) if value.isdigit() else None
-            elif key == b"inference-header-content-length":
+            elif key == HEADER_LENGTH:
                 header_length = int(value) if value.isdigit() else -1
         limit = self.max_request_bytes
         if declared is not None and declared > limit:
@@ -133,7 +133,7 @@ class InferEndpoint:
             return await _reply(send, 500, _error_body(f"internal error: {type(exc).__name__}"))
         headers = [(b"content-type", _BINARY if head_len is not None else _JSON)]
         if head_len is not None:
-            headers.append((b"inference-header-content-length", str(head_len).encode()))
+            headers.append((HEADER_LENGTH, str(head_len).encode()))
         await _send(send, 200, payload, headers)
 
     async def _run(self, model: LoadedModel, inputs: dict) -> dict:
@@ -273,7 +273,3 @@ def _loopback(host: str | None) -> bool:
     mapped = getattr(address, "ipv4_mapped", None)
     return (mapped or address).is_loopback
 
-
-def metric_lines(text: str, names: Sequence[str]) -> list[str]:
-    """The sample lines of `names` in a Prometheus exposition (for tests and the demo)."""
-    return [line for line in text.splitlines() if line.split("{")[0].split(" ")[0] in names]

@@ -122,7 +122,7 @@ def _run_group(group: list[_Item]) -> None:
             return
         group[0].done(None, exc, started - group[0].enqueued)
         return
-    for item, result in zip(group, results):
+    for item, result in zip(group, results, strict=True):
         item.done(result, None, started - item.enqueued)
 
 

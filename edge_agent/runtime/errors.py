@@ -11,10 +11,6 @@ class InferenceError(RuntimeError):
     """The session failed on inputs that passed validation."""
 
 
-class NotReady(RuntimeError):
-    """The model asked for is not loaded."""
-
-
 class ModelLoadError(RuntimeError):
     """onnxruntime refused to build a session for the model (corrupt file, unsupported operator, …)."""
 

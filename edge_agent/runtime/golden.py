@@ -9,19 +9,15 @@ IoU-matched boxes, same text), which is what the application sees whatever the p
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
-from fleet_protocol.bundle import GOLDEN
+from fleet_protocol.golden import from_npz
 from fleet_protocol.manifest import Golden
 from fleet_protocol.messages import Precision
 
 from .errors import GoldenCheckError, first_line
 from .model import LoadedModel
-
-INPUT_PREFIX = "input:"
-OUTPUT_PREFIX = "output:"
 
 # The least atol/rtol each precision can hold: fp16 keeps ~3 decimal digits, int8 ~2.
 PRECISION_TOLERANCE: dict[Precision, tuple[float, float]] = {
@@ -36,20 +32,12 @@ def tolerance(golden: Golden, precision: Precision) -> tuple[float, float]:
     return max(golden.atol, least_atol), max(golden.rtol, least_rtol)
 
 
-def load(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """The bundle's golden file → (inputs, expected outputs), by tensor name."""
-    with np.load(path, allow_pickle=False) as z:
-        inputs = {k[len(INPUT_PREFIX):]: z[k] for k in z.files if k.startswith(INPUT_PREFIX)}
-        expected = {k[len(OUTPUT_PREFIX):]: z[k] for k in z.files if k.startswith(OUTPUT_PREFIX)}
-    return inputs, expected
-
-
 def check(model: LoadedModel) -> None:
     """Run the golden inputs (which also warms the session up) and compare; GoldenCheckError if they differ."""
-    path = model.stored.directory / GOLDEN
+    path = model.stored.golden_path
     if not path.exists():
         raise GoldenCheckError("bundle has no golden data")
-    inputs, expected = load(path)
+    inputs, expected = from_npz(path)
     try:
         model.validate(inputs)
         model.run_checked(inputs)  # the first run pays for lazy allocations: warm-up, not what requests see

@@ -62,7 +62,7 @@ class TensorInfo:
             raise InputError(f"input {self.name!r}: datatype {wire_name(value.dtype)}, expected {wire_name(self.dtype)} with shape {self.shape_text}")
         if value.ndim != len(self.shape):
             raise InputError(f"input {self.name!r}: rank {value.ndim} (shape {list(value.shape)}), expected rank {len(self.shape)} {self.shape_text}")
-        for got, want in zip(value.shape, self.shape):
+        for got, want in zip(value.shape, self.shape, strict=True):
             if want is not None and got != want:
                 raise InputError(f"input {self.name!r}: shape {list(value.shape)}, expected {self.shape_text}")
 
@@ -109,7 +109,6 @@ class LoadedModel:
     batcher: Batcher | None = None  # set by the ModelHost when the runtime turns batching on
     run_ms: float | None = None  # one warm session run of a single item, measured by the golden check
     golden_passed: bool | None = None
-    loaded_at: float = field(default_factory=time.time)
     # Taps after the live answer (bound by the ModelHost / the shadow worker): both cost O(1) on the request path.
     drift: ModelDrift | None = None
     shadow: ShadowRunner | None = None
@@ -165,7 +164,7 @@ class LoadedModel:
     def run_checked(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run inputs that passed `validate`; not counted (the golden check and the batcher use it)."""
         try:
-            return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))
+            return dict(zip(self.output_names, self.session.run(self.output_names, inputs), strict=True))
         except InvalidArgument as exc:  # what validation cannot see, e.g. two inputs that disagree on a free dim
             raise InputError(f"inputs rejected by the model: {first_line(exc)}") from None
         except Exception as exc:  # onnxruntime's other errors are untyped RuntimeErrors

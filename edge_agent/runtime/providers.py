@@ -28,7 +28,7 @@ class Provider:
     # Whether creating a session compiles an engine (minutes on a Jetson): the model reports `building`.
     builds_engine: ClassVar[bool] = False
 
-    def options(self, cache_dir: Path, precision: Precision) -> dict[str, str]:
+    def options(self, cache_dir: Path, precision: Precision) -> dict[str, str]:  # noqa: ARG002 - the signature every provider implements; most need no options
         return {}
 
 

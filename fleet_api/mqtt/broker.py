@@ -10,9 +10,9 @@ import logging
 import queue
 import ssl
 import threading
-import uuid
 import time
-from typing import Callable, Sequence
+import uuid
+from collections.abc import Callable, Sequence
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion

@@ -245,7 +245,7 @@ class DynSec:
             for command in commands:
                 cid = uuid.uuid4().hex
                 command["correlationData"] = cid
-                slot = (threading.Event(), [])
+                slot: tuple[threading.Event, list] = (threading.Event(), [])
                 self._waiting[cid] = slot
                 ids.append(cid)
                 waiting.append(slot)
@@ -253,7 +253,7 @@ class DynSec:
             if not self.broker.publish(CONTROL_TOPIC, json.dumps({"commands": commands}).encode(), qos=1, wait=True):
                 raise Unavailable("the broker did not accept the dynamic-security command")
             responses = []
-            for command, (event, box) in zip(commands, waiting):
+            for command, (event, box) in zip(commands, waiting, strict=True):
                 if not event.wait(self.timeout_s):
                     raise Unavailable(f"no answer from the broker's dynamic security plugin to {command['command']}; "
                                       "is the plugin loaded and the API's MQTT user its admin?")
@@ -262,6 +262,7 @@ class DynSec:
             with self._lock:
                 for cid in ids:
                     self._waiting.pop(cid, None)
+
         return responses
 
     def _on_control(self, topic: str, payload: bytes) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+
 from fleet_protocol.signing import sha256_file
 
 
@@ -15,9 +16,6 @@ class ArtifactStore:
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
-
-    def has(self, sha256: str) -> bool:
-        return self.path(sha256).is_file()
 
     def new_upload(self) -> Path:
         """A fresh temporary file under the store (same filesystem, so adding it later is a rename)."""

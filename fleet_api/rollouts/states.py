@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from ..errors import Conflict
 
 
-class RolloutState(str, Enum):
+class RolloutState(StrEnum):
     pending = "pending"
     running = "running"
     paused = "paused"
@@ -16,7 +16,7 @@ class RolloutState(str, Enum):
     rolled_back = "rolled_back"
 
 
-class MemberState(str, Enum):
+class MemberState(StrEnum):
     """One device in one rollout."""
 
     waiting = "waiting"  # its wave has not started

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json as jsonlib
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,8 +13,8 @@ from ..state import JsonOpt, api, wants_json
 
 def audit(ctx: typer.Context,
           limit: Annotated[int, typer.Option(help="entries (1-1000)", min=1, max=1000)] = 50,
-          action: Annotated[Optional[str], typer.Option(help="action prefix, e.g. 'rollout.' or 'device.register'")] = None,
-          before_id: Annotated[Optional[int], typer.Option(help="only entries older than this id (paging)")] = None,
+          action: Annotated[str | None, typer.Option(help="action prefix, e.g. 'rollout.' or 'device.register'")] = None,
+          before_id: Annotated[int | None, typer.Option(help="only entries older than this id (paging)")] = None,
           json: JsonOpt = False) -> None:
     """The audit log: every change to models, devices, tokens and rollouts, with who made it."""
     entries = api(ctx).audit(limit, action, before_id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,8 +19,8 @@ def _mask(token: str | None) -> str | None:
 
 @app.command("set")
 def set_(ctx: typer.Context, name: str,
-         server: Annotated[Optional[str], typer.Option(help="the fleet API's URL, e.g. http://127.0.0.1:8000")] = None,
-         token: Annotated[Optional[str], typer.Option(help="API token sent as 'Authorization: Bearer' (default: $EDGEFLEET_TOKEN when set)")] = None,
+         server: Annotated[str | None, typer.Option(help="the fleet API's URL, e.g. http://127.0.0.1:8000")] = None,
+         token: Annotated[str | None, typer.Option(help="API token sent as 'Authorization: Bearer' (default: $EDGEFLEET_TOKEN when set)")] = None,
          use: Annotated[bool, typer.Option("--use/--no-use", help="make it the current context")] = True,
          json: JsonOpt = False) -> None:
     """Create or update a context (only the fields given change) and, by default, switch to it."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json as jsonlib
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -15,7 +15,7 @@ from ..state import CliError, JsonOpt, api, key_values, wants_json
 
 app = typer.Typer(help="Devices: register, label, configure, revoke, rotate broker credentials.", no_args_is_help=True)
 
-LabelOpt = Annotated[Optional[list[str]], typer.Option("--label", "-l", help="KEY=VALUE, repeatable")]
+LabelOpt = Annotated[list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE, repeatable")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
 
 
@@ -44,7 +44,7 @@ def matches(d: dict, selector: dict[str, str], state: str | None) -> bool:
 
 @app.command("list")
 def list_(ctx: typer.Context, label: LabelOpt = None,
-          state: Annotated[Optional[str], typer.Option(help="online, offline, revoked, or a reported state (serving, failed, …)")] = None,
+          state: Annotated[str | None, typer.Option(help="online, offline, revoked, or a reported state (serving, failed, …)")] = None,
           json: JsonOpt = False) -> None:
     """Devices with their reported state; filter by labels and state."""
     selector, _ = key_values(label)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
@@ -29,7 +30,7 @@ COLUMNS = ["model", "version", "hardware", "task", "quantization", "size", "sha2
 @app.command()
 def upload(ctx: typer.Context,
            bundles: Annotated[list[Path], typer.Argument(help="bundle file(s) made by 'model-tools bundle'")],
-           progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress",
+           progress: Annotated[bool | None, typer.Option("--progress/--no-progress",
                                                             help="progress bar (default: on a terminal, for bundles over 1 MiB)")] = None,
            json: JsonOpt = False) -> None:
     """Upload signed bundles. The same bytes again is fine (200); the same name and version with other bytes is refused (409)."""
@@ -45,7 +46,7 @@ def upload(ctx: typer.Context,
             with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                           TimeRemainingColumn(), console=output.err, transient=True) as bar:
                 task = bar.add_task(f"uploading {path.name}", total=size)
-                view, created = client.upload_model(path, lambda n, t=task: bar.advance(t, n))
+                view, created = client.upload_model(path, functools.partial(bar.advance, task))
         else:
             view, created = client.upload_model(path)
         results.append({**view, "created": created})
@@ -58,7 +59,7 @@ def upload(ctx: typer.Context,
 
 
 @app.command("list")
-def list_(ctx: typer.Context, name: Annotated[Optional[str], typer.Argument(help="only this model")] = None,
+def list_(ctx: typer.Context, name: Annotated[str | None, typer.Argument(help="only this model")] = None,
           json: JsonOpt = False) -> None:
     """Every bundle in the registry, by model and version."""
     models = [m for m in api(ctx).list_models() if name is None or m["name"] == name]
@@ -69,7 +70,7 @@ def list_(ctx: typer.Context, name: Annotated[Optional[str], typer.Argument(help
 
 
 @app.command()
-def show(ctx: typer.Context, name: str, version: Annotated[Optional[str], typer.Argument()] = None, json: JsonOpt = False) -> None:
+def show(ctx: typer.Context, name: str, version: Annotated[str | None, typer.Argument()] = None, json: JsonOpt = False) -> None:
     """A model's versions (or one version: its bundles per hardware class)."""
     found = [m for m in api(ctx).list_models() if m["name"] == name and (version is None or m["version"] == version)]
     if not found:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Group
@@ -21,9 +21,9 @@ app = typer.Typer(help="Rollouts: a model version to the devices a selector matc
 
 GATES = ("min_success_ratio", "max_failure_ratio", "soak_s", "wave_timeout_s", "max_p95_increase_pct", "max_error_rate",
          "baseline_window_s")
-ReasonOpt = Annotated[Optional[str], typer.Option(help="why (kept in the rollout and the audit log)")]
+ReasonOpt = Annotated[str | None, typer.Option(help="why (kept in the rollout and the audit log)")]
 IntervalOpt = Annotated[float, typer.Option(help="seconds between polls", min=0.1)]
-TimeoutOpt = Annotated[Optional[float], typer.Option(help="stop watching after this many seconds (exit 12)", min=0)]
+TimeoutOpt = Annotated[float | None, typer.Option(help="stop watching after this many seconds (exit 12)", min=0)]
 
 
 def parse_gates(pairs: list[str] | None) -> dict:
@@ -86,7 +86,7 @@ def watch_until_done(ctx: typer.Context, rollout_id: int, interval: float, timeo
     fetch = lambda: client.get_rollout(rollout_id)  # noqa: E731
     try:
         if as_json:
-            final = follow(fetch, lambda r: None, interval, timeout)
+            final = follow(fetch, lambda _: None, interval, timeout)
         elif output.out.is_terminal:
             with Live(console=output.out, refresh_per_second=4) as live:
                 final = follow(fetch, lambda r: live.update(render(r)), interval, timeout)
@@ -119,7 +119,7 @@ def watch_until_done(ctx: typer.Context, rollout_id: int, interval: float, timeo
 def create(ctx: typer.Context, model: str, version: str,
            selector: Annotated[str, typer.Option("--selector", "-s", help="labels, e.g. site=plant-3,hw=jetson; empty: all devices")] = "",
            waves_: Annotated[str, typer.Option("--waves", "-w", help="cumulative, e.g. 1,10%,50%,100%")] = "100%",
-           gate: Annotated[Optional[list[str]], typer.Option("--gate", "-g", help=f"NAME=VALUE, repeatable; names: {', '.join(GATES)}")] = None,
+           gate: Annotated[list[str] | None, typer.Option("--gate", "-g", help=f"NAME=VALUE, repeatable; names: {', '.join(GATES)}")] = None,
            watch: Annotated[bool, typer.Option("--watch", help="then follow it like 'rollouts watch'")] = False,
            interval: IntervalOpt = 1.0, timeout: TimeoutOpt = None, json: JsonOpt = False) -> None:
     """Start a rollout of MODEL VERSION (409 if a device is in another active rollout)."""
@@ -137,7 +137,7 @@ def create(ctx: typer.Context, model: str, version: str,
 
 @app.command("list")
 def list_(ctx: typer.Context,
-          state: Annotated[Optional[str], typer.Option(help="pending, running, paused, succeeded, aborted, rolled_back")] = None,
+          state: Annotated[str | None, typer.Option(help="pending, running, paused, succeeded, aborted, rolled_back")] = None,
           json: JsonOpt = False) -> None:
     """Rollouts, newest first."""
     rollouts = [r for r in api(ctx).list_rollouts() if state is None or r["state"] == state]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,15 +19,12 @@ TIME_FORMATS = ["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-
 
 
 def telemetry(ctx: typer.Context, device_id: str,
-              since: Annotated[Optional[dt.datetime], typer.Option(help="from this time on (UTC)", formats=TIME_FORMATS)] = None,
-              until: Annotated[Optional[dt.datetime], typer.Option(help="up to this time (UTC)", formats=TIME_FORMATS)] = None,
+              since: Annotated[dt.datetime | None, typer.Option(help="from this time on (UTC)", formats=TIME_FORMATS)] = None,
+              until: Annotated[dt.datetime | None, typer.Option(help="up to this time (UTC)", formats=TIME_FORMATS)] = None,
               limit: Annotated[int, typer.Option(help="minutes, newest first", min=1, max=10_000)] = 30,
               json: JsonOpt = False) -> None:
     """Requests, errors, p50 / p95 / p99 latency, CPU and memory of a device, per minute, newest first."""
-    def utc(t: dt.datetime | None) -> dt.datetime | None:
-        return t.replace(tzinfo=dt.timezone.utc) if t and t.tzinfo is None else t
-
-    data = api(ctx).telemetry(device_id, utc(since), utc(until), limit)
+    data = api(ctx).telemetry(device_id, output.utc(since), output.utc(until), limit)
     if wants_json(ctx, json):
         output.print_json(data)
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 
@@ -11,7 +12,7 @@ def json_object(text: str) -> dict[str, Any]:
     """A JSON object given inline, or as @FILE holding one."""
     if text.startswith("@"):
         try:
-            text = open(text[1:], encoding="utf-8").read()
+            text = Path(text[1:]).read_text(encoding="utf-8")
         except OSError as exc:
             raise argparse.ArgumentTypeError(f"cannot read {text[1:]}: {exc.strerror}") from None
     try:

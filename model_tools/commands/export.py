@@ -84,7 +84,7 @@ def _samples(args: argparse.Namespace) -> dict[str, np.ndarray]:
             keys = args.input_name
         elif all(k.startswith("arr_") for k in keys):  # np.savez(f, a, b): positional, unnamed
             keys = ["input"] if len(keys) == 1 else [f"input_{i}" for i in range(len(keys))]
-        return {k: a for k, (_, a) in zip(keys, arrays)}
+        return {k: a for k, (_, a) in zip(keys, arrays, strict=True)}
     if not args.input_shape:
         raise UsageError("torch export needs --input-shape or --sample")
     n = len(args.input_shape)
@@ -96,7 +96,7 @@ def _samples(args: argparse.Namespace) -> dict[str, np.ndarray]:
         raise UsageError(f"--input-name gives {len(keys)} name(s) for {n} --input-shape")
     rng = np.random.default_rng(0)
     out = {}
-    for key, dims, dtype in zip(keys, args.input_shape, dtypes):
+    for key, dims, dtype in zip(keys, args.input_shape, dtypes, strict=True):
         if dtype == "bool":
             out[key] = rng.integers(0, 2, size=dims).astype(bool)
         elif np.issubdtype(np.dtype(dtype), np.integer):

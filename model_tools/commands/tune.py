@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     if args.bundle:
         from ..pack import pack_bundle
 
+        assert golden is not None and key is not None  # both read above when --bundle
+
         fields = tuning.manifest_fields(report)
         path, _ = pack_bundle(
             Path(report["chosen_path"]), name=args.name, version=args.version, golden_inputs=golden,

@@ -40,7 +40,7 @@ class ZooModel:
         (folder / "zoo.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def load(cls, folder: Path) -> "ZooModel":
+    def load(cls, folder: Path) -> ZooModel:
         meta = json.loads((folder / "zoo.json").read_text())
         meta["onnx"] = Path(meta["onnx"])
         meta["golden_inputs"] = Path(meta["golden_inputs"])

@@ -11,6 +11,7 @@ offset, size and 6 keypoints, in input pixels, relative to the anchor) and `scor
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -165,7 +166,7 @@ def build(dest: Path, *, name: str = "blazeface") -> ZooModel:
     raw.unlink()
     sample = evaluation_set()
     np.savez(dest / "golden.npz", image=sample["x"][:2])
-    np.savez(dest / "eval.npz", **sample)
+    np.savez(dest / "eval.npz", **cast(dict[str, Any], sample))  # numpy's stubs match ** against allow_pickle too
     return ZooModel(
         name=name,
         onnx=onnx_path,

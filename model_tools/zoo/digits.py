@@ -17,7 +17,7 @@ CHANNELS = 8
 LABELS = [str(d) for d in range(10)]
 
 
-def load_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """→ x_train, y_train, x_test, y_test; x as N×1×8×8 float32 in [0, 1]. The test split is always the same."""
     from sklearn.datasets import load_digits
 
@@ -123,9 +123,9 @@ def to_onnx(params: dict[str, np.ndarray]) -> bytes:
 
 
 def accuracy(model_bytes: bytes, x: np.ndarray, y: np.ndarray) -> float:
-    import onnxruntime as ort
+    from ..session import create as create_session
 
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    session = create_session(model_bytes)
     probs = session.run(None, {"image": x})[0]
     return float((probs.argmax(1) == y).mean())
 

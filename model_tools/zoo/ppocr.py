@@ -110,7 +110,7 @@ def page_set(n: int, seed: int, size: int = DET_SIZE) -> np.ndarray:
             cv2.putText(img, text, (int(rng.integers(5, 60)), y), cv2.FONT_HERSHEY_SIMPLEX,
                         float(rng.uniform(0.7, 1.3)), (20, 20, 20), 2, cv2.LINE_AA)
         pages.append(img)
-    x = np.stack(pages).astype(np.float32) / 255.0
+    x: np.ndarray = np.stack(pages).astype(np.float32) / 255.0
     x = (x - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
     return x.transpose(0, 3, 1, 2).astype(np.float32).copy()
 

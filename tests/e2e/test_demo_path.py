@@ -48,7 +48,7 @@ def test_bundle_to_inference_on_two_agents(tmp_path, keys, bundles):
         for agent in fleet.agents.values():
             agent.stop()
             agent.start()
-            wait_for(lambda: httpx.get(f"{agent.url}/v2/health/ready", timeout=1).status_code == 200, 20, "ready offline")
+            wait_for(lambda a=agent: httpx.get(f"{a.url}/v2/health/ready", timeout=1).status_code == 200, 20, "ready offline")
             assert httpx.get(f"{agent.url}/v2/health/ready").json()["models"]["digits"]["version"] == "2.0.0"
             digit, _ = infer_digit(agent.url, "digits", x_test[0])
             assert digit == y_test[0]

@@ -67,7 +67,7 @@ class LocalServer:
         self.server = uvicorn.Server(uvicorn_config(app, host, self.port))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         import time
 
         self.thread.start()

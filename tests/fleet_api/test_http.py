@@ -79,7 +79,9 @@ def test_device_messages_telemetry_metrics_and_dashboard(api, device_client, bun
     api.post("/v1/devices", json={"id": "cam-1", "labels": {"site": "a"}}).raise_for_status()
     v1 = api.post("/v1/models", content=bundles["1.0.0"].read_bytes()).json()
     served = ServingModel(name="digits", version="1.0.0", sha256=v1["sha256"])
-    pub = lambda dev, ch, payload: device_client.publish(TOPICS.device(dev, ch), payload, qos=1).wait_for_publish(5)
+    def pub(dev, ch, payload):
+        device_client.publish(TOPICS.device(dev, ch), payload, qos=1).wait_for_publish(5)
+
     # Garbage, wrong schema, unknown device: each refused and counted …
     pub("cam-1", "reported", b"\xff\xfe not json")
     pub("cam-1", "telemetry", b'{"schema": 2, "window_s": -1}')

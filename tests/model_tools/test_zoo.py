@@ -41,4 +41,4 @@ def test_ppocr_rec_reads_rendered_text(ppocr_rec):
     probs = sess.run(None, {"x": ev["x"][:8]})[0]
     assert probs.shape[-1] == len(ppocr_rec.labels) == 6625
     texts = ctc_decode(probs, ppocr_rec.labels)
-    assert sum(t == str(g) for t, g in zip(texts, ev["text"][:8])) >= 4
+    assert sum(t == str(g) for t, g in zip(texts, ev["text"][:8], strict=True)) >= 4

@@ -27,12 +27,12 @@ def test_camera_command_sends_detections_over_mqtt(broker, face_video, blazeface
     sub.connect("127.0.0.1", broker.port)
     sub.loop_start()
     port = free_port()
-    log = open(tmp_path / "camera.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edge_agent.cli", "camera", "--source", str(face_video.path), "--loop",
-         "--model", str(blazeface_bundle), "--trusted-key", str(keys.public_path), "--broker", broker.url,
-         "--device-id", "cam-device", "--http-port", str(port), "--event-interval", "0.5", "--seconds", "6"],
-        stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path / "camera.log", "w") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent.cli", "camera", "--source", str(face_video.path), "--loop",
+             "--model", str(blazeface_bundle), "--trusted-key", str(keys.public_path), "--broker", broker.url,
+             "--device-id", "cam-device", "--http-port", str(port), "--event-interval", "0.5", "--seconds", "6"],
+            stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: len([e for _, e in received if e.kind == "detections"]) >= 3, 40, "three detections events")
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
@@ -44,7 +44,6 @@ def test_camera_command_sends_detections_over_mqtt(broker, face_video, blazeface
             proc.kill()
         sub.loop_stop()
         sub.disconnect()
-        log.close()
     out = (tmp_path / "camera.log").read_text()
     assert f"open http://127.0.0.1:{port}/" in out, out
     detections = [(t, e) for t, e in received if e.kind == "detections"]
