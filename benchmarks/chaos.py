@@ -32,12 +32,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
-import paho.mqtt.client as mqtt  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+import httpx
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
-from demo.cluster import Broker, EdgeAgent, FleetApi, Postgres, wait_for  # noqa: E402
-from fleet_protocol.topics import Topics  # noqa: E402
+from demo.cluster import Broker, EdgeAgent, FleetApi, Postgres, wait_for
+from fleet_protocol.topics import Topics
 
 TOPICS = Topics()
 MODEL = "digits"
@@ -121,7 +121,7 @@ class ChaosFleet:
             for i in range(1, agents + 1)
         }
 
-    def start(self) -> "ChaosFleet":
+    def start(self) -> ChaosFleet:
         self.broker.start()
         for api in self.apis:  # one after the other: the first one migrates the database
             api.start()
@@ -185,7 +185,7 @@ def plan_faults(rng: random.Random, fleet: ChaosFleet, count: int, within_s: flo
     targets += rng.sample(sorted(fleet.agents), k=min(len(fleet.agents), max(0, count - 2)))
     rng.shuffle(targets)
     times = sorted(rng.uniform(0.0, within_s) for _ in targets)
-    return [Fault(t, target, rng.uniform(0.3, 2.0)) for t, target in zip(times, targets)]
+    return [Fault(t, target, rng.uniform(0.3, 2.0)) for t, target in zip(times, targets, strict=True)]
 
 
 def _start_again(service, log: list[str], what: str) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.agent_overhead import _PeakSampler, _rss_mb, big_model
+from benchmarks.agent_overhead import _PeakSampler, _rss_mb, big_model  # noqa: E402 - after the sys.path entry above
 
 
 def measure(how: str, data_dir: str, sha: str) -> dict:

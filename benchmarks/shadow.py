@@ -104,7 +104,7 @@ def main() -> int:
             times: dict[str, list[float]] = {m: [] for m in MODES}
             for _ in range(50):  # warm-up
                 live.run({input_name: xs[0]})
-            for rnd in range(rounds):
+            for _ in range(rounds):
                 order = [MODES[k] for k in shuffle.permutation(len(MODES))]
                 for mode in order:
                     live.drift = None if mode == "bare" else drift

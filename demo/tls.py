@@ -35,7 +35,7 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 def make_ca(folder: Path, common_name: str = "edgefleet demo CA") -> tuple[Path, ec.EllipticCurvePrivateKey, x509.Certificate]:
     folder.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(_name(common_name))
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -63,7 +63,7 @@ def make_server_cert(folder: Path, ca_key: ec.EllipticCurvePrivateKey, ca_cert: 
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             names.append(x509.DNSName(host))
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(_name(hosts[0])).issuer_name(ca_cert.subject)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from typing import Callable
+from collections.abc import Callable
 
 from prometheus_client import Counter
 
@@ -57,7 +57,7 @@ class FetchBudget:
             self._used = {k: v for k, v in self._used.items() if now - v[0] < self.window_s}
             self._pruned = now
         key = (device, sha256, chunk_size)
-        started, used = self._used.get(key, (now, b""))
+        started, used = self._used.get(key, (now, bytearray()))
         if now - started >= self.window_s or len(used) != count:
             started, used = now, bytearray(count)
             self._used[key] = (started, used)

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import Field
 
@@ -36,7 +36,7 @@ class DriftSettings(StrictModel):
     min_samples: int = Field(default=30, ge=1, le=10_000_000)  # in the recent windows, before a score counts
 
 
-class AlertState(str, Enum):
+class AlertState(StrEnum):
     open = "open"
     resolved = "resolved"
 

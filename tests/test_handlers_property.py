@@ -17,17 +17,17 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 try:  # written against contract v2 (the agent's mqtt/ shell, models by name)
-    from fleet_protocol.messages import BundleRef  # noqa: F401
+    from fleet_protocol.messages import BundleRef
 except ImportError:
     pytest.skip("needs contract v2 (fleet_protocol.messages.BundleRef)", allow_module_level=True)
 
-from edge_agent.mqtt.link import AgentLink  # noqa: E402
-from edge_agent.reconcile import Reconciler  # noqa: E402
-from edge_agent.runtime.host import ModelHost  # noqa: E402
-from edge_agent.settings import AgentSettings  # noqa: E402
-from edge_agent.store import ModelStore  # noqa: E402
-from fleet_protocol.messages import BundleRef, Desired, ModelSpec, ProtocolError, Reported  # noqa: E402
-from fleet_protocol.topics import Topics  # noqa: E402
+from edge_agent.mqtt.link import AgentLink
+from edge_agent.reconcile import Reconciler
+from edge_agent.runtime.host import ModelHost
+from edge_agent.settings import AgentSettings
+from edge_agent.store import ModelStore
+from fleet_protocol.messages import BundleRef, Desired, ModelSpec, ProtocolError, Reported
+from fleet_protocol.topics import Topics
 
 TOPICS = Topics()
 DEVICE = "dev-p"

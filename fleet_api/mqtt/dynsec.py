@@ -20,7 +20,8 @@ import json
 import logging
 import threading
 import uuid
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -170,7 +171,7 @@ class DynSec:
             part = items[start:start + GRANTS_PER_CALL]
             roles = self._exchange([{"command": "getRole", "rolename": device_role(d)} for d, _ in part])
             commands: list[tuple[str, dict[str, Any]]] = []
-            for (device_id, shas), response in zip(part, roles):
+            for (device_id, shas), response in zip(part, roles, strict=True):
                 if response.get("error"):
                     done[device_id] = "not found" in response["error"].lower()
                     if not done[device_id]:
@@ -196,7 +197,7 @@ class DynSec:
             if not commands:
                 continue
             responses = self._exchange([c for _, c in commands])
-            for (device_id, command), response in zip(commands, responses):
+            for (device_id, command), response in zip(commands, responses, strict=True):
                 error = response.get("error")
                 if error and "already exists" not in error.lower() and "not found" not in error.lower():
                     log.warning("device %s: broker refused %s: %s", device_id, command["command"], error)
@@ -229,7 +230,7 @@ class DynSec:
     def call(self, commands: list[dict[str, Any]], tolerate: bool = False) -> list[dict[str, Any]]:
         """Send commands, wait for the plugin's answers; raise Unavailable on an error or no answer."""
         responses = self._exchange(commands)
-        for command, response in zip(commands, responses):
+        for command, response in zip(commands, responses, strict=True):
             error = response.get("error")
             if error and not (tolerate and any(t in error.lower() for t in TOLERATED)):
                 raise Unavailable(f"broker refused {command['command']}: {error}")
@@ -298,7 +299,7 @@ class ArtifactGrants:
 
     def publish_batch(self, messages: Sequence[tuple[str, bytes, int, bool]], timeout: float = 30.0) -> list[bool]:
         granted = self._grant([(topic, payload) for topic, payload, _, _ in messages])
-        sent = iter(self.inner.publish_batch([m for m, ok in zip(messages, granted) if ok], timeout))
+        sent = iter(self.inner.publish_batch([m for m, ok in zip(messages, granted, strict=True) if ok], timeout))
         return [next(sent) if ok else False for ok in granted]
 
     def _grant(self, messages: list[tuple[str, bytes]]) -> list[bool]:

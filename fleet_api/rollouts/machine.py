@@ -179,12 +179,11 @@ def on_reported(db: Session, device_id: str, reported: Reported, now: dt.datetim
         if entry is None:
             continue
         if member.state == MemberState.shadowing.value:
-            failed = entry.shadow is not None and entry.shadow.bundle.sha256 == member.bundle_sha256 \
-                and entry.shadow.state == ModelState.failed
-            if not failed:
+            shadow = entry.shadow
+            if shadow is None or shadow.bundle.sha256 != member.bundle_sha256 or shadow.state != ModelState.failed:
                 continue
             _set_member(member, MemberState.failed)
-            member.error = f"shadow: {entry.shadow.error or 'failed'}"[:2000]
+            member.error = f"shadow: {shadow.error or 'failed'}"[:2000]
         elif (entry.state == ModelState.serving and entry.serving is not None
                 and entry.serving.sha256 == member.bundle_sha256 and entry.golden_passed is True):
             _set_member(member, MemberState.succeeded)

@@ -34,7 +34,7 @@ async def spool(request: Request, path: Path, limit: int, idle_s: float) -> int 
                 block = await asyncio.wait_for(blocks.__anext__(), idle_s)
             except StopAsyncIteration:
                 return total
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("upload from %s cut off: no data for %gs after %d of %s bytes", client, idle_s, total, declared)
                 raise Stalled(f"upload stalled: no data for {idle_s:g}s") from None
             except ClientDisconnect:

@@ -85,11 +85,9 @@ def test_offer_hands_work_to_the_worker_and_returns_at_once(inputs):
     runner = ShadowRunner("2.0.0", lambda feeds: live.run(None, dict(feeds)), Top1(), sample_rate=0.5,
                           cpu_budget=1.0, rng=random.Random(7)).start()
     try:
-        offered = 0
         for img in images[:200]:
             feeds = {"image": img[None]}
             runner.offer(feeds, live.run(None, feeds))
-            offered += 1
             time.sleep(0.001)  # a stream of requests, not a burst
         deadline = time.monotonic() + 60
         while runner.totals.samples + runner.totals.dropped < 60 and time.monotonic() < deadline:

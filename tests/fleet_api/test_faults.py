@@ -206,7 +206,7 @@ def test_postgres_reports_and_ticks_of_two_model_rollouts_on_the_same_devices_ru
         def run():
             try:
                 fn()
-            except BaseException as exc:  # noqa: BLE001 - the test reports it
+            except BaseException as exc:
                 errors.append(exc)
         return run
 
