@@ -415,6 +415,13 @@ class FleetService:
                      "wave": m.wave, "state": m.state, "error": m.error, "previous": m.previous,
                      "updated_at": m.updated_at.isoformat() if m.updated_at else None} for m, r in rows]
 
+    def rollout_previous(self, rollout_id: int) -> dict[str, dict[str, Any] | None]:
+        """Per device of a rollout, the model it served before the rollout moved it (what an abort sends back)."""
+        with self.transaction() as db:
+            return dict(db.execute(
+                select(RolloutDevice.device_id, RolloutDevice.previous).where(RolloutDevice.rollout_id == rollout_id)
+            ).all())
+
 
 def _mark_published(db: Session, pending: list[tuple[str, int, bytes]], acks: list[bool]) -> None:
     for (device_id, revision, _), ok in zip(pending, acks):

@@ -343,7 +343,9 @@ def _form_context(request: Request, form: dict[str, str]) -> dict[str, Any]:
 
 
 @router.get("/rollouts/new", response_class=HTMLResponse)
-def new_rollout_page(request: Request, who: Operator, model: str | None = None) -> HTMLResponse:
+def new_rollout_page(request: Request, who: Viewer, model: str | None = None) -> HTMLResponse:
+    if not who.allows("operator"):  # a page, so a page that says why rather than a JSON 403
+        return error_page(request, who, Forbidden(f"token {who.name!r} has role {who.role!r}; starting a rollout needs 'operator'"))
     form = {"model_version": model or "", "selector": "", "waves": "1,50%,100%"}
     return render(request, "rollout_new.html", who, **_form_context(request, form))
 
@@ -396,27 +398,37 @@ def _rollout_context(request: Request, rollout_id: int) -> dict[str, Any]:
     service = _service(request)
     rollout = service.get_rollout(rollout_id)
     devices = {d["id"]: d for d in service.list_devices()}
+    previous = service.rollout_previous(rollout_id)
     waves = []
     before = 0
     members = rollout["devices"]
     for k, cumulative in enumerate(rollout["waves"]):
-        rows = [{**m, "device": devices.get(m["device_id"], {})} for m in members if m["wave"] == k]
+        rows = [{**m, "device": devices.get(m["device_id"], {}), "previous": previous.get(m["device_id"])}
+                for m in members if m["wave"] == k]
         counts: dict[str, int] = {}
         for m in rows:
             counts[m["state"]] = counts.get(m["state"], 0) + 1
+        size = cumulative - before
         if rollout["state"] in ACTIVE:
             phase = "done" if k < rollout["current_wave"] else ("current" if k == rollout["current_wave"] else "next")
         else:
             phase = "done" if k <= rollout["current_wave"] else "skipped"
-        waves.append({"number": k + 1, "size": cumulative - before, "cumulative": cumulative, "rows": rows,
-                      "counts": counts, "phase": phase})
+        label = {"done": "passed", "next": "waiting", "skipped": "not started"}.get(phase, rollout["state"])
+        if phase == "current" and rollout["state"] == "running":
+            enough = size and counts.get("succeeded", 0) / size >= rollout["gates"].get("min_success_ratio", 1.0)
+            label = "soaking" if enough else "in progress"
+        elif phase == "done" and rollout["state"] in ("aborted", "rolled_back"):
+            label = "reverted" if counts.get("reverted") else rollout["state"].replace("_", " ")
+        waves.append({"number": k + 1, "size": size, "cumulative": cumulative, "rows": rows, "counts": counts,
+                      "phase": phase, "label": label})
         before = cumulative
     totals: dict[str, int] = {}
     for m in members:
         totals[m["state"]] = totals.get(m["state"], 0) + 1
     actions = [(name, label, question.format(id=rollout_id)) for name, (states, label, question) in ACTIONS.items()
                if rollout["state"] in states]
-    return {"rollout": rollout, "waves": waves, "totals": totals, "actions": actions, "live": rollout["state"] in ACTIVE}
+    return {"rollout": rollout, "waves": waves, "totals": totals, "actions": actions, "live": rollout["state"] in ACTIVE,
+            "gate_help": GATE_HELP}
 
 
 @router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
