@@ -122,7 +122,7 @@ def login(request: Request, token: Annotated[str, Form()] = "", next: Annotated[
     try:
         _service(request).authenticate(token, "viewer")
     except FleetError as exc:
-        message = "Enter an API token." if not token else str(exc)
+        message = "Enter an API token." if not token else f"This token was not accepted: {exc}."
         return render(request, "login.html", status=exc.status, next=_safe_next(next), error=message)
     response = RedirectResponse(_safe_next(next), status_code=303)
     # A session cookie: it survives reloads and navigation, not the browser; httponly keeps it from scripts.

@@ -61,7 +61,8 @@
           values: function (u, vals) { return vals.map(function (v) { return v >= 1000 ? (v / 1000).toFixed(1) + "k" : +v.toFixed(2); }); } }
       ],
       series: [{}].concat(spec.series.map(function (s) {
-        return { label: s[0], stroke: s[1], width: 2, fill: s[1] + "1f", points: { show: false }, spanGaps: false,
+        // uPlot draws points by itself only where they are sparse: a lone minute still shows
+        return { label: s[0], stroke: s[1], width: 2, fill: spec.series.length === 1 ? s[1] + "1f" : undefined, points: { size: 5, fill: s[1] }, spanGaps: false,
                  value: function (u, v) { return v == null ? "—" : (+v.toFixed(2)) + spec.unit; } };
       }))
     };
