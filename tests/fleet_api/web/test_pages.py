@@ -62,6 +62,11 @@ def test_signed_out_pages_lead_to_sign_in_and_back(app):
     assert r.headers["location"] == "/audit" and "httponly" in r.headers["set-cookie"].lower()
     r = anon.post("/login", data={"token": ""})
     assert r.status_code == 401 and "Enter an API token" in r.text
+    signed = signed_in(app, ADMIN)
+    assert signed.get("/audit").status_code == 200
+    r = signed.post("/logout", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert signed.get("/audit", follow_redirects=False).status_code == 303  # the cookie is gone
 
 
 def test_a_viewer_reads_but_the_server_refuses_its_actions(app, admin, bundles):
