@@ -199,7 +199,8 @@ def devices_page(request: Request, who: Viewer, labels: str = "", state: str = "
 
 @router.get("/ui/devices", response_class=HTMLResponse)
 def devices_fragment(request: Request, who: Viewer, labels: str = "", state: str = "", q: str = "") -> HTMLResponse:
-    return render(request, "_devices.html", who, **_devices_context(request, labels, state, q))
+    # with the counts above the table, swapped out of band
+    return render(request, "_devices.html", who, fragment=True, **_devices_context(request, labels, state, q))
 
 
 def device_http_url(reported: dict[str, Any] | None) -> str | None:

@@ -78,6 +78,8 @@ def test_a_viewer_reads_but_the_server_refuses_its_actions(app, admin, bundles):
     assert page.status_code == 200 and "data-action" not in page.text
     assert 'data-action="abort"' in admin.get(f"/rollouts/{rollout['id']}").text
     assert "upload-form" not in viewer.get("/models").text and "upload-form" in admin.get("/models").text
+    fragment = viewer.get("/ui/devices?labels=site%3Da").text  # the live table, and the counts swapped out of band
+    assert 'data-device="cam-1"' in fragment and 'id="stats" hx-swap-oob="true"' in fragment
     assert viewer.get("/rollouts/new").status_code == 403
     assert viewer.post(f"/ui/rollouts/{rollout['id']}/abort").status_code == 403
     assert viewer.post("/ui/rollouts", data={"model_version": "digits@1.0.0"}).status_code == 403
