@@ -17,7 +17,6 @@ import httpx
 import numpy as np
 import pytest
 
-from demo.cluster import wait_for
 from demo.fleet import Fleet, roll_out, upload
 from model_tools import evaluate as ev
 from tests.bundles import digits, digits_bundle
