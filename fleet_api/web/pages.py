@@ -8,6 +8,7 @@ to start or steer rollouts. Nothing here decides anything: it parses forms and c
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
@@ -15,16 +16,24 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
+from pydantic import ValidationError
+
 from ..auth import Principal
+from ..desired.specs import DeviceConfig
 from ..errors import FleetError, Forbidden, Invalid, TooLarge, Unauthorized
-from ..rollouts.engine import ACTIVE, DEFAULT_GATES
+from ..rollouts.gates import Gates
+from ..rollouts.states import ACTIVE as ACTIVE_STATES
 from ..routes.security import COOKIE, token_of
 from .render import STATIC, make_env, parse_time
 
 router = APIRouter(include_in_schema=False)
 env = make_env()
 
-REPORTED_STATES = ("serving", "downloading", "verifying", "loading", "idle", "failed", "rolled_back")
+ACTIVE = tuple(s.value for s in ACTIVE_STATES)
+DEFAULT_GATES = Gates().model_dump()
+# A device's own state is its models' worst: failed first, then moving ones, then serving; "idle" has none.
+REPORTED_STATES = ("failed", "removing", "pending", "downloading", "verifying", "building", "loading", "serving", "idle")
+MOVING = ("pending", "downloading", "verifying", "building", "loading")
 CONNECTION_STATES = ("online", "offline", "revoked")
 ACTIONS = {  # action → (states it applies to, button label, confirmation question)
     "pause": (("running",), "Pause", "Pause rollout {id}? No new wave starts until you resume it."),
@@ -139,7 +148,11 @@ def logout() -> RedirectResponse:
 
 # --- devices ------------------------------------------------------------------------------------------------
 def _device_state(d: dict[str, Any]) -> str:
-    return (d.get("reported") or {}).get("state") or "unknown"
+    """The worst state among the device's models (what a person scanning the list must see first)."""
+    states = [m.get("state") or "pending" for m in (d.get("models") or {}).values()]
+    if not states:
+        return "idle" if d.get("reported") else "unknown"
+    return min(states, key=lambda s: REPORTED_STATES.index(s) if s in REPORTED_STATES else 0)
 
 
 def _connection(d: dict[str, Any]) -> str:
@@ -178,7 +191,7 @@ def _devices_context(request: Request, labels: str, state: str, q: str) -> dict[
     stats = {
         "devices": len(live), "online": sum(d["online"] for d in live),
         "serving": sum(_device_state(d) == "serving" for d in live),
-        "failing": sum(_device_state(d) in ("failed", "rolled_back") for d in live),
+        "failing": sum(_device_state(d) == "failed" for d in live),
         "rollouts": len(active),
     }
     label_keys = sorted({f"{k}={v}" for d in devices for k, v in d["labels"].items()})
@@ -218,17 +231,31 @@ def _device_context(request: Request, device_id: str) -> dict[str, Any]:
     device = service.get_device(device_id)
     reported = device.get("reported") or {}
     desired = device.get("desired") or {}
-    runtime = desired.get("runtime")
     http_url = device_http_url(reported)
+    desired_models = desired.get("models") or {}
+    # One row per model the device is asked to run or reports: desired vs serving, state, provider, error.
+    models = []
+    for name in sorted(set(desired_models) | set(device["models"])):
+        spec, rep = desired_models.get(name) or {}, device["models"].get(name) or {}
+        models.append({**rep, "name": name, "desired": bool(spec), "runtime": spec.get("runtime"),
+                       "desired_version": (spec.get("bundle") or {}).get("version") or rep.get("desired_version"),
+                       "rollout_id": spec.get("rollout_id") or rep.get("rollout_id"),
+                       "state": rep.get("state") or ("pending" if spec else "removing")})
     cameras = []
-    for i, source in enumerate((runtime or {}).get("sources") or []):
-        name = source.get("name") or f"camera {i}"
-        src = source.get("source")
-        cameras.append({
-            "name": name,
-            "source": src if isinstance(src, str) else ", ".join(f"{k}={v}" for k, v in (src or {}).items()),
-            "view": f"{http_url}/?camera={quote(name)}" if http_url else None,
-        })
+    reported_cams = device.get("cameras") or {}
+    for i, cam in enumerate(desired.get("cameras") or []):
+        name = cam.get("name") or f"camera {i}"
+        rep = reported_cams.get(name) or {}
+        cameras.append({"name": name, "state": rep.get("state"), "error": rep.get("error"),
+                        "source": rep.get("source") or (cam.get("source") or {}).get("type", ""),
+                        "models": rep.get("models") or [],
+                        "view": f"{http_url}/?camera={quote(name)}" if http_url else None})
+    for name, rep in reported_cams.items():  # reported but no longer desired: still say so
+        if not any(c["name"] == name for c in cameras):
+            cameras.append({"name": name, "state": rep.get("state"), "error": rep.get("error"), "source": rep.get("source", ""),
+                            "models": rep.get("models") or [], "view": None})
+    config = service.get_config(device_id)["config"]
+    sources = service.get_desired(device_id).get("sources") or {}
     history = service.device_rollouts(device_id)
     audit = [a for a in service.audit_log(limit=500) if a["target"] == f"device:{device_id}"][:20]
     events = sorted(
@@ -239,19 +266,76 @@ def _device_context(request: Request, device_id: str) -> dict[str, Any]:
         key=lambda e: e["ts"] or "", reverse=True)
     errors = [{"ts": device.get("last_seen"), "where": f"reported (revision {reported.get('revision')})", "text": reported["error"]}] \
         if reported.get("error") else []
+    errors += [{"ts": device.get("last_seen"), "where": f"model {m['name']}", "text": m["error"]} for m in models if m.get("error")]
+    errors += [{"ts": device.get("last_seen"), "where": f"camera {c['name']}", "text": c["error"]} for c in cameras if c.get("error")]
     errors += [{"ts": h["updated_at"], "where": f"rollout {h['rollout_id']} ({h['model']} {h['version']})", "text": h["error"]}
                for h in history if h["error"]]
-    return {"device": device, "reported": reported, "desired": desired, "runtime": runtime, "http_url": http_url,
+    alerts = _alerts_of(request, device_id)
+    return {"device": device, "reported": reported, "desired": desired, "models": models, "http_url": http_url,
             "cameras": cameras, "history": history, "events": events[:25], "errors": errors[:10],
-            "connection": _connection(device)}
+            "connection": _connection(device), "state": _device_state(device), "config": config, "sources": sources,
+            "alerts": alerts}
+
+
+def _alerts_of(request: Request, device_id: str | None = None) -> list[dict[str, Any]] | None:
+    """Open alerts from fleet insight (None when the app runs without it)."""
+    insights = getattr(request.app.state, "insights", None)
+    if insights is None:
+        return None
+    return insights.list_alerts(device_id=device_id)
+
+
+def _device_page(request: Request, device_id: str, who: Principal, status: int = 200, **extra: Any) -> HTMLResponse:
+    try:
+        context = _device_context(request, device_id)
+    except FleetError as exc:
+        return error_page(request, who, exc)
+    config_text = extra.pop("config_text", None) or json.dumps(
+        {k: v for k, v in context["config"].items() if v not in (None, {}, [])}, indent=2)
+    return render(request, "device.html", who, status=status, config_text=config_text, **context, **extra)
 
 
 @router.get("/devices/{device_id}", response_class=HTMLResponse)
 def device_page(request: Request, device_id: str, who: Viewer) -> HTMLResponse:
+    return _device_page(request, device_id, who)
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for term in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = term.partition("=")
+        if not sep or not key.strip():
+            raise Invalid(f"label {term!r} is not key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@router.post("/ui/devices/{device_id}/labels", response_model=None)
+def set_labels(request: Request, device_id: str, who: Operator, labels: Annotated[str, Form()] = "") -> Response:
+    service = _service(request)
     try:
-        return render(request, "device.html", who, **_device_context(request, device_id))
+        wanted = parse_labels(labels)
+        current = service.get_device(device_id)["labels"]
+        changes: dict[str, str | None] = {k: None for k in current if k not in wanted} | wanted
+        service.update_labels(device_id, changes, who)
     except FleetError as exc:
-        return error_page(request, who, exc)
+        return _device_page(request, device_id, who, status=exc.status, label_error=str(exc))
+    return RedirectResponse(f"/devices/{quote(device_id)}", status_code=303)
+
+
+@router.post("/ui/devices/{device_id}/config", response_model=None)
+def set_config(request: Request, device_id: str, who: Operator, config: Annotated[str, Form()] = "") -> Response:
+    try:
+        try:
+            parsed = DeviceConfig.model_validate_json(config.strip() or "{}")
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "config"
+            raise Invalid(f"{where}: {first.get('msg')}") from None
+        _service(request).set_config(device_id, parsed, who)
+    except FleetError as exc:
+        return _device_page(request, device_id, who, status=exc.status, config_error=str(exc), config_text=config)
+    return RedirectResponse(f"/devices/{quote(device_id)}", status_code=303)
 
 
 @router.get("/ui/devices/{device_id}", response_class=HTMLResponse)
@@ -265,10 +349,9 @@ def _models(request: Request) -> list[dict[str, Any]]:
     service = _service(request)
     serving: dict[tuple[str, str], int] = {}
     for d in service.list_devices():
-        rep = d.get("reported") or {}
-        if rep.get("state") == "serving" and rep.get("model"):
-            key = (rep["model"]["name"], rep["model"]["version"])
-            serving[key] = serving.get(key, 0) + 1
+        for name, m in (d.get("models") or {}).items():
+            if m.get("state") == "serving" and m.get("version"):
+                serving[(name, m["version"])] = serving.get((name, m["version"]), 0) + 1
     models: dict[str, dict[str, Any]] = {}
     for b in service.list_bundles():
         m = models.setdefault(b["name"], {"name": b["name"], "task": b["task"], "versions": {}, "serving": 0})
@@ -375,11 +458,12 @@ def _split_model(value: str) -> tuple[str, str]:
 async def rollout_preview(request: Request, who: Viewer) -> HTMLResponse:
     form = {k: str(v) for k, v in (await request.form()).items()}
     try:
-        preview = _service(request).preview_rollout(form.get("selector", ""), form.get("waves") or "100%")
+        model = (form.get("model_version") or "").partition("@")[0] or None
+        preview = _service(request).preview_rollout(form.get("selector", ""), form.get("waves") or "100%", model)
     except FleetError as exc:
         return render(request, "_rollout_preview.html", who, error=str(exc))
     waves = [[d for d in preview["devices"] if d["wave"] == k] for k in range(len(preview["waves"]))]
-    return render(request, "_rollout_preview.html", who, preview=preview, waves=waves,
+    return render(request, "_rollout_preview.html", who, preview=preview, waves=waves, model=model,
                   busy=[d for d in preview["devices"] if d["busy_in"]])
 
 
@@ -467,7 +551,7 @@ def audit_page(request: Request, who: Viewer, action: str = "", before_id: int |
     more = len(entries) > page_size
     entries = entries[:page_size]
     older = "/audit?" + urlencode({"action": action, "before_id": entries[-1]["id"]}) if more and entries else None
-    actions = ("model.", "rollout.", "device.", "token.")
+    actions = ("model.", "rollout.", "device.", "profile.", "token.")
     return render(request, "audit.html", who, entries=entries, action=action, older=older, action_options=actions,
                   first_page=before_id is None)
 
@@ -484,4 +568,4 @@ def audit_target_link(target: str | None) -> str | None:
     return None
 
 
-env.globals.update(audit_target_link=audit_target_link, now=lambda: dt.datetime.now(dt.timezone.utc), parse_time=parse_time)
+env.globals.update(audit_target_link=audit_target_link, device_state=_device_state, now=lambda: dt.datetime.now(dt.timezone.utc), parse_time=parse_time)

@@ -3,7 +3,7 @@
   "use strict";
   var root = document.getElementById("charts");
   if (!root || !window.uPlot) return;
-  var device = root.dataset.device, minutes = 60, charts = {}, note = document.getElementById("tele-note");
+  var device = root.dataset.device, minutes = 60, model = "", picker = document.getElementById("tele-model"), charts = {}, note = document.getElementById("tele-note");
   var palette = { blue: "#4f7cff", violet: "#9b5de5", red: "#e5484d", green: "#30a46c", amber: "#f5a524" };
   var specs = {
     requests: { series: [["requests", palette.blue]], unit: "" },
@@ -17,6 +17,9 @@
     // Several rows per minute when the device changed model within it: add counts, average latencies and CPU.
     var byMinute = {};
     rows.forEach(function (r) {
+      // Rows per model (requests, latency) and one per device (model null: CPU, memory); a chosen model keeps
+      // only its own rows and the device's.
+      if (model && r.model && r.model !== model) return;
       var t = Math.floor(new Date(r.minute).getTime() / 1000);
       var b = byMinute[t] || (byMinute[t] = { requests: 0, errors: 0, p50: [], p95: [], cpu: [], memory: null });
       b.requests += r.requests || 0;
@@ -81,7 +84,7 @@
 
   function load() {
     var since = Date.now() - minutes * 60000;
-    var url = "/v1/devices/" + encodeURIComponent(device) + "/telemetry?limit=" + (minutes * 4) +
+    var url = "/v1/devices/" + encodeURIComponent(device) + "/telemetry?limit=" + Math.min(10000, minutes * 4 * (+root.dataset.models + 1)) +
               "&since=" + encodeURIComponent(new Date(since).toISOString());
     fetch(url, { credentials: "same-origin" }).then(function (r) {
       if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname); return null; }
@@ -94,6 +97,11 @@
     if (!b) return;
     this.querySelectorAll("button").forEach(function (x) { x.classList.toggle("on", x === b); });
     minutes = +b.dataset.minutes;
+    Object.keys(charts).forEach(function (k) { charts[k].destroy(); delete charts[k]; });
+    load();
+  });
+  if (picker) picker.addEventListener("change", function () {
+    model = picker.value;
     Object.keys(charts).forEach(function (k) { charts[k].destroy(); delete charts[k]; });
     load();
   });

@@ -14,7 +14,7 @@ from fleet_api.app import create_app
 from fleet_api.db.tables import Device
 from fleet_api.settings import ApiSettings
 from fleet_api.web.render import relative, reltime
-from fleet_protocol.messages import DeviceState, Reported, ServingModel
+from fleet_protocol.messages import CameraReport, ModelReport, Reported, ServingModel
 
 ADMIN = "eft_admin-token-for-dashboard-tests"
 
@@ -122,18 +122,43 @@ def test_forms_keep_what_was_typed_and_say_what_is_wrong(app, admin, bundles):
     assert f"cam-0 in #{rollout['id']}" in busy and "would be refused" in busy
 
 
-def test_device_page_links_its_cameras_when_it_reports_an_http_address(app, admin):
-    admin.post("/v1/devices", json={"id": "door-1"}).raise_for_status()
+def test_device_page_shows_every_model_and_camera_and_edits_labels_and_config(app, admin):
+    admin.post("/v1/devices", json={"id": "door-1", "labels": {"site": "a"}}).raise_for_status()
     service = app.state.service
-    model = ServingModel(name="faces", version="1.0.0", sha256="a" * 64)
-    service.on_reported("door-1", Reported(revision=0, state=DeviceState.serving, model=model, error="camera door: source lost",
-                                           hardware={"http_url": "http://10.0.0.7:8080/", "cpus": 4}))
+    faces = ServingModel(name="faces", version="1.0.0", sha256="a" * 64)
+    plates = ServingModel(name="plates", version="2.0.0", sha256="b" * 64)
+    service.on_reported("door-1", Reported(
+        revision=0, hardware={"http_url": "http://10.0.0.7:8080/", "cpus": 4},
+        models={"faces": ModelReport(state="serving", serving=faces, desired=faces, provider="CPUExecutionProvider"),
+                "plates": ModelReport(state="failed", desired=plates, error="golden check failed: max diff 0.3")},
+        cameras={"door": CameraReport(state="failed", source="rtsp://cam/1", models=["faces"], error="source lost")}))
     with service.transaction() as db:
-        db.get(Device, "door-1").desired = {"revision": 1, "runtime": {"sources": [{"name": "door", "source": {"type": "rtsp", "url": "rtsp://cam/1"}}]}}
+        db.get(Device, "door-1").desired = {"revision": 1, "models": {}, "cameras": [
+            {"name": "door", "source": {"type": "rtsp", "url": "rtsp://cam/1"}}]}
     page = admin.get("/devices/door-1").text
     assert 'href="http://10.0.0.7:8080/?camera=door"' in page and "rtsp://cam/1" in page
-    assert "camera door: source lost" in page  # the device's error, in the errors card
+    assert 'data-model="faces" data-state="serving" data-version="1.0.0"' in page
+    assert 'data-model="plates" data-state="failed" data-version=""' in page
+    assert "golden check failed: max diff 0.3" in page and "source lost" in page  # both in the errors card
+    listing = admin.get("/devices").text  # the list shows the device's worst model state
+    assert 'data-state="failed"' in listing and "plates" in listing
     assert admin.get("/devices/ghost").status_code == 404
+
+    # Labels: the whole set is what the form holds (a label left out is removed).
+    r = admin.post("/ui/devices/door-1/labels", data={"labels": "site=b, hw=cpu"}, follow_redirects=False)
+    assert r.status_code == 303
+    assert admin.get("/v1/devices/door-1").json()["labels"] == {"site": "b", "hw": "cpu"}
+    r = admin.post("/ui/devices/door-1/labels", data={"labels": "site"})
+    assert r.status_code == 400 and "not key=value" in r.text
+    # Configuration: JSON validated like PUT /v1/devices/{id}/config; an error keeps what was typed.
+    r = admin.post("/ui/devices/door-1/config", data={"config": '{"memory_budget_mb": 256}'}, follow_redirects=False)
+    assert r.status_code == 303
+    assert admin.get("/v1/devices/door-1/config").json()["config"]["memory_budget_mb"] == 256
+    r = admin.post("/ui/devices/door-1/config", data={"config": '{"colour": "red"}'})
+    assert r.status_code == 400 and "colour" in r.text and "&#34;red&#34;" in r.text
+    viewer = signed_in(app, token(admin, "viewer"))
+    assert "labels-form" not in viewer.get("/devices/door-1").text
+    assert viewer.post("/ui/devices/door-1/labels", data={"labels": "x=y"}).status_code == 403
 
 
 def test_static_files_and_times():
