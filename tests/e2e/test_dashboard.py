@@ -174,11 +174,19 @@ def test_dashboard_drives_a_rollout_in_chromium(tmp_path, keys, artifacts):
         assert page.evaluate("window.__not_reloaded") is True
         shot("08-rollout-aborted")
         for device in api.get("/v1/devices").json():  # what the page showed is what the devices report
-            assert (device["reported"]["state"], device["reported"]["model"]["version"]) == ("serving", "1.0.0")
+            assert (device["models"]["digits"]["state"], device["models"]["digits"]["version"]) == ("serving", "1.0.0")
 
         # The device page: models, runtime, events, and charts drawn from real telemetry.
         page.goto(url + "/devices/cam-01")
         expect(page.locator("#stat-serving")).to_contain_text("digits 1.0.0")
+        row = page.locator('#models tr[data-model="digits"]')  # one row per model: desired, serving, state, provider
+        expect(row).to_have_attribute("data-state", "serving")
+        expect(row).to_contain_text("CPU")
+        # Labels edited through the form (PATCH semantics: the form holds the whole set).
+        page.fill("#labels-form input[name=labels]", "site=lab,hw=cpu,room=2")
+        page.click("#labels-form button[type=submit]")
+        expect(page.locator("#labels-card")).to_contain_text("room=2")
+        assert api.get("/v1/devices/cam-01").json()["labels"] == {"site": "lab", "hw": "cpu", "room": "2"}
         expect(page.locator(".timeline")).to_contain_text(f"rollout {rollout_id}")
         page.wait_for_function("Number(document.getElementById('charts').dataset.loaded) > 0", timeout=TIMEOUT_MS)
         expect(page.locator("#charts canvas")).to_have_count(5)
