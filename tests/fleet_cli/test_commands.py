@@ -36,7 +36,7 @@ def report_serving(live, cli, device_id: str, model: dict) -> None:
     revision = cli("devices", "show", device_id, "--json").json()["desired_revision"]
     bundle = ServingModel(name=model["name"], version=model["version"], sha256=model["sha256"])
     reported = Reported(revision=revision, models={model["name"]: ModelReport(
-        state="serving", serving=bundle, desired=bundle, provider="CPUExecutionProvider")})
+        state="serving", serving=bundle, desired=bundle, provider="CPUExecutionProvider", golden_passed=True)})
     send(live, Topics().reported(device_id), reported.to_bytes(), retain=True)
 
 
@@ -219,43 +219,6 @@ def test_devices_config(admin, cli, tmp_path):
     assert refused.code == ExitCode.INVALID and "colour" in one_error_line(refused)
 
 
-def test_profiles_and_device_models(admin, cli, bundles, tmp_path):
-    assert cli("models", "upload", str(bundles["1.0.0"])).code == 0
-    assert cli("devices", "register", "cli-prof-1", "-l", "site=prof").code == 0
-    spec = tmp_path / "lab.yaml"
-    spec.write_text("selector: site=prof\npriority: 5\nmemory_budget_mb: 512\n")
-    made = cli("profiles", "set", "lab", str(spec))
-    assert made.code == 0 and "created" in made.out and "cli-prof-1" in made.out, made.err
-    assert "replaced" in cli("profiles", "set", "lab", str(spec)).out
-    listed = cli("profiles", "list", "--json").json()
-    assert [(p["name"], p["selector"], p["priority"]) for p in listed] == [("lab", {"site": "prof"}, 5)]
-    assert "site=prof" in cli("profiles", "list").out
-    assert cli("profiles", "show", "lab", "--json").json()["memory_budget_mb"] == 512
-    assert cli("devices", "show", "cli-prof-1", "--json").json()["desired"]["memory_budget_mb"] == 512
-    bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"selector": "site=prof", "colour": "blue"}))
-    refused = cli("profiles", "set", "lab", str(bad))
-    assert refused.code == ExitCode.INVALID and "colour" in one_error_line(refused)
-    assert cli("profiles", "show", "nope").code == ExitCode.NOT_FOUND
-
-    assigned = cli("devices", "models", "assign", "cli-prof-1", "digits", "1.0.0", "--json")
-    assert assigned.code == 0, assigned.err
-    assert assigned.json()["desired"]["models"]["digits"]["bundle"]["version"] == "1.0.0"
-    shown = cli("devices", "show", "cli-prof-1")
-    assert shown.code == 0 and "digits" in shown.out and "1.0.0" in shown.out
-    unknown = cli("devices", "models", "assign", "cli-prof-1", "digits", "9.9.9")
-    assert unknown.code in (ExitCode.NOT_FOUND, ExitCode.INVALID)
-    one_error_line(unknown)
-    removed = cli("devices", "models", "remove", "cli-prof-1", "digits")
-    assert removed.code == 0 and "digits removed" in removed.out
-    assert cli("devices", "models", "remove", "cli-prof-1", "digits").code == ExitCode.NOT_FOUND
-
-    assert cli("profiles", "delete", "lab").code == ExitCode.USAGE  # no terminal to confirm on
-    gone = cli("profiles", "delete", "lab", "--yes", "--json")
-    assert gone.code == 0 and gone.json()["devices_changed"] == ["cli-prof-1"]
-    assert cli("profiles", "list", "--json").json() == []
-
-
 def test_telemetry(admin, cli):
     assert cli("devices", "register", "cli-tel-1").code == 0
     empty = cli("telemetry", "cli-tel-1", "--json")
@@ -348,7 +311,7 @@ def test_rollout_succeeds_and_watch_exits_0(lab, cli, live):
     assert rolled.code == 0 and rolled.json()["state"] == "rolled_back"
     assert cli("rollouts", "watch", str(rollout["id"]), "--json").code == ExitCode.ROLLOUT_ROLLED_BACK
     again = cli("rollouts", "rollback", str(rollout["id"]))
-    assert again.code == ExitCode.CONFLICT and "already went back (HTTP 409)" in one_error_line(again)
+    assert again.code == ExitCode.CONFLICT and "cannot become rolled_back (HTTP 409)" in one_error_line(again)
 
 
 def test_rollout_pause_resume_abort_and_watch_codes(lab, cli):
@@ -384,7 +347,7 @@ def test_rollout_that_times_out_is_watched_to_its_abort(lab, cli):
 def test_rollout_bad_input(lab, cli):
     site, _, _ = lab
     unknown_gate = cli("rollouts", "create", "digits", "1.0.0", "-s", f"site={site}", "-g", "colour=1")
-    assert unknown_gate.code == ExitCode.INVALID and "unknown gate" in one_error_line(unknown_gate)
+    assert unknown_gate.code == ExitCode.INVALID and "gates.colour" in one_error_line(unknown_gate)
     not_a_number = cli("rollouts", "create", "digits", "1.0.0", "-g", "soak_s=long")
     assert not_a_number.code == ExitCode.USAGE and "not a number" in one_error_line(not_a_number)
     no_model = cli("rollouts", "create", "nope", "1.0.0", "-s", f"site={site}")
@@ -392,3 +355,41 @@ def test_rollout_bad_input(lab, cli):
     one_error_line(no_model)
     nobody = cli("rollouts", "create", "digits", "1.0.0", "-s", "site=nowhere")
     assert nobody.code == ExitCode.INVALID and "no registered device matches" in one_error_line(nobody)
+
+
+# --- profiles and a device's own models (after the upload test: it wants the first upload) -------------------
+def test_profiles_and_device_models(admin, cli, bundles, tmp_path):
+    assert cli("models", "upload", str(bundles["1.0.0"])).code == 0
+    assert cli("devices", "register", "cli-prof-1", "-l", "site=prof").code == 0
+    spec = tmp_path / "lab.yaml"
+    spec.write_text("selector: site=prof\npriority: 5\nmemory_budget_mb: 512\n")
+    made = cli("profiles", "set", "lab", str(spec))
+    assert made.code == 0 and "created" in made.out and "cli-prof-1" in made.out, made.err
+    assert "replaced" in cli("profiles", "set", "lab", str(spec)).out
+    listed = cli("profiles", "list", "--json").json()
+    assert [(p["name"], p["selector"], p["priority"]) for p in listed] == [("lab", {"site": "prof"}, 5)]
+    assert "site=prof" in cli("profiles", "list").out
+    assert cli("profiles", "show", "lab", "--json").json()["memory_budget_mb"] == 512
+    assert cli("devices", "show", "cli-prof-1", "--json").json()["desired"]["memory_budget_mb"] == 512
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"selector": "site=prof", "colour": "blue"}))
+    refused = cli("profiles", "set", "lab", str(bad))
+    assert refused.code == ExitCode.INVALID and "colour" in one_error_line(refused)
+    assert cli("profiles", "show", "nope").code == ExitCode.NOT_FOUND
+
+    assigned = cli("devices", "models", "assign", "cli-prof-1", "digits", "1.0.0", "--json")
+    assert assigned.code == 0, assigned.err
+    assert assigned.json()["desired"]["models"]["digits"]["bundle"]["version"] == "1.0.0"
+    shown = cli("devices", "show", "cli-prof-1")
+    assert shown.code == 0 and "digits" in shown.out and "1.0.0" in shown.out
+    unknown = cli("devices", "models", "assign", "cli-prof-1", "digits", "9.9.9")
+    assert unknown.code in (ExitCode.NOT_FOUND, ExitCode.INVALID)
+    one_error_line(unknown)
+    removed = cli("devices", "models", "remove", "cli-prof-1", "digits")
+    assert removed.code == 0 and "digits removed" in removed.out
+    assert cli("devices", "models", "remove", "cli-prof-1", "digits").code == ExitCode.NOT_FOUND
+
+    assert cli("profiles", "delete", "lab").code == ExitCode.USAGE  # no terminal to confirm on
+    gone = cli("profiles", "delete", "lab", "--yes", "--json")
+    assert gone.code == 0 and gone.json()["devices_changed"] == ["cli-prof-1"]
+    assert cli("profiles", "list", "--json").json() == []
