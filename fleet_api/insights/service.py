@@ -115,6 +115,11 @@ class InsightsService:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+            self._thread = None
+        self._stop = threading.Event()
+
+    def close(self) -> None:
+        self.stop()
         if self.webhook is not None:
             self.webhook.close()
 
