@@ -19,7 +19,8 @@ from .metrics import FleetCollector
 from .mqtt import handlers
 from .mqtt.broker import Broker
 from .mqtt.dynsec import DynSec
-from .routes import devices, health, models, rollouts, security
+from .insights.metrics import AlertCollector
+from .routes import alerts, devices, health, models, rollouts, security
 from .service import FleetService
 from .settings import ApiSettings
 
@@ -56,7 +57,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.state.service, app.state.broker = service, broker
         app.state.metrics = CollectorRegistry()
         app.state.metrics.register(FleetCollector(service))
+        app.state.metrics.register(AlertCollector(service.insights))
         broker.start()
+        service.insights.start(settings.alert_eval_interval_s)
         stop = threading.Event()
 
         def ticker() -> None:
@@ -89,6 +92,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()]
         return JSONResponse({"error": "invalid request: " + "; ".join(problems), "detail": exc.errors()}, status_code=422)
 
-    for router in (health.router, security.router, models.router, devices.router, rollouts.router, web.router):
+    for router in (health.router, security.router, models.router, devices.router, rollouts.router, alerts.router, web.router):
         app.include_router(router)
     return app

@@ -28,6 +28,8 @@ from .auth import SYSTEM, Principal
 from .chunk_server import ChunkServer
 from .db.tables import Bundle, Device, Rollout, RolloutDevice
 from .errors import Conflict, Invalid, NotFound
+from .insights.rollouts import analyze_rollout
+from .insights.service import InsightsService
 from .publisher import BrokerAdmin, Publisher
 from .registry import bundles as bundle_registry
 from .registry import devices as device_registry
@@ -60,6 +62,7 @@ class FleetService:
         self.trusted_keys = settings.public_keys()
         self.chunks = ChunkServer(self.store, publisher, self.topics, settings.chunk_coalesce_ms / 1000)
         self.telemetry = telemetry.TelemetryBuffer()
+        self.insights = InsightsService.from_settings(settings, sessions)  # alerts and failure analysis (issue 16)
         self._outbox_lock = threading.Lock()
         self._known: dict[str, float] = {}  # device id → when we last saw it registered (telemetry hot path)
 
@@ -70,6 +73,7 @@ class FleetService:
 
     def close(self) -> None:
         self.chunks.close()
+        self.insights.close()
         try:
             self.flush_telemetry()
         except Exception:  # shutting down: the database may be gone already
@@ -229,7 +233,9 @@ class FleetService:
             members = db.scalars(
                 select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id).order_by(RolloutDevice.wave, RolloutDevice.device_id)
             ).all()
-            return rollout_view(rollout, members)
+            view = rollout_view(rollout, members)
+            view["failure_analysis"] = analyze_rollout(db, rollout_id).view()
+            return view
 
     def list_rollouts(self, limit: int = 100) -> list[dict[str, Any]]:
         with self.transaction() as db:
@@ -343,6 +349,7 @@ class FleetService:
     def on_telemetry(self, device_id: str, message: Telemetry) -> None:
         self._check_known(device_id)
         self.telemetry.add(device_id, message)
+        self.insights.observe(device_id, message)
         TELEMETRY.inc()
 
     def flush_telemetry(self) -> int:

@@ -59,7 +59,10 @@ class InsightsService:
 
     # --- ingestion ---------------------------------------------------------------------------------------
     def observe(self, device_id: str, telemetry: Telemetry, now: float | None = None) -> None:
-        self.core.observe(device_id, telemetry, self.clock() if now is None else now)
+        try:
+            self.core.observe(device_id, telemetry, self.clock() if now is None else now)
+        except Exception:  # a fault in the insights must never cost the telemetry ingestion a message
+            log.exception("insights: telemetry of %s not observed", device_id)
 
     # --- evaluation --------------------------------------------------------------------------------------
     def evaluate(self, now: float | None = None) -> list[Alert]:

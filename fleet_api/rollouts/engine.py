@@ -25,6 +25,7 @@ from ..errors import Conflict, Invalid, NotFound
 from ..registry.bundles import pick_variant, variants
 from ..registry.devices import HARDWARE_LABEL, select_devices
 from . import waves as wave_plan
+from ..insights.rollouts import reason_with_analysis
 from .desired import current_model, model_ref, set_desired
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,7 @@ def _revert(db: Session, rollout: Rollout, states: tuple[str, ...]) -> int:
 def abort(db: Session, rollout: Rollout, reason: str, chunk_size: int = 0) -> None:
     """Stop the rollout and give every device it moved its previous model back as desired state."""
     rollout.state = "aborted"
-    rollout.reason = reason
+    rollout.reason = reason_with_analysis(db, rollout.id, reason)  # before the revert: who failed, and what they share
     n = _revert(db, rollout, MEMBER_MOVED)
     log.warning("rollout %s aborted: %s (%d devices reverted)", rollout.id, reason, n)
 
