@@ -17,7 +17,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from demo.cluster import wait_for
 from fleet_api import auth
 from fleet_api.errors import FleetError
-from fleet_api.insights.alerts import AlertState
+from fleet_api.insights import store
+from fleet_api.insights.alerts import AlertState, Kind
 from fleet_api.insights.config import Rules
 from fleet_api.insights.metrics import AlertCollector
 from fleet_api.insights.service import InsightsService
@@ -26,7 +27,7 @@ from fleet_api.insights.webhook import Webhook
 from fleet_api.routes import alerts as alert_routes
 from fleet_protocol.messages import Telemetry
 
-from .helpers import T0, sqlite_sessions
+from .helpers import T0, db_sessions, insights_pg, sqlite_sessions  # noqa: F401 - fixtures
 
 ADMIN = "eft_insights-admin-token"
 
@@ -161,15 +162,33 @@ def test_alert_reaches_the_webhook_and_the_api(tmp_path, receiver):
     engine.dispose()
 
 
-def test_alerts_survive_a_restart_without_duplicates(tmp_path):
-    engine, sessions = sqlite_sessions(tmp_path)
+def test_alerts_survive_a_restart_and_replicas_share_one_alert(db_sessions):
+    engine, sessions = db_sessions
     clock = Clock()
     disk = SimDevice("cam-1", seed=5, disk_start=0.6, disk_rate_per_h=0.05)
     first = InsightsService(sessions, Rules(for_s=0), clock=clock)
     feed(first, disk, clock, 1.5)
     assert [a.state for a in first.evaluate()] == [AlertState.firing]
-    second = InsightsService(sessions, Rules(for_s=0), clock=clock)  # the API restarted: its memory is empty
+    # A second API process (a replica, or this one restarted) that saw the same device opens no second alert:
+    # it loaded the active one on start, and the database's unique active key would refuse a duplicate anyway.
+    second = InsightsService(sessions, Rules(for_s=0), clock=clock)
+    replica = InsightsService(sessions, Rules(for_s=600), clock=clock)
+    replica.core.book.active.clear()  # as if it had started before the alert existed
+    clock.now = T0
     feed(second, disk, clock, 1.5)
+    clock.now = T0
+    feed(replica, disk, clock, 1.5)
     second.evaluate()
-    assert len(second.alerts(device_id="cam-1")) == 1  # the same alert, updated, not a second one
-    engine.dispose()
+    [joined] = replica.evaluate()
+    assert joined.state == AlertState.firing  # it joined the firing alert instead of restarting it as pending
+    [stored] = second.alerts(device_id="cam-1")
+    assert stored.state == AlertState.firing and stored.id == joined.id
+    assert [a.id for a in second.alerts(active=True)] == [stored.id] and second.alerts(active=False) == []
+    assert second.alerts(kind=Kind.memory_full) == [] and second.alerts(model="x") == []
+    assert first.notify() == 0  # no webhook configured: nothing sent, nothing marked
+    with sessions() as db:
+        assert [a.id for a in store.unnotified(db)] == [stored.id]
+    with sessions() as db, db.begin():
+        store.mark_notified(db, stored.id, AlertState.firing)
+    with sessions() as db:
+        assert store.unnotified(db) == []
