@@ -60,11 +60,15 @@ class Insights:
         """What holds now, for every device heard from within `stale_s`; and which devices were evaluated."""
         with self._lock:
             fresh = [(i, d) for i, d in self.devices.items() if now - d.last_seen <= self.rules.stale_s]
-            found = [f for i, d in fresh for f in detectors.evaluate(i, d, now, self.rules)]
             # Forget devices silent for longer than any window looks back.
             horizon = max(self.rules.trend_window_s, self.rules.creep_window_s)
             for i in [i for i, d in self.devices.items() if now - d.last_seen > horizon]:
                 del self.devices[i]
+        found: list[Finding] = []
+        for i, d in fresh:
+            # The lock per device, not per round: the ingestion waits for one device's fits at most.
+            with self._lock:
+                found.extend(detectors.evaluate(i, d, now, self.rules))
         return found, [i for i, _ in fresh]
 
     def evaluate(self, now: float) -> list[Alert]:
