@@ -82,6 +82,36 @@ class AlertsOut(Out):
     alerts: list[AlertOut]
 
 
+class FailureOtherOut(Out):
+    feature: str
+    failed: int
+    devices: int
+
+
+class FailureFindingOut(Out):
+    features: list[list[str]] = Field(description="alternatives selecting the same devices, each a conjunction of key=value")
+    name: str
+    failed_with: int
+    devices_with: int
+    failed_without: int
+    devices_without: int
+    odds_ratio: float | None
+    p_value: float = Field(description="one-sided Fisher's exact test")
+    p_adjusted: float = Field(description="Benjamini–Hochberg over every feature and pair tested")
+    summary: str
+    others: list[FailureOtherOut]
+
+
+class FailureAnalysisOut(Out):
+    """What a rollout's failed devices share (`failure_analysis` of GET /v1/rollouts/{id})."""
+
+    failed: int
+    succeeded: int
+    tested: int
+    summary: str
+    findings: list[FailureFindingOut]
+
+
 def _time(ts: float | None) -> dt.datetime | None:
     return None if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc)
 

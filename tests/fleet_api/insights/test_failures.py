@@ -8,6 +8,7 @@ import numpy as np
 from fleet_api.db.tables import Device, Rollout, RolloutDevice
 from fleet_api.insights.failures import DeviceFacts, analyze, facts_of
 from fleet_api.insights.rollouts import analyze_rollout, reason_with_analysis
+from fleet_api.routes.alerts import FailureAnalysisOut
 
 from .helpers import sqlite_sessions
 
@@ -85,7 +86,12 @@ def test_rollout_hook_reads_members_and_devices_from_the_database(tmp_path):
             if m.error is None:
                 m.succeeded_at = m.updated_at
     with sessions() as db:
-        assert analyze_rollout(db, rid).findings[0].failed_with == 7
+        after = analyze_rollout(db, rid)
+        assert after.findings[0].failed_with == 7
+        # what GET /v1/rollouts/{id} carries, through its typed response model
+        out = FailureAnalysisOut.model_validate(after.view())
+        assert out.findings[0].features == [["hw=jetson-orin"], ["provider=TensorrtExecutionProvider"]]
+        assert out.findings[0].others[0].feature == "hw=cpu" and out.findings[0].others[0].devices == 40
         assert analyze_rollout(db, 999).summary == "no failures to analyse"
     engine.dispose()
 
