@@ -69,6 +69,7 @@ class InsightsService:
         """One round: findings → transitions → stored in one transaction. Returns the alerts that changed."""
         now = self.clock() if now is None else now
         with self._eval_lock:
+            before = {k: a.state for k, a in self.core.book.active.items()}
             changed = self.core.evaluate(now)
             if changed:
                 for attempt in range(2):
@@ -80,7 +81,7 @@ class InsightsService:
                         if attempt:
                             raise
             for a in changed:
-                if a.updated_at == now and (a.state != AlertState.pending or a.started_at == now):
+                if before.get(a.key) != a.state:  # an update of a firing alert's evidence is no transition
                     TRANSITIONS.labels(a.kind.value, a.state.value).inc()
         return changed
 

@@ -6,6 +6,7 @@ import os
 import time
 
 import psutil
+import pytest
 
 from edge_agent import health
 from fleet_protocol.messages import Telemetry
@@ -50,3 +51,13 @@ def test_temperature_from_sys_class_thermal(tmp_path, monkeypatch):
         (tmp_path / f"thermal_zone{i}" / "temp").write_text(milli + "\n")
     assert health.temperature(tmp_path) == 61.0  # the hottest plausible zone; the disconnected one is ignored
     assert health.temperature(tmp_path / "none") is None
+
+
+def test_the_agents_telemetry_hook_uses_collect(tmp_path):
+    """agent10's telemetry calls `collect_health` (it finds this module once the branches are merged)."""
+    from edge_agent import telemetry
+
+    if not hasattr(telemetry, "collect_health"):
+        pytest.skip("the v2 agent telemetry (branch agent10) is not merged into this branch yet")
+    h = telemetry.collect_health(tmp_path, time.time() - 5, 2)
+    assert h is not None and h.agent_restarts == 2 and h.disk_total_bytes and h.memory_total_mb

@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from demo.cluster import wait_for
 from fleet_api import auth
@@ -100,8 +100,13 @@ def feed(insights, device: SimDevice, clock: Clock, hours: float, step: float = 
         insights.observe(device.id, Telemetry.parse(device.telemetry(clock.now - T0, ts=T0).to_bytes()))
 
 
+def transitions(state: str) -> float:
+    return REGISTRY.get_sample_value("edgefleet_api_alert_transitions_total", {"kind": "disk_full", "state": state}) or 0.0
+
+
 def test_alert_reaches_the_webhook_and_the_api(tmp_path, receiver):
     engine, sessions = sqlite_sessions(tmp_path)
+    counted = {s: transitions(s) for s in ("pending", "firing", "resolved")}
     clock = Clock()
     naps: list[float] = []
     webhook = Webhook(receiver.url, retries=3, backoff_s=0.5, sleep=naps.append, external_url="http://fleet.example")
@@ -159,6 +164,8 @@ def test_alert_reaches_the_webhook_and_the_api(tmp_path, receiver):
     assert [b["status"] for b in receiver.bodies] == ["firing", "resolved"]
     assert receiver.bodies[1]["alerts"][0]["endsAt"] != "0001-01-01T00:00:00Z"
     assert "edgefleet_alerts{" not in generate_latest(registry).decode()
+    # one transition each, however often the firing alert's evidence was refreshed meanwhile
+    assert {s: transitions(s) - counted[s] for s in counted} == {"pending": 1, "firing": 1, "resolved": 1}
     engine.dispose()
 
 
