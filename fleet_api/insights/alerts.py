@@ -8,9 +8,10 @@ occurrence is a new alert.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable
+from typing import Any
 
 from .config import Rules
 

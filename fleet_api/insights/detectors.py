@@ -21,7 +21,7 @@ def excerpt(t: np.ndarray, v: np.ndarray, n: int = EXCERPT_POINTS) -> dict[str, 
 
 
 def iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def hours(seconds: float) -> str:

@@ -10,8 +10,9 @@ jetson-orin devices run TensorRT) are one finding named by all of them. Random f
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from scipy.stats import false_discovery_control, fisher_exact

@@ -54,7 +54,7 @@ class ModelHistory:
 
     version: str
     p95: Series
-    baselines: dict[str, "object"] = field(default_factory=dict)  # metric → baseline.Baseline
+    baselines: dict[str, object] = field(default_factory=dict)  # metric → baseline.Baseline
 
 
 @dataclass

@@ -44,7 +44,7 @@ class InsightsService:
         self._eval_lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings, sessions: sessionmaker[Session]) -> "InsightsService":
+    def from_settings(cls, settings, sessions: sessionmaker[Session]) -> InsightsService:
         rules = Rules(disk_used_ratio=settings.alert_disk_used_ratio, memory_used_ratio=settings.alert_memory_used_ratio,
                       horizon_s=settings.alert_horizon_s, for_s=settings.alert_for_s)
         webhook = None

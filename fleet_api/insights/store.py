@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Iterable
+from collections.abc import Iterable
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -13,13 +13,13 @@ from .alerts import ACTIVE, Alert, AlertState, Kind, Severity
 
 
 def _dt(ts: float | None) -> dt.datetime | None:
-    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC)
 
 
 def _ts(t: dt.datetime | None) -> float | None:
     if t is None:
         return None
-    return (t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)).timestamp()  # SQLite hands back naive datetimes
+    return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()  # SQLite hands back naive datetimes
 
 
 def to_alert(r: AlertRow) -> Alert:

@@ -30,7 +30,7 @@ RECEIVER = "edgefleet"
 def rfc3339(ts: float | None) -> str:
     if ts is None:
         return ZERO_TIME
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def labels(a: Alert) -> dict[str, str]:

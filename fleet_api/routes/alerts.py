@@ -113,7 +113,7 @@ class FailureAnalysisOut(Out):
 
 
 def _time(ts: float | None) -> dt.datetime | None:
-    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.timezone.utc)
+    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC)
 
 
 def alert_out(a: Alert) -> AlertOut:
