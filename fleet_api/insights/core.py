@@ -54,7 +54,7 @@ class Insights:
             r = self.rules
             b = mh.baselines[metric] = Baseline(alpha=r.ewma_alpha, size=r.baseline_points, min_points=r.baseline_min_points,
                                                 z_limit=r.anomaly_z, floor_abs=floor_abs, floor_rel=floor_rel)
-        return b  # type: ignore[return-value]
+        return b
 
     def findings(self, now: float) -> tuple[list[Finding], list[str]]:
         """What holds now, for every device heard from within `stale_s`; and which devices were evaluated."""

@@ -70,7 +70,7 @@ def creep(device_id: str, model: str, h: ModelHistory, now: float, rules: Rules)
 
 def anomaly(device_id: str, model: str, h: ModelHistory, metric: str, rules: Rules) -> Finding | None:
     b = h.baselines.get(metric)
-    score = b.last if isinstance(b, Baseline) else None
+    score = b.last if b is not None else None
     if score is None or score.z <= rules.anomaly_z:
         return None
     if metric == "error_rate":
@@ -79,7 +79,7 @@ def anomaly(device_id: str, model: str, h: ModelHistory, metric: str, rules: Rul
         kind, shown = Kind.latency_anomaly, f"p95 {score.ewma:.1f} ms against its usual {score.median:.1f} ms"
     summary = f"{model} {h.version} on {device_id}: {shown} (robust z {score.z:.0f})"
     severity = Severity.critical if score.z > 3 * rules.anomaly_z else Severity.warning
-    series = b.history
+    series = b.history if b is not None else []
     return Finding(device_id, kind, model, severity, summary, value=score.ewma, evidence={
         "metric": metric, "version": h.version, "baseline": score.view(),
         "series": {"v": [round(float(x), 6) for x in list(series)[-EXCERPT_POINTS:]]},

@@ -130,28 +130,28 @@ def analyze(devices: Iterable[DeviceFacts], pairs: bool = True) -> Analysis:
     rows = []
     for key, conjs in candidates.items():
         mask = np.frombuffer(key, bool)
-        a, b = int((mask & failed).sum()), int((mask & ~failed).sum())  # with: failed, succeeded
-        c, d = n_failed - a, (n - n_failed) - b  # without: failed, succeeded
-        odds, p = fisher_exact([[a, b], [c, d]], alternative="greater")
-        rows.append((conjs, a, a + b, c, c + d, float(odds), float(p)))
+        fw, sw = int((mask & failed).sum()), int((mask & ~failed).sum())  # with the features: failed, succeeded
+        fo, so = n_failed - fw, (n - n_failed) - sw  # without them
+        odds, p = fisher_exact([[fw, sw], [fo, so]], alternative="greater")
+        rows.append((conjs, fw, fw + sw, fo, fo + so, float(odds), float(p)))
     adjusted = false_discovery_control([r[6] for r in rows], method="bh")
-    findings = []
-    for (conjs, a, nw, c, nwo, odds, p), q in zip(rows, adjusted):
+    findings: list[Finding] = []
+    for (conjs, fw, nw, fo, nwo, odds, p), q in zip(rows, adjusted, strict=True):
         if q >= SIGNIFICANCE:
             continue
         # Name a set by its simplest descriptions: single features before pairs.
         simplest = min(len(x) for x in conjs)
-        conjs = tuple(sorted((tuple(sorted(x, key=_order)) for x in conjs if len(x) == simplest),
-                             key=lambda x: [_order(f) for f in x]))
-        findings.append(Finding(conjs, a, nw, c, nwo, odds, p, float(q), _others(conjs[0], masks, failed)))
+        named = tuple(sorted((tuple(sorted(x, key=_order)) for x in conjs if len(x) == simplest),
+                             key=lambda x: [_order(feat) for feat in x]))
+        findings.append(Finding(named, fw, nw, fo, nwo, odds, p, float(q), _others(named[0], masks, failed)))
     # Most significant first; among equals, the one covering more failures, then the simpler.
     findings.sort(key=lambda f: (f.p_value, -f.failed_with, len(f.features[0]), f.name))
     kept: list[Finding] = []
-    for f in findings:
+    for finding in findings:
         # "hw=jetson-orin and site=a" only restates a stronger "hw=jetson-orin": leave it out.
-        if any(k.feature_set & f.feature_set and k.failed_with >= f.failed_with for k in kept):
+        if any(k.feature_set & finding.feature_set and k.failed_with >= finding.failed_with for k in kept):
             continue
-        kept.append(f)
+        kept.append(finding)
     return Analysis(n_failed, n - n_failed, len(rows), kept[:MAX_FINDINGS])
 
 

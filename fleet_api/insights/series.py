@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .baseline import Baseline
+
 
 class Series:
     """(time, value) samples in arrival order, at most `maxlen` of them."""
@@ -54,7 +56,7 @@ class ModelHistory:
 
     version: str
     p95: Series
-    baselines: dict[str, object] = field(default_factory=dict)  # metric → baseline.Baseline
+    baselines: dict[str, Baseline] = field(default_factory=dict)  # metric → its baseline
 
 
 @dataclass

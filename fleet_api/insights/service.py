@@ -95,6 +95,7 @@ class InsightsService:
         for a in pending:
             if not self.webhook.send(a):
                 break  # the receiver is away: keep the order, try again next round
+            assert a.id is not None  # read from the database
             with self.sessions() as db, db.begin():
                 store.mark_notified(db, a.id, a.state)
             sent += 1

@@ -13,21 +13,27 @@ from .alerts import ACTIVE, Alert, AlertState, Kind, Severity
 
 
 def _dt(ts: float | None) -> dt.datetime | None:
-    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC)
+    return None if ts is None else _dt_of(ts)
+
+
+def _dt_of(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, dt.UTC)
 
 
 def _ts(t: dt.datetime | None) -> float | None:
-    if t is None:
-        return None
+    return None if t is None else _ts_of(t)
+
+
+def _ts_of(t: dt.datetime) -> float:
     return (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).timestamp()  # SQLite hands back naive datetimes
 
 
 def to_alert(r: AlertRow) -> Alert:
     return Alert(
         device_id=r.device_id, kind=Kind(r.kind), model=r.model, state=AlertState(r.state), severity=Severity(r.severity),
-        summary=r.summary, started_at=_ts(r.started_at), last_true=_ts(r.last_true), value=r.value,
+        summary=r.summary, started_at=_ts_of(r.started_at), last_true=_ts_of(r.last_true), value=r.value,
         predicted_at=_ts(r.predicted_at), evidence=r.evidence or {}, fired_at=_ts(r.fired_at), resolved_at=_ts(r.resolved_at),
-        updated_at=_ts(r.updated_at), notified=AlertState(r.notified) if r.notified else None, id=r.id,
+        updated_at=_ts_of(r.updated_at), notified=AlertState(r.notified) if r.notified else None, id=r.id,
     )
 
 
@@ -43,16 +49,16 @@ def save(db: Session, alerts: Iterable[Alert]) -> None:
             row = db.scalar(select(AlertRow).where(AlertRow.active_key == a.fingerprint).with_for_update())
             if row is not None and row.state == AlertState.firing.value and a.state == AlertState.pending:
                 # another API process fired it already: this one's fresh pending alert is that alert
-                a.state, a.fired_at, a.started_at = AlertState.firing, _ts(row.fired_at), _ts(row.started_at)
+                a.state, a.fired_at, a.started_at = AlertState.firing, _ts(row.fired_at), _ts_of(row.started_at)
         if row is None:
-            row = AlertRow(fingerprint=a.fingerprint, started_at=_dt(a.started_at))
+            row = AlertRow(fingerprint=a.fingerprint, started_at=_dt_of(a.started_at))
             db.add(row)
         row.active_key = a.fingerprint if a.active else None
         row.device_id, row.kind, row.model = a.device_id, a.kind.value, a.model
         row.state, row.severity, row.summary, row.value = a.state.value, a.severity.value, a.summary, a.value
         row.predicted_at, row.evidence = _dt(a.predicted_at), a.evidence
-        row.last_true, row.fired_at, row.resolved_at = _dt(a.last_true), _dt(a.fired_at), _dt(a.resolved_at)
-        row.updated_at = _dt(a.updated_at)
+        row.last_true, row.fired_at, row.resolved_at = _dt_of(a.last_true), _dt(a.fired_at), _dt(a.resolved_at)
+        row.updated_at = _dt_of(a.updated_at)
         db.flush()
         a.id = row.id
         a.notified = AlertState(row.notified) if row.notified else None

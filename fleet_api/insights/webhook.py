@@ -33,7 +33,7 @@ def rfc3339(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def labels(a: Alert) -> dict[str, str]:
+def labels_of(a: Alert) -> dict[str, str]:
     out = {"alertname": a.kind.value, "device": a.device_id, "severity": a.severity.value, "source": "edgefleet"}
     if a.model:
         out["model"] = a.model
@@ -43,7 +43,7 @@ def labels(a: Alert) -> dict[str, str]:
     return out
 
 
-def annotations(a: Alert) -> dict[str, str]:
+def annotations_of(a: Alert) -> dict[str, str]:
     out = {"summary": a.summary}
     if a.predicted_at is not None:
         out["predicted_crossing"] = rfc3339(a.predicted_at)
@@ -53,11 +53,11 @@ def annotations(a: Alert) -> dict[str, str]:
 
 
 def payload(a: Alert, external_url: str = "") -> dict[str, Any]:
-    lab = labels(a)
+    lab = labels_of(a)
     group = {"alertname": lab["alertname"], "device": lab["device"]}
     status = "resolved" if a.state == AlertState.resolved else "firing"
     alert = {
-        "status": status, "labels": lab, "annotations": annotations(a),
+        "status": status, "labels": lab, "annotations": annotations_of(a),
         "startsAt": rfc3339(a.fired_at or a.started_at),
         "endsAt": rfc3339(a.resolved_at) if status == "resolved" else ZERO_TIME,
         "generatorURL": f"{external_url.rstrip('/')}/v1/alerts/{a.id}" if external_url else "",

@@ -113,16 +113,21 @@ class FailureAnalysisOut(Out):
 
 
 def _time(ts: float | None) -> dt.datetime | None:
-    return None if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC)
+    return None if ts is None else _time_of(ts)
+
+
+def _time_of(ts: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, dt.UTC)
 
 
 def alert_out(a: Alert) -> AlertOut:
     evidence: dict[str, Any] = dict(a.evidence)
+    assert a.id is not None  # read from the database
     return AlertOut(
         id=a.id, fingerprint=a.fingerprint, device_id=a.device_id, kind=a.kind, model=a.model, state=a.state,
         severity=a.severity, summary=a.summary, value=a.value, predicted_crossing=_time(a.predicted_at),
-        started_at=_time(a.started_at), fired_at=_time(a.fired_at), resolved_at=_time(a.resolved_at),
-        updated_at=_time(a.updated_at), evidence=EvidenceOut.model_validate(evidence),
+        started_at=_time_of(a.started_at), fired_at=_time(a.fired_at), resolved_at=_time(a.resolved_at),
+        updated_at=_time_of(a.updated_at), evidence=EvidenceOut.model_validate(evidence),
     )
 
 
