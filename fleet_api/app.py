@@ -57,6 +57,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.state.service, app.state.broker = service, broker
         app.state.metrics = CollectorRegistry()
         app.state.metrics.register(FleetCollector(service))
+        app.state.insights = service.insights  # GET /v1/alerts
         app.state.metrics.register(AlertCollector(service.insights))
         broker.start()
         service.insights.start(settings.alert_eval_interval_s)

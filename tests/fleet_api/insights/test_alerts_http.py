@@ -134,6 +134,7 @@ def test_alert_reaches_the_webhook_and_the_api(tmp_path, receiver):
     # --- the HTTP shell -------------------------------------------------------------------------------------
     app = FastAPI()
     app.state.service = ServiceShim(sessions, insights)
+    app.state.insights = insights
     app.exception_handler(FleetError)(lambda _r, exc: JSONResponse({"error": str(exc)}, status_code=exc.status))
     app.include_router(alert_routes.router)
     with TestClient(app) as client:
@@ -146,6 +147,7 @@ def test_alert_reaches_the_webhook_and_the_api(tmp_path, receiver):
         assert client.get("/v1/alerts", params={"kind": "bogus"}).status_code == 422
         assert client.get(f"/v1/alerts/{got[0]['id']}").json()["id"] == got[0]["id"]
         assert client.get("/v1/alerts/99999").status_code == 404
+        assert client.get("/v1/alerts/0").status_code == 422 and client.get(f"/v1/alerts/{2**40}").status_code == 422
 
     # --- Prometheus -----------------------------------------------------------------------------------------
     registry = CollectorRegistry()

@@ -8,7 +8,7 @@ import numpy as np
 from fleet_api.db.tables import Device, Rollout, RolloutDevice
 from fleet_api.insights.failures import DeviceFacts, analyze, facts_of
 from fleet_api.insights.rollouts import analyze_rollout, reason_with_analysis
-from fleet_api.routes.alerts import FailureAnalysisOut
+from fleet_api.routes.alert_models import FailureAnalysisOut
 
 from .helpers import sqlite_sessions
 
