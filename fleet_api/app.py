@@ -19,7 +19,8 @@ from .metrics import FleetCollector
 from .mqtt import handlers
 from .mqtt.broker import Broker
 from .mqtt.dynsec import DynSec
-from .routes import devices, health, models, profiles, rollouts, security
+from .insights.metrics import AlertCollector
+from .routes import alerts, devices, health, models, profiles, rollouts, security
 from .service import FleetService
 from .settings import ApiSettings
 
@@ -56,7 +57,10 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.state.service, app.state.broker = service, broker
         app.state.metrics = CollectorRegistry()
         app.state.metrics.register(FleetCollector(service))
+        app.state.insights = service.insights  # GET /v1/alerts
+        app.state.metrics.register(AlertCollector(service.insights))
         broker.start()
+        service.insights.start(settings.alert_eval_interval_s)
         stop = threading.Event()
 
         def ticker() -> None:
@@ -92,6 +96,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         return JSONResponse({"error": "invalid request: " + "; ".join(problems)[:2000], "detail": detail[:50]}, status_code=422)
 
     for router in (health.router, security.router, models.router, devices.router, profiles.router, rollouts.router,
-                   web.router):
+                   alerts.router, web.router):
         app.include_router(router)
     return app

@@ -41,6 +41,8 @@ from .desired import outbox
 from .desired import state as desired_state
 from .desired.specs import DeviceConfig, ProfileSpec
 from .errors import Conflict, Invalid, NotFound
+from .insights.rollouts import analyze_rollout
+from .insights.service import InsightsService
 from .publisher import BrokerAdmin, Publisher
 from .registry import bundles as bundle_registry
 from .registry import devices as device_registry
@@ -79,6 +81,7 @@ class FleetService:
         self.trusted_keys = settings.public_keys()
         self.chunks = ChunkServer(self.store, publisher, self.topics, settings.chunk_coalesce_ms / 1000)
         self.telemetry = telemetry.TelemetryBuffer()
+        self.insights = InsightsService.from_settings(settings, sessions)  # alerts and failure analysis (issue 16)
         self._outbox_lock = threading.Lock()
         self._outbox_dirty = threading.Event()
         self._known: dict[str, float] = {}  # device id → when we last saw it registered (telemetry hot path)
@@ -90,6 +93,7 @@ class FleetService:
 
     def close(self) -> None:
         self.chunks.close()
+        self.insights.close()
         try:
             self.flush_telemetry()
         except Exception:  # shutting down: the database may be gone already
@@ -371,7 +375,9 @@ class FleetService:
             ))
             reported: dict[str, Any] = dict(db.execute(select(Device.id, Device.reported).where(
                 Device.id.in_([m.device_id for m in members]))).all()) if members else {}
-            return rollout_view(rollout, members, reported)
+            view = rollout_view(rollout, members, reported)
+            view["failure_analysis"] = analyze_rollout(db, rollout_id).view()
+            return view
 
     def list_rollouts(self, limit: int = 100) -> list[dict[str, Any]]:
         with self.transaction() as db:
@@ -527,6 +533,7 @@ class FleetService:
     def on_telemetry(self, device_id: str, message: Telemetry) -> None:
         self._check_known(device_id)
         self.telemetry.add(device_id, message)
+        self.insights.observe(device_id, message)
         TELEMETRY.inc()
 
     def flush_telemetry(self) -> int:

@@ -45,6 +45,16 @@ class ApiSettings(BaseSettings):
     max_bundle_mb: float = 2048.0
     tick_interval_s: float = 1.0
     outbox_batch: int = 500  # desired states published (and acknowledged) per outbox transaction
+    # Insights (fleet_api/insights): alerts are evaluated this often and sent to this webhook in Alertmanager's
+    # payload format (empty: no webhook), retried with backoff this many times per round.
+    alert_eval_interval_s: float = Field(default=30.0, gt=0)
+    alert_webhook_url: str = ""
+    alert_webhook_retries: int = Field(default=3, ge=0, le=20)
+    alert_external_url: str = ""  # this API's URL as the webhook receiver should link to it
+    alert_disk_used_ratio: float = Field(default=0.9, gt=0, le=1)
+    alert_memory_used_ratio: float = Field(default=0.9, gt=0, le=1)
+    alert_horizon_s: float = Field(default=24 * 3600, gt=0)  # crossings predicted further ahead are not alerted
+    alert_for_s: float = Field(default=600, ge=0)  # a condition must hold this long before its alert fires
 
     def public_keys(self) -> list:
         return [load_public_key(Path(p.strip()).read_bytes()) for p in self.trusted_keys.split(",") if p.strip()]
