@@ -7,7 +7,6 @@ import datetime as dt
 import numpy as np
 
 from .alerts import Finding, Kind, Severity
-from .baseline import Baseline
 from .config import Rules
 from .series import DeviceHistory, ModelHistory, Series
 from .trend import crossing, fit, resistant_slope

@@ -10,7 +10,6 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .. import output
-from ..exit_codes import ExitCode
 from ..state import CliError, JsonOpt, api, key_values, wants_json
 
 app = typer.Typer(help="Devices: register, label, configure, revoke, rotate broker credentials.", no_args_is_help=True)

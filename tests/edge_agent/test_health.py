@@ -6,7 +6,6 @@ import os
 import time
 
 import psutil
-import pytest
 
 from edge_agent import health
 from fleet_protocol.messages import Telemetry
@@ -53,11 +52,15 @@ def test_temperature_from_sys_class_thermal(tmp_path, monkeypatch):
     assert health.temperature(tmp_path / "none") is None
 
 
-def test_the_agents_telemetry_hook_uses_collect(tmp_path):
-    """agent10's telemetry calls `collect_health` (it finds this module once the branches are merged)."""
-    from edge_agent import telemetry
+def test_the_agent_counts_its_starts_once_and_reports_health(tmp_path, keys):
+    """The agent records its start once (at construction) and every telemetry window carries that count."""
+    from edge_agent.agent import Agent
+    from edge_agent.settings import AgentSettings
 
-    if not hasattr(telemetry, "collect_health"):
-        pytest.skip("the v2 agent telemetry (branch agent10) is not merged into this branch yet")
-    h = telemetry.collect_health(tmp_path, time.time() - 5, 2)
-    assert h is not None and h.agent_restarts == 2 and h.disk_total_bytes and h.memory_total_mb
+    settings = AgentSettings(device_id="dev-h", data_dir=tmp_path / "data", trusted_keys=str(keys.public_path))
+    first = Agent(settings)
+    assert first.restarts == 0 and first.health().agent_restarts == 0
+    second = Agent(settings)  # the process started again on the same device
+    h = second.health()
+    assert h is not None and h.agent_restarts == 1 and h.disk_total_bytes and h.memory_total_mb and h.uptime_s is not None
+    assert second.health().agent_restarts == 1  # collecting does not count a start
