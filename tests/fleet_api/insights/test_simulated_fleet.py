@@ -3,7 +3,8 @@ insights service on a real SQLite database, evaluated on an injected clock.
 
 - Disks filling at known rates: every alert predicts the crossing within 10 % of the truth (of the time left
   when it fired), at least an hour ahead.
-- 1,000 device-hours of flat, noisy devices: false alerts stay under FALSE_ALERT_BOUND.
+- 200 device-hours of flat, noisy devices: false alerts stay under FALSE_ALERT_BOUND scaled to them (the full
+  1,000 device-hours, default vs naive rules, are measured by benchmarks/insights.py).
 - Latency creep, a latency step and an error burst raise their own kinds of alert.
 """
 
@@ -75,15 +76,20 @@ def test_filling_disks_are_predicted_within_ten_percent_an_hour_ahead(tmp_path):
     engine.dispose()
 
 
-@pytest.mark.timeout(1200)  # 60,000 messages: about 2 minutes on a busy 2-core machine
+DEVICES, HOURS = 10, 20  # 200 device-hours, 12,000 messages: ~15 s on a busy 2-core machine
+
+
+@pytest.mark.timeout(600)
 def test_flat_noisy_fleet_false_alerts_per_thousand_device_hours(tmp_path):
     engine, sessions = sqlite_sessions(tmp_path)
     service = InsightsService(sessions)
-    devices = flat_fleet(20, seed=7)
-    run(service, devices, 50)  # 20 devices × 50 h = 1,000 device-hours
+    devices = flat_fleet(DEVICES, seed=7)
+    run(service, devices, HOURS)
     fired = [a for a in service.alerts(limit=1000) if a.fired_at is not None]
-    print(f"false alerts over 1000 device-hours: {len(fired)} {[a.summary for a in fired]}")
-    assert len(fired) <= FALSE_ALERT_BOUND, [a.summary for a in fired]
+    device_hours = DEVICES * HOURS
+    print(f"false alerts over {device_hours} device-hours: {len(fired)} {[a.summary for a in fired]}")
+    # the bound per 1,000 device-hours, scaled to what ran (2 per 1,000 → none allowed in 200)
+    assert len(fired) <= FALSE_ALERT_BOUND * device_hours // 1000, [a.summary for a in fired]
     engine.dispose()
 
 
