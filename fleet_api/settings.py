@@ -55,6 +55,10 @@ class ApiSettings(BaseSettings):
     alert_memory_used_ratio: float = Field(default=0.9, gt=0, le=1)
     alert_horizon_s: float = Field(default=24 * 3600, gt=0)  # crossings predicted further ahead are not alerted
     alert_for_s: float = Field(default=600, ge=0)  # a condition must hold this long before its alert fires
+    # How much history a disk / memory trend needs (points, and half the span in seconds): the defaults suit
+    # telemetry every 10 s; an end-to-end test with telemetry every fraction of a second lowers them.
+    alert_trend_min_points: int = Field(default=20, ge=3)
+    alert_trend_min_span_s: float = Field(default=1800, ge=0)
 
     def public_keys(self) -> list:
         return [load_public_key(Path(p.strip()).read_bytes()) for p in self.trusted_keys.split(",") if p.strip()]

@@ -46,7 +46,8 @@ class InsightsService:
     @classmethod
     def from_settings(cls, settings, sessions: sessionmaker[Session]) -> InsightsService:
         rules = Rules(disk_used_ratio=settings.alert_disk_used_ratio, memory_used_ratio=settings.alert_memory_used_ratio,
-                      horizon_s=settings.alert_horizon_s, for_s=settings.alert_for_s)
+                      horizon_s=settings.alert_horizon_s, for_s=settings.alert_for_s,
+                      trend_min_points=settings.alert_trend_min_points, trend_min_span_s=settings.alert_trend_min_span_s)
         webhook = None
         if settings.alert_webhook_url:
             webhook = Webhook(settings.alert_webhook_url, retries=settings.alert_webhook_retries,

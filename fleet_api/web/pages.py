@@ -277,12 +277,29 @@ def _device_context(request: Request, device_id: str) -> dict[str, Any]:
             "alerts": alerts}
 
 
-def _alerts_of(request: Request, device_id: str | None = None) -> list[dict[str, Any]] | None:
-    """Open alerts from fleet insight (None when the app runs without it)."""
+def _alerts_of(request: Request, device_id: str | None = None, active: bool | None = True,
+               limit: int = 50) -> list[dict[str, Any]] | None:
+    """Alerts from fleet insight, newest first (None when the app runs without it)."""
     insights = getattr(request.app.state, "insights", None)
     if insights is None:
         return None
-    return insights.list_alerts(device_id=device_id)
+    return [alert_view(a) for a in insights.alerts(active=active, device_id=device_id, limit=limit)]
+
+
+def alert_view(a: Any) -> dict[str, Any]:
+    def iso(ts: float | None) -> str | None:
+        return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat() if ts is not None else None
+
+    return {"id": a.id, "device_id": a.device_id, "kind": str(getattr(a.kind, "value", a.kind)), "model": a.model,
+            "state": str(getattr(a.state, "value", a.state)), "severity": str(getattr(a.severity, "value", a.severity)),
+            "summary": a.summary, "since": iso(a.fired_at or a.started_at), "resolved_at": iso(a.resolved_at),
+            "predicted_at": iso(a.predicted_at)}
+
+
+@router.get("/alerts", response_class=HTMLResponse)
+def alerts_page(request: Request, who: Viewer, show: str = "active") -> HTMLResponse:
+    alerts = _alerts_of(request, active=None if show == "all" else True, limit=200)
+    return render(request, "alerts.html", who, alerts=alerts, show=show)
 
 
 def _device_page(request: Request, device_id: str, who: Principal, status: int = 200, **extra: Any) -> HTMLResponse:

@@ -19,6 +19,7 @@ STATE_TONE = {
     "running": "busy", "downloading": "busy", "verifying": "busy", "loading": "busy", "notified": "busy",
     "pending": "wait", "waiting": "wait", "paused": "wait",
     "failed": "bad", "aborted": "bad", "offline": "bad",
+    "firing": "bad", "critical": "bad", "warning": "wait", "resolved": "over", "info": "none",
     "rolled_back": "over", "reverted": "over", "removed": "over", "revoked": "over", "idle": "over",
 }
 
