@@ -234,6 +234,15 @@ def test_telemetry(admin, cli):
     assert cli("telemetry", "nope").code == ExitCode.NOT_FOUND
 
 
+def test_alerts_list(admin, cli):
+    """An API with fleet insight and no alert yet (tests/fleet_api/insights/test_e2e_webhook.py lists a real one)."""
+    assert cli("alerts", "list", "--json").json() == []
+    assert "no active alerts" in cli("alerts", "list").out
+    assert "no alerts" in cli("alerts", "list", "--all").out
+    bad = cli("alerts", "list", "--state", "burning")
+    assert bad.code == ExitCode.INVALID and "state" in one_error_line(bad)
+
+
 def test_audit(admin, cli):
     assert cli("devices", "register", "cli-aud-1").code == 0
     entries = cli("audit", "--action", "device.register", "--limit", "5", "--json").json()

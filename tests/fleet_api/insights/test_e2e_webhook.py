@@ -19,6 +19,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from demo.cluster import Broker, EdgeAgent, FleetApi, wait_for
+from fleet_cli.app import main as cli_main
 from fleet_protocol.messages import Telemetry
 from fleet_protocol.topics import Topics
 
@@ -69,7 +70,7 @@ def first_telemetry(broker_url: str, device_id: str, timeout: float = 30) -> Tel
         client.disconnect()
 
 
-def test_a_real_agents_health_reaches_a_webhook_as_an_alert(tmp_path, keys):
+def test_a_real_agents_health_reaches_a_webhook_as_an_alert(tmp_path, keys, monkeypatch, capsys):
     with Receiver() as receiver:
         broker = Broker(tmp_path / "broker")
         api = FleetApi(tmp_path / "api", broker.url, keys.public_path, env={
@@ -104,6 +105,13 @@ def test_a_real_agents_health_reaches_a_webhook_as_an_alert(tmp_path, keys):
                 assert f'data-alert="{listed[0]["id"]}"' in page and "disk_full" in page
                 fleet_page = client.get("/alerts", headers={"Cookie": f"edgefleet_token={api.admin_token}"}).text
                 assert f'data-alert="{listed[0]["id"]}"' in fleet_page and "cam-h" in fleet_page
+                # and through the CLI
+                monkeypatch.setenv("EDGEFLEET_SERVER", api.url)
+                monkeypatch.setenv("EDGEFLEET_TOKEN", api.admin_token)
+                monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+                capsys.readouterr()
+                assert cli_main(["alerts", "list", "--device", "cam-h", "--json"]) == 0
+                assert [a["id"] for a in json.loads(capsys.readouterr().out)] == [listed[0]["id"]]
         finally:
             agent.stop()
             api.stop()
