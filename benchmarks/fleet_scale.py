@@ -1,7 +1,7 @@
 """Fleet scale: 1,000 simulated devices against the real fleet API process and a real mosquitto.
 
 Each simulated device is a lightweight MQTT client speaking the real protocol (desired → fetch → chunks →
-reported serving; telemetry), many per process on one selector loop, no ONNX. Reports:
+reported serving; telemetry; hello on connect; schema 2), many per process on one selector loop, no ONNX. Reports:
   - the time of a 4-wave rollout (1, 10 %, 50 %, 100 %) of a 5 MB model to every device,
   - the API's artifact bytes published per device (coalescing: about model size / devices in a wave),
   - the telemetry messages per second the API ingests, and its CPU use meanwhile.
@@ -37,6 +37,10 @@ from fleet_protocol.topics import Topics  # noqa: E402
 TOPICS = Topics()
 
 
+def _ref(bundle: dict | None) -> dict | None:
+    return {"name": bundle["name"], "version": bundle["version"], "sha256": bundle["sha256"]} if bundle else None
+
+
 class SimDevice:
     def __init__(self, device_id: str, port: int) -> None:
         self.id = device_id
@@ -51,14 +55,22 @@ class SimDevice:
         self.c.on_message = self._on_message
         self.c.connect("127.0.0.1", port, keepalive=120)
 
-    def _report(self, state: str) -> None:
-        body = {"revision": self.revision, "state": state, "model": self.serving}
+    def _report(self, state: str | None) -> None:
+        """Schema 2: one entry per model (the benchmark's devices hold at most the one model, `bench`)."""
+        models = {}
+        if state is not None:
+            wanted = self.want or self.serving
+            entry = {"state": state, "desired": _ref(wanted), "serving": self.serving,
+                     "golden_passed": True if state == "serving" else None}
+            models[wanted["name"]] = entry
+        body = {"schema": 2, "revision": self.revision, "models": models}
         self.c.publish(TOPICS.reported(self.id), json.dumps(body), qos=1, retain=True)
 
     def _on_connect(self, c, _u, _f, rc, _p) -> None:
         c.subscribe(TOPICS.desired(self.id), qos=1)
         c.publish(TOPICS.status(self.id), b'{"online": true}', qos=1, retain=True)
-        self._report("idle")
+        c.publish(TOPICS.hello(self.id), json.dumps({"schema": 2, "revision": self.revision}), qos=1)
+        self._report("serving" if self.serving else None)
 
     def _fetch(self, missing: list[int]) -> None:
         w = self.want
@@ -70,11 +82,14 @@ class SimDevice:
             if not msg.payload:
                 return
             d = json.loads(msg.payload)
-            self.revision = d["revision"]
-            model = d.get("model")
-            if not model or (self.serving and self.serving["sha256"] == model["sha256"]):
-                self._report("serving" if self.serving else "idle")
+            if d["revision"] < self.revision:
                 return
+            self.revision = d["revision"]
+            model = ((d.get("models") or {}).get("bench") or {}).get("bundle")
+            if not model or (self.serving and self.serving["sha256"] == model["sha256"]) or (
+                    self.want and self.want["sha256"] == model["sha256"]):
+                self._report(("serving" if self.serving else None) if not self.want else "downloading")
+                return  # a revision already applied or in progress: acknowledged, never restarted
             self.want, self.have = model, set()
             c.subscribe(TOPICS.artifact_chunks(model["sha256"]), qos=1)
             self._report("downloading")
@@ -88,7 +103,7 @@ class SimDevice:
         if len(self.have) == -(-self.want["size"] // self.want["chunk_size"]):
             w, self.want = self.want, None
             c.unsubscribe(TOPICS.artifact_chunks(w["sha256"]))
-            self.serving = {"name": w["name"], "version": w["version"], "sha256": w["sha256"]}
+            self.serving = _ref(w)
             self._report("serving")
 
     def retry(self) -> None:
@@ -97,8 +112,11 @@ class SimDevice:
             self._fetch([i for i in range(count) if i not in self.have])
 
     def telemetry(self) -> None:
-        body = {"model": self.serving, "window_s": 1.0, "requests": 50, "errors": 0, "latency_ms_p50": 1.0,
-                "latency_ms_p95": 2.0, "latency_ms_p99": 3.0, "ts": time.time()}
+        models = {}
+        if self.serving:
+            models[self.serving["name"]] = {"version": self.serving["version"], "requests": 50, "errors": 0,
+                                            "latency_ms_p50": 1.0, "latency_ms_p95": 2.0, "latency_ms_p99": 3.0}
+        body = {"schema": 2, "window_s": 1.0, "models": models, "ts": time.time()}
         self.c.publish(TOPICS.telemetry(self.id), json.dumps(body), qos=0)
 
 

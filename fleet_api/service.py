@@ -282,7 +282,7 @@ class FleetService:
     def _desired_view(self, db: Session, device: Device) -> dict[str, Any]:
         composed = desired_state.compose_device(db, device, self.settings.chunk_size)
         return {"device_id": device.id, "revision": device.desired_revision, "published_revision": device.published_revision,
-                "desired": device.desired, "sources": composed.sources}
+                "desired": device.desired, "sources": composed.sources, "problems": composed.problems}
 
     def device_telemetry(self, device_id: str, since: dt.datetime | None = None, until: dt.datetime | None = None,
                          limit: int = 60, model: str | None = None) -> dict[str, Any]:
@@ -482,6 +482,9 @@ class FleetService:
     def on_reported(self, device_id: str, reported: Reported, now: dt.datetime | None = None) -> None:
         with self.transaction() as db:
             device_registry.record_reported(db, device_id, reported)
+        # Its own transaction, holding no device row: it locks rollouts, and a rollout step that holds one and
+        # moves this device would otherwise wait for us while we wait for it (PostgreSQL deadlock).
+        with self.transaction() as db:
             touched = machine.on_reported(db, device_id, reported, now)
         for rollout_id in touched:
             self.evaluate(rollout_id, now)

@@ -40,6 +40,8 @@ class NamedProfile:
 class Composed:
     desired: Desired  # revision 0 and issued_at 0: the caller numbers it
     sources: dict[str, Any] = field(default_factory=dict)  # which input decided each part (GET .../desired)
+    # What the device will report failed, said ahead (it is not refused: a model may be assigned next).
+    problems: list[str] = field(default_factory=list)
 
     def body(self) -> dict[str, Any]:
         """What a revision is about: equal bodies need no new revision."""
@@ -81,7 +83,9 @@ def compose(labels: Mapping[str, Any], config: Layer | None, profiles: Iterable[
         revision=0, issued_at=0, models=models, cameras=first("cameras", []), capture=first("capture", Capture()),
         memory_budget_mb=first("memory_budget_mb", None),
     )
-    return Composed(desired, sources)
+    problems = [f"camera {cam.name!r} names model {name!r}, which the device does not have"
+                for cam in desired.cameras for name in cam.models() if name not in desired.models]
+    return Composed(desired, sources, problems)
 
 
 EMPTY_BODY = compose({}, None, (), {}).body()

@@ -85,7 +85,7 @@ def get_active_device(db: Session, device_id: str, lock: bool = False) -> Device
 
 def record_reported(db: Session, device_id: str, reported: Reported) -> Device:
     device = get_active_device(db, device_id)
-    device.reported = reported.model_dump(mode="json")
+    device.reported = reported.model_dump(mode="json", by_alias=True)
     device.reported_at = utcnow()
     device.last_seen = device.reported_at
     return device

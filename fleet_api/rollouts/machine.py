@@ -144,14 +144,23 @@ def _serves(reported: dict[str, Any] | None, model: str, sha256: str) -> bool:
 def on_reported(db: Session, device_id: str, reported: Reported, now: dt.datetime | None = None) -> list[int]:
     """Update the device's memberships in active rollouts from its report; returns the rollouts touched."""
     now = now or utcnow()
-    rows = db.execute(
-        select(RolloutDevice, Rollout)
+    candidates = db.scalars(
+        select(RolloutDevice.rollout_id)
         .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
         .where(RolloutDevice.device_id == device_id, Rollout.state.in_(values(ACTIVE)),
                RolloutDevice.state == MemberState.notified.value)
+        .order_by(RolloutDevice.rollout_id)
     ).all()
     touched = []
-    for member, rollout in rows:
+    for rollout_id in candidates:
+        # Lock the rollout, then re-read the member (the order evaluate takes them): an abort committed since the
+        # query above must not be overwritten with a late "succeeded".
+        rollout = lock(db, rollout_id)
+        member = db.scalar(select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id,
+                                                       RolloutDevice.device_id == device_id)
+                           .with_for_update().execution_options(populate_existing=True))
+        if rollout.state not in values(ACTIVE) or member is None or member.state != MemberState.notified.value:
+            continue
         if member.revision is None or reported.revision < member.revision:
             continue  # about an older desired state
         entry = reported.models.get(rollout.model)

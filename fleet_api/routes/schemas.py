@@ -145,6 +145,8 @@ class DesiredOut(BaseModel):
     published_revision: int
     desired: dict[str, Any] | None = Field(description="the composed desired state of the newest revision")
     sources: dict[str, Any] = Field(description="which input decided each part (device, profile:NAME, rollout:ID, ...)")
+    problems: list[str] = Field(default_factory=list, description="what the device will report failed, e.g. a camera "
+                                "naming a model it does not have")
 
 
 class ProfileOut(BaseModel):

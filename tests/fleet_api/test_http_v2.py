@@ -164,6 +164,9 @@ def test_labels_config_profiles_models_and_the_composed_desired_state_over_http(
     assert d["schema"] == 2 and d["memory_budget_mb"] == 300 and d["cameras"][0]["name"] == "gate"
     assert d["models"]["digits"]["bundle"]["sha256"] == v1["sha256"] and d["models"]["digits"]["runtime"]["intra_op_threads"] == 1
     assert desired["sources"]["models"]["digits"]["runtime"] == "device" and desired["sources"]["cameras"] == "profile:site-a"
+    assert desired["problems"] == []
+    assert api.get("/v1/devices/cam-2/desired").json()["problems"] == [
+        "camera 'gate' names model 'digits', which the device does not have"]
     assert api.put("/v1/devices/cam-1/models/digits", json={"version": "9.9.9"}).status_code == 404
     assert api.put("/v1/devices/cam-1/models/Bad Name", json={"version": "1.0.0"}).status_code == 422
     # a rollout of digits: the model cannot be changed by hand meanwhile
