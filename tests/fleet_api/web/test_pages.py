@@ -179,3 +179,25 @@ def test_static_files_and_times():
     assert relative(now + dt.timedelta(days=2), now) == "in 2 days"
     html = str(reltime("2026-01-01T12:00:00"))  # SQLite's naive timestamps are UTC
     assert 'datetime="2026-01-01T12:00:00+00:00"' in html and 'title="2026-01-01 12:00:00 UTC"' in html
+
+
+def test_an_aborted_rollout_page_says_what_its_failed_devices_share_and_alerts_have_a_page(app, admin, bundles):
+    from fleet_protocol.messages import ModelState
+    from tests.fleet_api.devices import OPS, report, upload
+
+    service = app.state.service
+    v2 = upload(service, bundles["2.0.0"])
+    hw = {f"d{i:02d}": "jetson-orin" if i % 4 == 0 else "cpu" for i in range(12)}  # 3 orin, 9 cpu
+    for device_id, label in hw.items():
+        service.register_device(device_id, {"site": "lab", "hw": label})
+    r = service.create_rollout("digits", "2.0.0", "site=lab", "100%", {"max_failure_ratio": 0.2}, OPS)
+    for m in sorted(r["devices"], key=lambda m: hw[m["device_id"]] == "jetson-orin"):
+        failed = hw[m["device_id"]] == "jetson-orin"
+        report(service, m["device_id"], m["revision"], v2, ModelState.failed if failed else ModelState.serving,
+               "EngineBuildError: out of memory" if failed else None)
+    assert service.get_rollout(r["id"])["state"] == "aborted"
+    page = admin.get(f"/rollouts/{r['id']}").text
+    assert 'id="failure-analysis"' in page and "hw=jetson-orin" in page and "3 of 3 devices there failed" in page
+    alerts = admin.get("/alerts").text
+    assert alerts.count("<tr data-alert") == 0 and "No active alert." in alerts
+    assert "No alert yet." in admin.get("/alerts?show=all").text
