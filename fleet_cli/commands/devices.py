@@ -95,8 +95,8 @@ def show(ctx: typer.Context, device_id: str, json: JsonOpt = False) -> None:
     output.fields([
         ("device", d["id"]), ("labels", output.labels(d.get("labels"))), ("status", output.state(_status(d))),
         ("last seen", output.ago(d.get("last_seen"))), ("state", output.state(device_state(d))),
-        ("revision", f"desired {d.get('desired_revision')}, published {d.get('published_revision')}, "
-                     f"reported {d.get('reported_revision') if d.get('reported_revision') is not None else '-'}"),
+        ("revision", (f"desired {d.get('desired_revision')}, published {d.get('published_revision')}, "
+                      f"reported {d.get('reported_revision') if d.get('reported_revision') is not None else '-'}")),
         ("error", d.get("error")), ("agent", rep.get("agent_version") or None),
         ("hardware", ", ".join(f"{k}={v}" for k, v in (rep.get("hardware") or {}).items()) or None),
         ("broker user", d.get("broker_username")),

@@ -12,6 +12,7 @@ import json
 import queue
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
@@ -34,7 +35,7 @@ class Receiver:
         bodies = self.bodies
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 bodies.put(json.loads(self.rfile.read(int(self.headers["content-length"]))))
                 self.send_response(200)
                 self.end_headers()
@@ -46,7 +47,7 @@ class Receiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> Receiver:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
