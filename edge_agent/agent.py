@@ -10,13 +10,14 @@ import uvicorn
 
 from fleet_protocol.messages import Health
 
+from . import health
 from .http.server import create_app
 from .mqtt.link import AgentLink
 from .reconcile import Reconciler
 from .runtime.host import ModelHost
 from .settings import AgentSettings
 from .store import ModelStore
-from .telemetry import ProcessProbe, TelemetryLoop, collect_health
+from .telemetry import TelemetryLoop
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Agent:
     def __init__(self, settings: AgentSettings) -> None:
         self.settings = settings
         self.started_at = time.time()
+        self.restarts = health.count_start(settings.data_dir)  # once per process: the starts before this one
         self.store = ModelStore(settings.data_dir, keep=settings.keep_models)
         self.host = ModelHost(batch_workers=settings.batch_workers)
         self.reconciler = Reconciler(settings, self.store, self.host)
@@ -51,7 +53,6 @@ class Agent:
         self.reconciler.cameras = self.cameras
         if self.cameras is not None:  # a camera that fails, recovers or gets its models is reported at once
             self.cameras.on_change = self.reconciler.publish
-        self.probe = ProcessProbe()
         self.telemetry = TelemetryLoop(self.host, self.link.send_telemetry, settings.telemetry_interval_s,
                                        cameras=self.cameras, health=self.health, on_tick=self.reconciler.refresh)
         self.app = create_app(self.host, int(settings.max_request_mb * 1024 * 1024), control=self.reconciler,
@@ -64,7 +65,7 @@ class Agent:
             self.app.include_router(create_router(self.cameras))
 
     def health(self) -> Health | None:
-        return collect_health(self.settings.data_dir, self.started_at, 0) or Health(agent_rss_mb=self.probe.rss_mb())
+        return health.collect(self.settings.data_dir, self.started_at, self.restarts)
 
     def run(self) -> None:
         """Serve until interrupted. The models on disk are served before the network is even tried."""

@@ -8,7 +8,6 @@ request path. Knows nothing of MQTT: `TelemetryLoop` is handed a `send` callable
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import random
@@ -16,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -141,15 +139,6 @@ class Stats:
 
 def _ms(value: float | None) -> float | None:
     return None if value is None else min(value, 3_600_000.0)
-
-
-def collect_health(data_dir: Path, started_at: float, restarts: int) -> Health | None:
-    """The device's health (edge_agent.health, when that module is installed); None without it."""
-    if importlib.util.find_spec("edge_agent.health") is None:
-        return None
-    from . import health  # type: ignore[attr-defined]
-
-    return health.collect(data_dir, started_at, restarts)
 
 
 def build_telemetry(stats: Stats, host, window_s: float, cameras: Any = None, health: Health | None = None) -> Telemetry:

@@ -44,6 +44,8 @@ from .desired import state as desired_state
 from .desired.specs import DeviceConfig, ProfileSpec
 from .drift_monitor import DriftMonitor
 from .errors import Conflict, Invalid, NotFound
+from .insights.rollouts import analyze_rollout
+from .insights.service import InsightsService
 from .publisher import BrokerAdmin, Publisher
 from .registry import bundles as bundle_registry
 from .registry import devices as device_registry
@@ -53,6 +55,7 @@ from .registry.bundles import pick_variant
 from .registry.devices import HARDWARE_LABEL
 from .registry.keys import KeyStore, encrypted_key_id
 from .rollouts import machine
+from .rollouts import waves as wave_plan
 from .rollouts.gates import Gates
 from .rollouts.states import ACTIVE, RolloutState
 from .settings import ApiSettings
@@ -95,6 +98,7 @@ class FleetService:
                                   settings.fetch_sends_per_chunk, settings.fetch_budget_window_s)
         self.telemetry = telemetry.TelemetryBuffer()
         self.drift = DriftMonitor(settings.drift)
+        self.insights = InsightsService.from_settings(settings, sessions)  # alerts and failure analysis (issue 16)
         self._outbox_lock = threading.Lock()
         self._outbox_dirty = threading.Event()
         self._known: dict[str, float] = {}  # device id → when we last saw it registered (telemetry hot path)
@@ -107,6 +111,7 @@ class FleetService:
 
     def close(self) -> None:
         self.chunks.close()
+        self.insights.close()
         try:
             self.flush_telemetry()
         except Exception:  # shutting down: the database may be gone already
@@ -469,7 +474,9 @@ class FleetService:
             ))
             reported: dict[str, Any] = dict(db.execute(select(Device.id, Device.reported).where(
                 Device.id.in_([m.device_id for m in members]))).all()) if members else {}
-            return rollout_view(rollout, members, reported)
+            view = rollout_view(rollout, members, reported)
+            view["failure_analysis"] = analyze_rollout(db, rollout_id).view()
+            return view
 
     def list_rollouts(self, limit: int = 100) -> list[dict[str, Any]]:
         with self.transaction() as db:
@@ -629,6 +636,7 @@ class FleetService:
     def on_telemetry(self, device_id: str, message: Telemetry) -> None:
         self._check_known(device_id)
         self.telemetry.add(device_id, message)
+        self.insights.observe(device_id, message)
         TELEMETRY.inc()
         for alert in self.drift.add(device_id, message):
             log.warning("drift alert %s: device %s, %s %s, %s PSI %.3f", alert.state.value, device_id, alert.model,
@@ -670,6 +678,53 @@ class FleetService:
                 rollouts.append({"id": r.id, "model": r.model, "version": r.version, "state": r.state,
                                  "wave": r.current_wave + 1, "waves": len(r.waves), "devices": states})
             return {"models": by_state, "online": online, "total": total, "active_rollouts": rollouts}
+
+
+    # --- read-only views for the dashboard ----------------------------------------------------------------
+    def model_versions(self, name: str) -> list[dict[str, Any]]:
+        """Every variant of every version of one model, oldest first, each with its manifest."""
+        with self.transaction() as db:
+            rows = bundle_registry.list_bundles(db, name)
+            if not rows:
+                raise NotFound(f"unknown model {name!r}")
+            return [{**bundle_view(b), "manifest": b.manifest} for b in rows]
+
+    def preview_rollout(self, selector: str | dict, waves: str | list, model: str | None = None) -> dict[str, Any]:
+        """What creating this rollout now would do, without doing it: the devices the selector matches (and
+        which are busy in another active rollout of the same model) and the wave each one would be in (the
+        machine's own order)."""
+        with self.transaction() as db:
+            parsed = device_registry.parse_selector(selector)
+            targets = device_registry.select_devices(db, parsed)
+            counts = wave_plan.plan(waves, len(targets)) if targets else []
+            busy = dict(db.execute(
+                select(RolloutDevice.device_id, RolloutDevice.rollout_id)
+                .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
+                .where(Rollout.state.in_([a.value for a in ACTIVE]), RolloutDevice.device_id.in_([d.id for d in targets]),
+                       RolloutDevice.state != "removed", *([Rollout.model == model] if model else []))
+            ).all())
+            devices = [{**device_view(d), "wave": next(k for k, c in enumerate(counts) if i < c), "busy_in": busy.get(d.id)}
+                       for i, d in enumerate(targets)]
+            return {"selector": parsed, "waves": counts, "devices": devices}
+
+    def device_rollouts(self, device_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        """The rollouts a device took part in, newest first, with how it went for this device."""
+        with self.transaction() as db:
+            device_registry.get_device(db, device_id)
+            rows = db.execute(
+                select(RolloutDevice, Rollout).join(Rollout, Rollout.id == RolloutDevice.rollout_id)
+                .where(RolloutDevice.device_id == device_id).order_by(Rollout.id.desc()).limit(limit)
+            ).all()
+            return [{"rollout_id": r.id, "model": r.model, "version": r.version, "rollout_state": r.state,
+                     "wave": m.wave, "state": m.state, "error": m.error, "previous": m.previous,
+                     "updated_at": m.updated_at.isoformat() if m.updated_at else None} for m, r in rows]
+
+    def rollout_previous(self, rollout_id: int) -> dict[str, dict[str, Any] | None]:
+        """Per device of a rollout, the model it served before the rollout moved it (what an abort sends back)."""
+        with self.transaction() as db:
+            return dict(db.execute(
+                select(RolloutDevice.device_id, RolloutDevice.previous).where(RolloutDevice.rollout_id == rollout_id)
+            ).all())
 
 
 def _wanted(desired: dict[str, Any] | None) -> set[tuple[str, int]]:

@@ -62,6 +62,20 @@ class ApiSettings(BaseSettings):
     outbox_batch: int = 500  # desired states published (and acknowledged) per outbox transaction
     # drift per device: baseline and recent windows, PSI threshold (EDGEFLEET_API_DRIFT='{"threshold": 0.3}')
     drift: DriftSettings = Field(default_factory=DriftSettings)
+    # Insights (fleet_api/insights): alerts are evaluated this often and sent to this webhook in Alertmanager's
+    # payload format (empty: no webhook), retried with backoff this many times per round.
+    alert_eval_interval_s: float = Field(default=30.0, gt=0)
+    alert_webhook_url: str = ""
+    alert_webhook_retries: int = Field(default=3, ge=0, le=20)
+    alert_external_url: str = ""  # this API's URL as the webhook receiver should link to it
+    alert_disk_used_ratio: float = Field(default=0.9, gt=0, le=1)
+    alert_memory_used_ratio: float = Field(default=0.9, gt=0, le=1)
+    alert_horizon_s: float = Field(default=24 * 3600, gt=0)  # crossings predicted further ahead are not alerted
+    alert_for_s: float = Field(default=600, ge=0)  # a condition must hold this long before its alert fires
+    # How much history a disk / memory trend needs (points, and half the span in seconds): the defaults suit
+    # telemetry every 10 s; an end-to-end test with telemetry every fraction of a second lowers them.
+    alert_trend_min_points: int = Field(default=20, ge=3)
+    alert_trend_min_span_s: float = Field(default=1800, ge=0)
 
     def master_key_bytes(self) -> bytes | None:
         text = self.master_key.get_secret_value() if self.master_key else None

@@ -11,7 +11,7 @@ import typer
 
 from . import output
 from .client import ApiError, Unreachable
-from .commands import audit, context, devices, models, rollouts, telemetry, tokens
+from .commands import alerts, audit, context, devices, models, profiles, rollouts, telemetry, tokens
 from .config import ConfigError
 from .exit_codes import ExitCode, for_status
 from .state import CliError, State
@@ -33,6 +33,8 @@ app.add_typer(context.app, name="context")
 app.add_typer(devices.app, name="devices")
 app.add_typer(models.app, name="models")
 app.add_typer(rollouts.app, name="rollouts")
+app.add_typer(profiles.app, name="profiles")
+app.add_typer(alerts.app, name="alerts")
 app.add_typer(tokens.app, name="tokens")
 app.command("telemetry")(telemetry.telemetry)
 app.command("audit")(audit.audit)

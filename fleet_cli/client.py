@@ -116,13 +116,27 @@ class ApiClient:
     def register_device(self, device_id: str, labels: dict[str, str]) -> dict:
         return self._json("POST", "/v1/devices", json={"id": device_id, "labels": labels})
 
-    def set_labels(self, device_id: str, labels: dict[str, str]) -> dict:
-        """PATCH /v1/devices/{id} with the device's complete new label set."""
-        return self._json("PATCH", f"/v1/devices/{_seg(device_id)}", json={"labels": labels})
+    def set_labels(self, device_id: str, changes: dict[str, str | None]) -> dict:
+        """PATCH /v1/devices/{id}: the labels named are set, a None value removes one, the others are kept."""
+        return self._json("PATCH", f"/v1/devices/{_seg(device_id)}", json={"labels": changes})
+
+    def get_config(self, device_id: str) -> dict:
+        return self._json("GET", f"/v1/devices/{_seg(device_id)}/config")
 
     def set_config(self, device_id: str, config: dict[str, Any]) -> dict:
-        """PUT /v1/devices/{id}/config: the device's runtime config, models and cameras."""
+        """PUT /v1/devices/{id}/config: the device's own configuration (runtime, cameras, …; it wins over profiles)."""
         return self._json("PUT", f"/v1/devices/{_seg(device_id)}/config", json=config)
+
+    def get_desired(self, device_id: str) -> dict:
+        return self._json("GET", f"/v1/devices/{_seg(device_id)}/desired")
+
+    def assign_model(self, device_id: str, model: str, version: str, runtime: dict[str, Any] | None = None) -> dict:
+        """PUT /v1/devices/{id}/models/{name}: that version of the model on this device, outside any rollout."""
+        body: dict[str, Any] = {"version": version} | ({"runtime": runtime} if runtime is not None else {})
+        return self._json("PUT", f"/v1/devices/{_seg(device_id)}/models/{_seg(model)}", json=body)
+
+    def remove_model(self, device_id: str, model: str) -> dict:
+        return self._json("DELETE", f"/v1/devices/{_seg(device_id)}/models/{_seg(model)}")
 
     def revoke_device(self, device_id: str) -> dict:
         return self._json("DELETE", f"/v1/devices/{_seg(device_id)}")
@@ -131,8 +145,9 @@ class ApiClient:
         return self._json("POST", f"/v1/devices/{_seg(device_id)}/credentials")
 
     def telemetry(self, device_id: str, since: dt.datetime | None = None, until: dt.datetime | None = None,
-                  limit: int = 60) -> dict:
-        params = _params(since=since.isoformat() if since else None, until=until.isoformat() if until else None, limit=limit)
+                  limit: int = 60, model: str | None = None) -> dict:
+        params = _params(since=since.isoformat() if since else None, until=until.isoformat() if until else None, limit=limit,
+                         model=model)
         return self._json("GET", f"/v1/devices/{_seg(device_id)}/telemetry", params=params)
 
     # --- models -------------------------------------------------------------------------------------------
@@ -155,6 +170,25 @@ class ApiClient:
         headers = {"content-type": "application/octet-stream", "content-length": str(size)}
         response = self.request("POST", "/v1/models", content=blocks(), headers=headers)
         return _decode(response, self.server), response.status_code == 201
+
+    # --- profiles -----------------------------------------------------------------------------------------
+    def list_profiles(self) -> list[dict]:
+        return self._json("GET", "/v1/profiles")
+
+    def get_profile(self, name: str) -> dict:
+        return self._json("GET", f"/v1/profiles/{_seg(name)}")
+
+    def put_profile(self, name: str, spec: dict[str, Any]) -> tuple[dict, bool]:
+        """PUT /v1/profiles/{name}: create or replace; → (the profile, True if it was created)."""
+        response = self.request("PUT", f"/v1/profiles/{_seg(name)}", json=spec)
+        return _decode(response, self.server), response.status_code == 201
+
+    def delete_profile(self, name: str) -> dict:
+        return self._json("DELETE", f"/v1/profiles/{_seg(name)}")
+
+    # --- alerts (fleet insight) ---------------------------------------------------------------------------
+    def list_alerts(self, **filters: Any) -> dict:
+        return self._json("GET", "/v1/alerts", params=_params(**filters))
 
     # --- rollouts -----------------------------------------------------------------------------------------
     def create_rollout(self, model: str, version: str, selector: str = "", waves: str = "100%",

@@ -224,3 +224,30 @@ class ModelPolicy(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     require_encryption: Mapped[bool] = mapped_column(default=False)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class AlertRow(Base):
+    """An alert of the insights (fleet_api/insights): pending → firing → resolved. `active_key` is the alert's
+    fingerprint (device|kind|model) while it is pending or firing and NULL once resolved, so the database itself
+    keeps one active alert per fingerprint, whichever API process evaluated it."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    fingerprint: Mapped[str] = mapped_column(String(256), index=True)
+    active_key: Mapped[str | None] = mapped_column(String(256), unique=True, nullable=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(128), default="")  # "" for the device itself (disk, memory)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    severity: Mapped[str] = mapped_column(String(16))
+    summary: Mapped[str] = mapped_column(Text)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    predicted_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))  # pending since
+    last_true: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    fired_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    notified: Mapped[str | None] = mapped_column(String(16), nullable=True)  # last state a webhook accepted

@@ -36,6 +36,7 @@ from ..db.tables import (
 )
 from ..desired import state as desired_state
 from ..errors import Conflict, Invalid, NotFound
+from ..insights.rollouts import reason_with_analysis
 from ..registry.bundles import pick_variant, variants
 from ..registry.devices import HARDWARE_LABEL, select_devices
 from . import shadow as shadow_mode
@@ -371,7 +372,7 @@ def _revert(db: Session, rollout: Rollout, chunk_size: int) -> int:
 def abort(db: Session, rollout: Rollout, reason: str, chunk_size: int) -> None:
     """Stop the rollout and give every device it moved its previous bundle of the model back."""
     _set(rollout, RolloutState.aborted)
-    rollout.reason = reason
+    rollout.reason = reason_with_analysis(db, rollout.id, reason)  # before the revert: who failed, and what they share
     n = _revert(db, rollout, chunk_size)
     log.warning("rollout %s aborted: %s (%d devices reverted)", rollout.id, reason, n)
 

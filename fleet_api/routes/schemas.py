@@ -19,6 +19,7 @@ from ..desired.specs import (
 )
 from ..rollouts.gates import Gates
 from ..strict import StrictModel
+from .alert_models import FailureAnalysisOut
 
 # --- requests -----------------------------------------------------------------------------------------------
 Selector = Annotated[str, Field(max_length=2048)] | dict[LabelKey, LabelValue]
@@ -239,6 +240,7 @@ class RolloutOut(BaseModel):
     devices: list[MemberOut] | None = None
     wave_progress: list[WaveOut] | None = None
     device_states: dict[str, int] | None = None
+    failure_analysis: FailureAnalysisOut | None = None  # what the failed devices share (fleet insight)
 
 
 class TelemetryMinuteOut(BaseModel):

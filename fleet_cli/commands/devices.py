@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import typer
 
 from .. import output
-from ..exit_codes import ExitCode
 from ..state import CliError, JsonOpt, api, key_values, wants_json
 
 app = typer.Typer(help="Devices: register, label, configure, revoke, rotate broker credentials.", no_args_is_help=True)
@@ -19,17 +18,46 @@ LabelOpt = Annotated[list[str] | None, typer.Option("--label", "-l", help="KEY=V
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")]
 
 
-def _reported(d: dict) -> dict:
-    return d.get("reported") or {}
+# A device's own state is its models' worst: failed first, then the moving ones, then serving.
+STATE_ORDER = ("failed", "removing", "pending", "downloading", "verifying", "building", "loading", "serving")
+
+
+def _status(d: dict) -> str:
+    return "revoked" if d.get("revoked") else "online" if d.get("online") else "offline"
+
+
+def device_state(d: dict) -> str | None:
+    """The worst state among the device's reported models; None when it reported none."""
+    states = [m.get("state") or "pending" for m in (d.get("models") or {}).values()]
+    if not states:
+        return None
+    return min(states, key=lambda s: STATE_ORDER.index(s) if s in STATE_ORDER else 0)
+
+
+def _models_text(d: dict) -> str:
+    parts = []
+    for name, m in sorted((d.get("models") or {}).items()):
+        text = f"{name} {m.get('version') or '-'}"
+        if m.get("state") != "serving":
+            want = m.get("desired_version")
+            text += f" ({m.get('state')}{f' → {want}' if want and want != m.get('version') else ''})"
+        parts.append(text)
+    return ", ".join(parts) or "-"
+
+
+def _errors(d: dict) -> str | None:
+    errors = [f"{name}: {m['error']}" for name, m in sorted((d.get("models") or {}).items()) if m.get("error")]
+    errors += [f"camera {name}: {c['error']}" for name, c in sorted((d.get("cameras") or {}).items()) if c.get("error")]
+    if d.get("error"):
+        errors.insert(0, d["error"])
+    return "; ".join(errors)[:80] or None
 
 
 def _row(d: dict) -> tuple:
-    rep = _reported(d)
-    model = rep.get("model") or {}
-    status = "revoked" if d.get("revoked") else "online" if d.get("online") else "offline"
-    return (d["id"], output.labels(d.get("labels")), output.state(status), output.state(rep.get("state")),
-            f"{model.get('name')} {model.get('version')}" if model else "-", rep.get("provider"), output.ago(d.get("last_seen")),
-            (rep.get("error") or "")[:60] or None)
+    providers = sorted({m["provider"] for m in (d.get("models") or {}).values() if m.get("provider")})
+    return (d["id"], output.labels(d.get("labels")), output.state(_status(d)), output.state(device_state(d)),
+            _models_text(d), ", ".join(p.removesuffix("ExecutionProvider") for p in providers) or None,
+            output.ago(d.get("last_seen")), _errors(d))
 
 
 def matches(d: dict, selector: dict[str, str], state: str | None) -> bool:
@@ -38,44 +66,56 @@ def matches(d: dict, selector: dict[str, str], state: str | None) -> bool:
         return False
     if state is None:
         return True
-    status = "revoked" if d.get("revoked") else "online" if d.get("online") else "offline"
-    return state in (status, _reported(d).get("state"))
+    return state == _status(d) or any(m.get("state") == state for m in (d.get("models") or {}).values())
 
 
 @app.command("list")
 def list_(ctx: typer.Context, label: LabelOpt = None,
-          state: Annotated[str | None, typer.Option(help="online, offline, revoked, or a reported state (serving, failed, …)")] = None,
+          state: Annotated[str | None, typer.Option(help="online, offline, revoked, or a model state (serving, failed, …): "
+                                                            "devices with any model in it")] = None,
           json: JsonOpt = False) -> None:
-    """Devices with their reported state; filter by labels and state."""
+    """Devices with their models (version, and state when not serving); filter by labels and state."""
     selector, _ = key_values(label)
     devices = [d for d in api(ctx).list_devices() if matches(d, selector, state)]
     if wants_json(ctx, json):
         output.print_json(devices)
         return
-    output.table(None, ["device", "labels", "status", "state", "model", "provider", "last seen", "error"], map(_row, devices),
+    output.table(None, ["device", "labels", "status", "state", "models", "provider", "last seen", "errors"], map(_row, devices),
                  empty="no devices")
 
 
 @app.command()
 def show(ctx: typer.Context, device_id: str, json: JsonOpt = False) -> None:
-    """One device: labels, desired and reported state."""
+    """One device: labels, revisions, every model (desired and serving version, state, provider, error), cameras."""
     d = api(ctx).get_device(device_id)
     if wants_json(ctx, json):
         output.print_json(d)
         return
-    rep, desired = _reported(d), d.get("desired") or {}
-    model, want = rep.get("model") or {}, desired.get("model") or {}
-    status = "revoked" if d.get("revoked") else "online" if d.get("online") else "offline"
+    rep, desired = d.get("reported") or {}, d.get("desired") or {}
     output.fields([
-        ("device", d["id"]), ("labels", output.labels(d.get("labels"))), ("status", output.state(status)),
-        ("last seen", output.ago(d.get("last_seen"))),
-        ("desired", f"{want.get('name')} {want.get('version')} (revision {d.get('desired_revision')}, published "
-                    f"{d.get('published_revision')})" if want else f"nothing (revision {d.get('desired_revision')})"),
-        ("reported", f"{output.state(rep.get('state'))} {model.get('name', '')} {model.get('version', '')}".strip() if rep else None),
-        ("provider", rep.get("provider")), ("error", rep.get("error")),
+        ("device", d["id"]), ("labels", output.labels(d.get("labels"))), ("status", output.state(_status(d))),
+        ("last seen", output.ago(d.get("last_seen"))), ("state", output.state(device_state(d))),
+        ("revision", (f"desired {d.get('desired_revision')}, published {d.get('published_revision')}, "
+                      f"reported {d.get('reported_revision') if d.get('reported_revision') is not None else '-'}")),
+        ("error", d.get("error")), ("agent", rep.get("agent_version") or None),
         ("hardware", ", ".join(f"{k}={v}" for k, v in (rep.get("hardware") or {}).items()) or None),
         ("broker user", d.get("broker_username")),
     ])
+    wanted = desired.get("models") or {}
+    reported = d.get("models") or {}
+    rows = []
+    for name in sorted(set(wanted) | set(reported)):
+        m, spec = reported.get(name) or {}, wanted.get(name) or {}
+        rows.append((name, (spec.get("bundle") or {}).get("version") or m.get("desired_version") or "(removed)",
+                     m.get("version"), output.state(m.get("state")),
+                     (m.get("provider") or "").removesuffix("ExecutionProvider") or None,
+                     spec.get("rollout_id") or m.get("rollout_id"), m.get("error")))
+    output.table("models", ["model", "desired", "serving", "state", "provider", "rollout", "error"], rows, empty="no models")
+    cameras = d.get("cameras") or {}
+    if cameras or desired.get("cameras"):
+        output.table("cameras", ["camera", "state", "source", "models", "error"],
+                     [(name, output.state(c.get("state")), c.get("source"), " → ".join(c.get("models") or []), c.get("error"))
+                      for name, c in sorted(cameras.items())], empty="none reported yet")
 
 
 def _credentials(d: dict) -> None:
@@ -102,19 +142,13 @@ def register(ctx: typer.Context, device_id: str, label: LabelOpt = None, json: J
 def label(ctx: typer.Context, device_id: str,
           labels: Annotated[list[str], typer.Argument(help="KEY=VALUE to set, KEY- to remove")],
           json: JsonOpt = False) -> None:
-    """Set or remove labels of a device (PATCH /v1/devices/ID with its whole new label set)."""
-    client = api(ctx)
+    """Set or remove labels of a device (PATCH /v1/devices/ID); profiles that match may change its desired state."""
     changes, removed = key_values(labels, allow_removal=True)
-    current = dict(client.get_device(device_id).get("labels") or {})
-    missing = [k for k in removed if k not in current]
-    if missing:
-        raise CliError(f"device {device_id} has no label {', '.join(missing)}", ExitCode.INVALID)
-    new = {k: v for k, v in {**current, **changes}.items() if k not in removed}
-    d = client.set_labels(device_id, new)
+    d = api(ctx).set_labels(device_id, {**changes, **{k: None for k in removed}})
     if wants_json(ctx, json):
         output.print_json(d)
     else:
-        output.out.print(f"{device_id}: {output.labels(d.get('labels', new))}")
+        output.out.print(f"{device_id}: {output.labels(d.get('labels'))}")
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -143,15 +177,59 @@ def read_config(path: Path) -> dict[str, Any]:
 
 @app.command()
 def config(ctx: typer.Context, device_id: str,
-           file: Annotated[Path, typer.Argument(help="JSON or YAML: {runtime, models, cameras}; '-' reads stdin")],
+           file: Annotated[Path | None, typer.Argument(help="JSON or YAML (runtime, cameras, memory_budget_mb, capture, …); "
+                                                               "'-' reads stdin; none: show the current one")] = None,
            json: JsonOpt = False) -> None:
-    """Replace a device's configuration (PUT /v1/devices/ID/config) from a JSON or YAML file."""
+    """Show or replace a device's own configuration (GET / PUT /v1/devices/ID/config); it wins over every profile."""
+    if file is None:
+        current = api(ctx).get_config(device_id)
+        if wants_json(ctx, json):
+            output.print_json(current)
+        else:
+            output.out.print(jsonlib.dumps(current.get("config") or {}, indent=2))
+        return
     body = read_config(file)
     d = api(ctx).set_config(device_id, body)
     if wants_json(ctx, json):
         output.print_json(d)
     else:
-        output.out.print(f"{device_id}: configuration set ({', '.join(sorted(body)) or 'empty'})")
+        output.out.print(f"{device_id}: configuration set ({', '.join(sorted(body)) or 'empty'}); "
+                         f"desired revision {d.get('desired_revision')}")
+
+
+models_app = typer.Typer(help="The models of one device outside any rollout: assign a version, remove one.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _desired_line(view: dict) -> str:
+    models = (view.get("desired") or {}).get("models") or {}
+    names = ", ".join(f"{n} {(m.get('bundle') or {}).get('version')}" for n, m in sorted(models.items())) or "no models"
+    return f"desired revision {view.get('revision')}: {names}"
+
+
+@models_app.command("assign")
+def models_assign(ctx: typer.Context, device_id: str, model: str, version: str,
+                  runtime: Annotated[Path | None, typer.Option(help="JSON or YAML Runtime (providers, precision, "
+                                                                        "intra_op_threads, batching); none: config/profiles decide")] = None,
+                  json: JsonOpt = False) -> None:
+    """Give one device a version of a model (its hardware variant) directly (PUT /v1/devices/ID/models/MODEL)."""
+    spec = read_config(runtime) if runtime is not None else None
+    view = api(ctx).assign_model(device_id, model, version, spec)
+    if wants_json(ctx, json):
+        output.print_json(view)
+    else:
+        output.out.print(f"{device_id}: {model} {version} assigned; {_desired_line(view)}")
+
+
+@models_app.command("remove")
+def models_remove(ctx: typer.Context, device_id: str, model: str, json: JsonOpt = False) -> None:
+    """Take a model off one device (DELETE /v1/devices/ID/models/MODEL)."""
+    view = api(ctx).remove_model(device_id, model)
+    if wants_json(ctx, json):
+        output.print_json(view)
+    else:
+        output.out.print(f"{device_id}: {model} removed; {_desired_line(view)}")
 
 
 def _confirm(what: str, yes: bool) -> None:

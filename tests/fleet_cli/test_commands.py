@@ -18,10 +18,10 @@ from paho.mqtt import publish
 
 from demo.cluster import free_port, wait_for
 from fleet_cli.exit_codes import ExitCode
-from fleet_protocol.messages import Reported, ServingModel, Telemetry
+from fleet_protocol.messages import Health, ModelReport, ModelTelemetry, Reported, ServingModel, Telemetry
 from fleet_protocol.topics import Topics
 
-from .conftest import one_error_line, route_missing
+from .conftest import one_error_line
 
 pytestmark = pytest.mark.e2e
 
@@ -34,8 +34,9 @@ def send(live, topic: str, payload: bytes, retain: bool = False) -> None:
 def report_serving(live, cli, device_id: str, model: dict) -> None:
     """What an agent says once its golden check passed: serving this bundle, at the current desired revision."""
     revision = cli("devices", "show", device_id, "--json").json()["desired_revision"]
-    reported = Reported(revision=revision, state="serving", provider="CPUExecutionProvider",
-                        model=ServingModel(name=model["name"], version=model["version"], sha256=model["sha256"]))
+    bundle = ServingModel(name=model["name"], version=model["version"], sha256=model["sha256"])
+    reported = Reported(revision=revision, models={model["name"]: ModelReport(
+        state="serving", serving=bundle, desired=bundle, provider="CPUExecutionProvider", golden_passed=True)})
     send(live, Topics().reported(device_id), reported.to_bytes(), retain=True)
 
 
@@ -193,8 +194,6 @@ def test_devices_label(admin, cli):
     assert cli("devices", "register", "cli-lab-1", "-l", "site=a", "-l", "old=x").code == 0
     bad = cli("devices", "label", "cli-lab-1", "site")  # checked before anything is sent
     assert bad.code == ExitCode.USAGE and "KEY- to remove" in one_error_line(bad)
-    if route_missing(admin, "PATCH", "/v1/devices/cli-lab-1"):
-        pytest.skip("the fleet API has no PATCH /v1/devices/{id} yet")
     r = cli("devices", "label", "cli-lab-1", "site=b", "hw=jetson", "old-", "--json")
     assert r.code == 0, r.err
     assert cli("devices", "show", "cli-lab-1", "--json").json()["labels"] == {"site": "b", "hw": "jetson"}
@@ -207,12 +206,13 @@ def test_devices_config(admin, cli, tmp_path):
     not_yaml.write_text("runtime: [unclosed\n")
     assert "neither JSON nor YAML" in one_error_line(cli("devices", "config", "cli-cfg-1", str(not_yaml)))
     assert cli("devices", "config", "cli-cfg-1", str(tmp_path / "missing.yaml")).code == ExitCode.USAGE
-    if route_missing(admin, "PUT", "/v1/devices/cli-cfg-1/config"):
-        pytest.skip("the fleet API has no PUT /v1/devices/{id}/config yet")
     good = tmp_path / "config.yaml"
-    good.write_text("runtime:\n  intra_op_threads: 1\n")
+    good.write_text("runtime:\n  digits:\n    intra_op_threads: 1\nmemory_budget_mb: 300\n")
     r = cli("devices", "config", "cli-cfg-1", str(good), "--json")
     assert r.code == 0, r.err
+    shown = cli("devices", "config", "cli-cfg-1", "--json").json()["config"]
+    assert shown["runtime"]["digits"]["intra_op_threads"] == 1 and shown["memory_budget_mb"] == 300
+    assert '"memory_budget_mb": 300' in cli("devices", "config", "cli-cfg-1").out
     unknown_field = tmp_path / "unknown.json"
     unknown_field.write_text(json.dumps({"runtime": {}, "colour": "blue"}))
     refused = cli("devices", "config", "cli-cfg-1", str(unknown_field))
@@ -223,14 +223,24 @@ def test_telemetry(admin, cli):
     assert cli("devices", "register", "cli-tel-1").code == 0
     empty = cli("telemetry", "cli-tel-1", "--json")
     assert empty.code == 0 and empty.json() == {"device_id": "cli-tel-1", "minutes": []}
-    message = Telemetry(window_s=10, requests=120, errors=3, latency_ms_p50=1.5, latency_ms_p95=4.0, latency_ms_p99=6.0,
-                        cpu_percent=12.5, memory_mb=80.0)
+    message = Telemetry(window_s=10, health=Health(cpu_percent=12.5, agent_rss_mb=80.0), models={
+        "digits": ModelTelemetry(version="1.0.0", requests=120, errors=3, latency_ms_p50=1.5, latency_ms_p95=4.0, latency_ms_p99=6.0),
+        "faces": ModelTelemetry(version="2.0.0", requests=7)})
     send(admin, Topics().telemetry("cli-tel-1"), message.to_bytes())
-    minutes = wait_for(lambda: cli("telemetry", "cli-tel-1", "--json").json()["minutes"], 20, "telemetry filed")
-    assert (minutes[0]["requests"], minutes[0]["errors"], minutes[0]["latency_ms_p95"]) == (120, 3, 4.0)
+    minutes = wait_for(lambda: cli("telemetry", "cli-tel-1", "--model", "digits", "--json").json()["minutes"], 20, "telemetry filed")
+    assert [(m["model"], m["requests"], m["errors"], m["latency_ms_p95"]) for m in minutes] == [("digits", 120, 3, 4.0)]
     table = cli("telemetry", "cli-tel-1", "--since", "2020-01-01")
-    assert table.code == 0 and "120" in table.out and "4.000" in table.out
+    assert table.code == 0 and "120" in table.out and "4.000" in table.out and "faces" in table.out and "(device)" in table.out
     assert cli("telemetry", "nope").code == ExitCode.NOT_FOUND
+
+
+def test_alerts_list(admin, cli):
+    """An API with fleet insight and no alert yet (tests/fleet_api/insights/test_e2e_webhook.py lists a real one)."""
+    assert cli("alerts", "list", "--json").json() == []
+    assert "no active alerts" in cli("alerts", "list").out
+    assert "no alerts" in cli("alerts", "list", "--all").out
+    bad = cli("alerts", "list", "--state", "burning")
+    assert bad.code == ExitCode.INVALID and "state" in one_error_line(bad)
 
 
 def test_audit(admin, cli):
@@ -310,7 +320,7 @@ def test_rollout_succeeds_and_watch_exits_0(lab, cli, live):
     assert rolled.code == 0 and rolled.json()["state"] == "rolled_back"
     assert cli("rollouts", "watch", str(rollout["id"]), "--json").code == ExitCode.ROLLOUT_ROLLED_BACK
     again = cli("rollouts", "rollback", str(rollout["id"]))
-    assert again.code == ExitCode.CONFLICT and "already went back (HTTP 409)" in one_error_line(again)
+    assert again.code == ExitCode.CONFLICT and "cannot become rolled_back (HTTP 409)" in one_error_line(again)
 
 
 def test_rollout_pause_resume_abort_and_watch_codes(lab, cli):
@@ -346,7 +356,7 @@ def test_rollout_that_times_out_is_watched_to_its_abort(lab, cli):
 def test_rollout_bad_input(lab, cli):
     site, _, _ = lab
     unknown_gate = cli("rollouts", "create", "digits", "1.0.0", "-s", f"site={site}", "-g", "colour=1")
-    assert unknown_gate.code == ExitCode.INVALID and "unknown gate" in one_error_line(unknown_gate)
+    assert unknown_gate.code == ExitCode.INVALID and "gates.colour" in one_error_line(unknown_gate)
     not_a_number = cli("rollouts", "create", "digits", "1.0.0", "-g", "soak_s=long")
     assert not_a_number.code == ExitCode.USAGE and "not a number" in one_error_line(not_a_number)
     no_model = cli("rollouts", "create", "nope", "1.0.0", "-s", f"site={site}")
@@ -354,3 +364,41 @@ def test_rollout_bad_input(lab, cli):
     one_error_line(no_model)
     nobody = cli("rollouts", "create", "digits", "1.0.0", "-s", "site=nowhere")
     assert nobody.code == ExitCode.INVALID and "no registered device matches" in one_error_line(nobody)
+
+
+# --- profiles and a device's own models (after the upload test: it wants the first upload) -------------------
+def test_profiles_and_device_models(admin, cli, bundles, tmp_path):
+    assert cli("models", "upload", str(bundles["1.0.0"])).code == 0
+    assert cli("devices", "register", "cli-prof-1", "-l", "site=prof").code == 0
+    spec = tmp_path / "lab.yaml"
+    spec.write_text("selector: site=prof\npriority: 5\nmemory_budget_mb: 512\n")
+    made = cli("profiles", "set", "lab", str(spec))
+    assert made.code == 0 and "created" in made.out and "cli-prof-1" in made.out, made.err
+    assert "replaced" in cli("profiles", "set", "lab", str(spec)).out
+    listed = cli("profiles", "list", "--json").json()
+    assert [(p["name"], p["selector"], p["priority"]) for p in listed] == [("lab", {"site": "prof"}, 5)]
+    assert "site=prof" in cli("profiles", "list").out
+    assert cli("profiles", "show", "lab", "--json").json()["memory_budget_mb"] == 512
+    assert cli("devices", "show", "cli-prof-1", "--json").json()["desired"]["memory_budget_mb"] == 512
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"selector": "site=prof", "colour": "blue"}))
+    refused = cli("profiles", "set", "lab", str(bad))
+    assert refused.code == ExitCode.INVALID and "colour" in one_error_line(refused)
+    assert cli("profiles", "show", "nope").code == ExitCode.NOT_FOUND
+
+    assigned = cli("devices", "models", "assign", "cli-prof-1", "digits", "1.0.0", "--json")
+    assert assigned.code == 0, assigned.err
+    assert assigned.json()["desired"]["models"]["digits"]["bundle"]["version"] == "1.0.0"
+    shown = cli("devices", "show", "cli-prof-1")
+    assert shown.code == 0 and "digits" in shown.out and "1.0.0" in shown.out
+    unknown = cli("devices", "models", "assign", "cli-prof-1", "digits", "9.9.9")
+    assert unknown.code in (ExitCode.NOT_FOUND, ExitCode.INVALID)
+    one_error_line(unknown)
+    removed = cli("devices", "models", "remove", "cli-prof-1", "digits")
+    assert removed.code == 0 and "digits removed" in removed.out
+    assert cli("devices", "models", "remove", "cli-prof-1", "digits").code == ExitCode.NOT_FOUND
+
+    assert cli("profiles", "delete", "lab").code == ExitCode.USAGE  # no terminal to confirm on
+    gone = cli("profiles", "delete", "lab", "--yes", "--json")
+    assert gone.code == 0 and gone.json()["devices_changed"] == ["cli-prof-1"]
+    assert cli("profiles", "list", "--json").json() == []
