@@ -9,6 +9,12 @@ handles one connection's packets in order, so a chunk whose acknowledgement has 
 handle the request reaches the broker after the device's subscription, and the device gets it. Only chunks
 the broker already acknowledged are sent again. Devices of a wave that ask over a few seconds thus share one
 pass instead of one per window.
+
+Chunks are published retained, with an MQTT 5 message expiry: a device that subscribes after a chunk went by
+gets it from its own broker (a site broker bridged to the centre keeps its retained copy), so a chunk sent
+(and acknowledged) less than `resend_after_s` ago is not published again. Every device of a wave, on every
+site, is then served from about one copy per link; after `resend_after_s` a device that still misses a chunk
+(its broker lost its retained copies) gets it again.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from typing import Callable
 
 from prometheus_client import Counter
 
@@ -33,8 +40,13 @@ CHUNKS_REQUESTED = Counter("edgefleet_api_chunks_requested_total", "Chunk indice
 
 
 class ChunkServer:
-    def __init__(self, store: ArtifactStore, publisher: Publisher, topics: Topics, window_s: float = 0.1) -> None:
+    def __init__(self, store: ArtifactStore, publisher: Publisher, topics: Topics, window_s: float = 0.1,
+                 resend_after_s: float = 30.0, retain_s: int = 3600, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self.clock = clock
+        self.resend_after_s = resend_after_s
+        self.retain_s = retain_s
+        self._published: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)  # chunk index → sent at
         self.publisher = publisher
         self.topics = topics
         self.window_s = window_s
@@ -55,10 +67,11 @@ class ChunkServer:
         CHUNKS_REQUESTED.inc(len(valid))
         key = (sha256, chunk_size)
         with self._cond:
-            in_flight = self._in_flight[key]
+            in_flight, published, now = self._in_flight[key], self._published[key], self.clock()
             for i in [i for i, d in in_flight.items() if d.is_published()]:
                 del in_flight[i]
             valid -= in_flight.keys()
+            valid -= {i for i in valid if now - published.get(i, -self.resend_after_s) < self.resend_after_s}
             if not valid:
                 return 0
             self._pending[key] |= valid
@@ -102,10 +115,12 @@ class ChunkServer:
         try:
             for i in indices:
                 data = self.store.read_chunk(sha256, i, chunk_size)
-                delivery = self.publisher.publish_tracked(self.topics.artifact_chunk(sha256, i), data, qos=1)
+                delivery = self.publisher.publish_tracked(self.topics.artifact_chunk(sha256, i), data, qos=1,
+                                                          retain_s=self.retain_s)
                 if delivery is not None:
                     with self._cond:
                         self._in_flight[key][i] = delivery
+                        self._published[key][i] = self.clock()
                 CHUNKS_SENT.inc()
                 CHUNK_BYTES.inc(len(data))
         except OSError as exc:

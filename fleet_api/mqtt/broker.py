@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from fleet_protocol.broker import parse_broker_url
 
@@ -106,10 +108,10 @@ class Broker:
         if self._worker.is_alive():
             self._worker.join(timeout=5)
 
-    def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> Delivery | None:
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool, properties: Properties | None = None) -> Delivery | None:
         if not self._connected.is_set():
             return None
-        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return None
         # Ids are reused: forget what an earlier message with this id got. (Its own acknowledgement needs a round
@@ -123,8 +125,12 @@ class Broker:
             return False
         return delivery.wait(10) if wait else True
 
-    def publish_tracked(self, topic: str, payload: bytes, qos: int = 1) -> Delivery | None:
-        return self._send(topic, payload, qos, False)
+    def publish_tracked(self, topic: str, payload: bytes, qos: int = 1, retain_s: int = 0) -> Delivery | None:
+        if retain_s <= 0:
+            return self._send(topic, payload, qos, False)
+        props = Properties(PacketTypes.PUBLISH)
+        props.MessageExpiryInterval = int(retain_s)
+        return self._send(topic, payload, qos, True, props)
 
     def publish_batch(self, messages: Sequence[tuple[str, bytes, int, bool]], timeout: float = 30.0) -> list[bool]:
         deliveries = [self._send(topic, payload, qos, retain) for topic, payload, qos, retain in messages]

@@ -25,7 +25,8 @@ class HoldingPublisher:
         self.sent: list[int] = []
         self.deliveries: list[Held] = []
 
-    def publish_tracked(self, topic, payload, qos=1):
+    def publish_tracked(self, topic, payload, qos=1, retain_s=0):
+        self.retain_s = retain_s
         self.sent.append(int(topic.rsplit("/", 1)[1]))
         held = Held()
         self.deliveries.append(held)
@@ -49,7 +50,7 @@ def test_requests_merge_into_unacknowledged_publishes_and_acknowledged_chunks_ar
     blob.write_bytes(bytes(range(256)) * 40)  # 10,240 bytes = 10 chunks of 1,024
     sha = store.add(blob)
     pub = HoldingPublisher()
-    server = ChunkServer(store, pub, Topics(), window_s=0.05)
+    server = ChunkServer(store, pub, Topics(), window_s=0.05, resend_after_s=0)
     try:
         # three devices within one window: one pass
         for _ in range(3):
@@ -68,5 +69,32 @@ def test_requests_merge_into_unacknowledged_publishes_and_acknowledged_chunks_ar
         wait_sent(pub, 12)
         assert pub.sent[10:] == [3, 7]
         assert store.read_chunk(sha, 9, 1024) == (bytes(range(256)) * 40)[9216:]
+    finally:
+        server.close()
+
+
+def test_chunks_acknowledged_recently_are_not_sent_again_they_are_retained(tmp_path):
+    """A device that asks for a chunk the broker took a moment ago gets the broker's retained copy (its site
+    broker's, behind a bridge): the link carries one copy per wave. Past `resend_after_s` it is sent again."""
+    store = ArtifactStore(tmp_path)
+    blob = tmp_path / "blob"
+    blob.write_bytes(bytes(range(256)) * 40)
+    sha = store.add(blob)
+    pub = HoldingPublisher()
+    now = [1000.0]
+    server = ChunkServer(store, pub, Topics(), window_s=0.05, resend_after_s=30, retain_s=600, clock=lambda: now[0])
+    try:
+        server.request(sha, 10_240, 1024, list(range(10)))
+        wait_sent(pub, 10)
+        assert pub.retain_s == 600  # retained, expiring after 10 minutes
+        pub.ack_all()
+        now[0] += 29
+        assert server.request(sha, 10_240, 1024, list(range(10))) == 0
+        wait_sent(pub, 10)
+        assert len(pub.sent) == 10
+        now[0] += 2  # past resend_after_s: a device whose broker lost the retained copies gets them again
+        assert server.request(sha, 10_240, 1024, [4]) == 1
+        wait_sent(pub, 11)
+        assert pub.sent[10:] == [4]
     finally:
         server.close()
