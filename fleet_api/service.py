@@ -67,7 +67,8 @@ class FleetService:
         self.topics = Topics(settings.topic_prefix)
         self.store = ArtifactStore(settings.artifact_dir)
         self.trusted_keys = settings.public_keys()
-        self.chunks = ChunkServer(self.store, publisher, self.topics, settings.chunk_coalesce_ms / 1000)
+        self.chunks = ChunkServer(self.store, publisher, self.topics, settings.chunk_coalesce_ms / 1000,
+                                  resend_after_s=settings.chunk_resend_after_s, retain_s=settings.chunk_retain_s)
         self.telemetry = telemetry.TelemetryBuffer()
         self._outbox_lock = threading.Lock()
         self._outbox_dirty = threading.Event()
