@@ -42,6 +42,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         dynsec = DynSec(broker, service.topics, settings.mqtt_username) if settings.dynsec else None
         service.broker_admin = dynsec
         broker.on_message = lambda topic, payload: handlers.handle(service, topic, payload)
+        broker.on_fast = lambda topic, payload: handlers.handle_fast(service, topic, payload)
 
         def on_connected() -> None:
             if dynsec is not None:  # before the outbox: desired states need the API's publish rights

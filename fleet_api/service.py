@@ -507,6 +507,11 @@ class FleetService:
             raise Invalid(f"chunk index {beyond[0]} is out of range: artifact {fetch.sha256[:12]} has {count} chunks")
         return self.chunks.request(fetch.sha256, size, fetch.chunk_size, fetch.missing)
 
+    def known_recently(self, device_id: str) -> bool:
+        """Whether the device was found registered and active less than KNOWN_DEVICE_TTL_S ago (no database)."""
+        seen = self._known.get(device_id)
+        return seen is not None and time.monotonic() - seen < KNOWN_DEVICE_TTL_S
+
     def _check_known(self, device_id: str) -> None:
         seen = self._known.get(device_id)
         if seen is not None and time.monotonic() - seen < KNOWN_DEVICE_TTL_S:

@@ -90,3 +90,21 @@ def handle(service: FleetService, topic: str, payload: bytes) -> None:
     except Exception:  # a bug or the database away: counted, logged with its traceback, the next message goes on
         REJECTED.labels(channel, "error").inc()
         log.exception("device %s: handling a %s message failed", device_id, channel)
+
+
+def handle_fast(service: FleetService, topic: str, payload: bytes) -> bool:
+    """Telemetry of a device seen recently, on the MQTT network thread: parse and roll up, nothing that waits
+    (no database). → False for anything else, which then takes the usual path through the worker."""
+    if not topic.endswith("/telemetry"):
+        return False
+    try:
+        device_id, channel = service.topics.parse_device(topic)
+    except ValueError:
+        return False
+    if channel != "telemetry" or not service.known_recently(device_id):
+        return False
+    try:
+        service.on_telemetry(device_id, parse_telemetry(payload))
+    except ProtocolError:
+        return False  # the worker counts and logs it, as any bad message
+    return True
