@@ -16,12 +16,16 @@ from typing import Callable, Sequence
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import Gauge
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from fleet_protocol.broker import parse_broker_url
 
 log = logging.getLogger(__name__)
+
+# Messages received and not handled yet: the backlog the autoscaler may scale on (k3s/components/api-autoscaling-backlog).
+INBOX = Gauge("edgefleet_api_mqtt_inbox_messages", "Device messages received from the broker and not handled yet")
 
 
 class Delivery:
@@ -91,6 +95,7 @@ class Broker:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self._worker = threading.Thread(target=self._work, name="mqtt-worker", daemon=True)
+        INBOX.set_function(self._inbox.qsize)
 
     def start(self) -> None:
         self._worker.start()
