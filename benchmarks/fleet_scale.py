@@ -31,15 +31,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import paho.mqtt.client as mqtt  # noqa: E402
-import psutil  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+import paho.mqtt.client as mqtt
+import psutil
+from paho.mqtt.enums import CallbackAPIVersion
 
-from demo.cluster import Broker, FleetApi, LinkProxy, Postgres, SiteBroker, wait_for  # noqa: E402
-from fleet_protocol.bundle import write_bundle  # noqa: E402
-from fleet_protocol.manifest import Manifest  # noqa: E402
-from fleet_protocol.signing import generate_keypair, load_private_key  # noqa: E402
-from fleet_protocol.topics import Topics  # noqa: E402
+from demo.cluster import Broker, FleetApi, LinkProxy, Postgres, SiteBroker, wait_for
+from fleet_protocol.bundle import write_bundle
+from fleet_protocol.manifest import Manifest
+from fleet_protocol.signing import generate_keypair, load_private_key
+from fleet_protocol.topics import Topics
 
 TOPICS = Topics()
 SITES = 4
@@ -194,7 +194,7 @@ class SiteObserver:
 
 
 def metric(text: str, name: str) -> float:
-    m = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", text, re.M)
+    m = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", text, re.MULTILINE)
     return float(m.group(1)) if m else 0.0
 
 
@@ -422,6 +422,41 @@ def ingest_over_mqtt(pg: Postgres, work: Path, pub: Path, messages: int, publish
         broker.stop()
 
 
+def print_table(rows: list[dict], ingest: dict, ingest_mqtt: dict, size: int, waves: str, workers: int) -> None:
+    col = 14
+    print(f"\nfleet scale on PostgreSQL: 1 central + {SITES} site brokers (bridged), {workers} simulator processes, "
+          f"{psutil.cpu_count()} vCPU shared with other work; bundle {size / 1e6:.2f} MB, waves {waves}")
+    print(f"{'devices':<46}" + "".join(f"{r['devices']:>{col},}" for r in rows))
+
+    def line(label: str, f) -> None:
+        print(f"{label:<46}" + "".join(f"{f(r):>{col}}" for r in rows))
+
+    line("rollout state", lambda r: r["state"])
+    line("time to finish the rollout (s)", lambda r: f"{r['rollout_s']:.1f}")
+    line("  per 1,000 devices (s)", lambda r: f"{r['rollout_s'] / r['devices'] * 1000:.1f}")
+    line("MB down each central→site link (max)", lambda r: f"{max(r['link_mb']):.1f}")
+    line("  bundle copies per wave per link", lambda r: f"{r['copies_per_wave_per_link']:.2f}")
+    line("  most copies of one chunk on a link", lambda r: f"{r['copies_max_chunk_per_link']}")
+    line("API CPU over the rollout (s)", lambda r: f"{r['api_cpu_rollout_s']:.1f}")
+    line("  per device (ms)", lambda r: f"{r['api_cpu_rollout_s'] / r['devices'] * 1000:.1f}")
+    line("brokers' CPU over the rollout (s, 5 brokers)", lambda r: f"{r['broker_cpu_rollout_s']:.1f}")
+    line("telemetry offered (msg/s, 1/device/10 s)", lambda r: f"{r['telemetry_offered_per_s']:,.0f}")
+    line("  ingested by the API (msg/s)", lambda r: f"{r['telemetry_ingested_per_s']:,.0f}")
+    line("  API CPU (% of a core)", lambda r: f"{r['api_cpu_telemetry_pct']:.0f}")
+    line("  brokers' CPU (% of a core, 5 brokers)", lambda r: f"{r['broker_cpu_telemetry_pct']:.0f}")
+    line("  API CPU per 1,000 msg/s (% of a core)", lambda r: f"{r['api_cpu_telemetry_pct'] / max(r['telemetry_ingested_per_s'], 1) * 1000:.0f}")
+    line("telemetry burst offered (msg/s, simulators' max)", lambda r: f"{r['burst_offered_per_s']:,.0f}")
+    line("  ingested by the API (msg/s)", lambda r: f"{r['burst_ingested_per_s']:,.0f}")
+    line("  API CPU (% of a core)", lambda r: f"{r['burst_api_cpu_pct']:.0f}")
+    line("  → msg/s per API core", lambda r: f"{r['burst_ingested_per_s'] / max(r['burst_api_cpu_pct'], 1) * 100:,.0f}")
+    line("load average (1 min) at the end", lambda r: f"{r['load1']:.1f}")
+    print(f"ingest path of one API process (parse + rollup + batched PostgreSQL write, no MQTT loop): "
+          f"{ingest['per_s']:,.0f} msg/s at {ingest['cpu_pct']:.0f} % of a core ({ingest['messages']:,} messages)")
+    print(f"ingest of the API process over MQTT (its paho loop; 8 C publishers, QoS 0, as fast as they go): "
+          f"{ingest_mqtt['per_s']:,.0f} msg/s at {ingest_mqtt['cpu_pct']:.0f} % of a core "
+          f"({ingest_mqtt['ingested']:,.0f} of {ingest_mqtt['offered']:,} taken; load {ingest_mqtt['load1']:.1f})")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", default="1000,3000,10000", help="comma-separated device counts, one column each")
@@ -456,39 +491,7 @@ def main() -> int:
     finally:
         pg.stop()
 
-    size = bundle.stat().st_size
-    col = 14
-    print(f"\nfleet scale on PostgreSQL: 1 central + {SITES} site brokers (bridged), {args.workers} simulator processes, "
-          f"{psutil.cpu_count()} vCPU shared with other work; bundle {size / 1e6:.2f} MB, waves {args.waves}")
-    print(f"{'devices':<46}" + "".join(f"{r['devices']:>{col},}" for r in rows))
-
-    def line(label: str, f) -> None:
-        print(f"{label:<46}" + "".join(f"{f(r):>{col}}" for r in rows))
-
-    line("rollout state", lambda r: r["state"])
-    line("time to finish the rollout (s)", lambda r: f"{r['rollout_s']:.1f}")
-    line("  per 1,000 devices (s)", lambda r: f"{r['rollout_s'] / r['devices'] * 1000:.1f}")
-    line("MB down each central→site link (max)", lambda r: f"{max(r['link_mb']):.1f}")
-    line("  bundle copies per wave per link", lambda r: f"{r['copies_per_wave_per_link']:.2f}")
-    line("  most copies of one chunk on a link", lambda r: f"{r['copies_max_chunk_per_link']}")
-    line("API CPU over the rollout (s)", lambda r: f"{r['api_cpu_rollout_s']:.1f}")
-    line("  per device (ms)", lambda r: f"{r['api_cpu_rollout_s'] / r['devices'] * 1000:.1f}")
-    line("brokers' CPU over the rollout (s, 5 brokers)", lambda r: f"{r['broker_cpu_rollout_s']:.1f}")
-    line("telemetry offered (msg/s, 1/device/10 s)", lambda r: f"{r['telemetry_offered_per_s']:,.0f}")
-    line("  ingested by the API (msg/s)", lambda r: f"{r['telemetry_ingested_per_s']:,.0f}")
-    line("  API CPU (% of a core)", lambda r: f"{r['api_cpu_telemetry_pct']:.0f}")
-    line("  brokers' CPU (% of a core, 5 brokers)", lambda r: f"{r['broker_cpu_telemetry_pct']:.0f}")
-    line("  API CPU per 1,000 msg/s (% of a core)", lambda r: f"{r['api_cpu_telemetry_pct'] / max(r['telemetry_ingested_per_s'], 1) * 1000:.0f}")
-    line("telemetry burst offered (msg/s, simulators' max)", lambda r: f"{r['burst_offered_per_s']:,.0f}")
-    line("  ingested by the API (msg/s)", lambda r: f"{r['burst_ingested_per_s']:,.0f}")
-    line("  API CPU (% of a core)", lambda r: f"{r['burst_api_cpu_pct']:.0f}")
-    line("  → msg/s per API core", lambda r: f"{r['burst_ingested_per_s'] / max(r['burst_api_cpu_pct'], 1) * 100:,.0f}")
-    line("load average (1 min) at the end", lambda r: f"{r['load1']:.1f}")
-    print(f"ingest path of one API process (parse + rollup + batched PostgreSQL write, no MQTT loop): "
-          f"{ingest['per_s']:,.0f} msg/s at {ingest['cpu_pct']:.0f} % of a core ({ingest['messages']:,} messages)")
-    print(f"ingest of the API process over MQTT (its paho loop; 8 C publishers, QoS 0, as fast as they go): "
-          f"{ingest_mqtt['per_s']:,.0f} msg/s at {ingest_mqtt['cpu_pct']:.0f} % of a core "
-          f"({ingest_mqtt['ingested']:,.0f} of {ingest_mqtt['offered']:,} taken; load {ingest_mqtt['load1']:.1f})")
+    print_table(rows, ingest, ingest_mqtt, bundle.stat().st_size, args.waves, args.workers)
     if args.json:
         print(json.dumps({"scales": rows, "ingest": ingest, "ingest_mqtt": ingest_mqtt}))
     return 0 if all(r["state"] == "succeeded" for r in rows) else 1

@@ -13,7 +13,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import httpx
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
@@ -94,7 +93,7 @@ class Prober:
                     self.failed.append(f"{a.device_id}: {exc}")
             self._stop.wait(0.2)
 
-    def __enter__(self) -> "Prober":
+    def __enter__(self) -> Prober:
         self._thread.start()
         return self
 

@@ -12,7 +12,12 @@ from fleet_api import telemetry
 from fleet_api.db.session import make_engine, make_sessions
 from fleet_api.db.tables import Device, TelemetryMinute
 from fleet_api.mqtt.handlers import handle_fast, parse_telemetry
-from fleet_protocol.messages import MAX_MESSAGE_BYTES, ProtocolError, Telemetry, UnknownSchema
+from fleet_protocol.messages import (
+    MAX_MESSAGE_BYTES,
+    ProtocolError,
+    Telemetry,
+    UnknownSchema,
+)
 from fleet_protocol.topics import Topics
 
 GOOD = {"schema": 2, "window_s": 10.0, "ts": 1796160000.0, "models": {"digits": {"version": "1.0.0", "requests": 5, "errors": 1,
@@ -61,7 +66,7 @@ def test_rollups_add_up_in_the_database_across_flushes(db_url):
     sessions = make_sessions(make_engine(db_url))
     with sessions() as db, db.begin():
         db.add_all([Device(id="d1"), Device(id="d2")])
-    minute = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.timezone.utc)
+    minute = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
     t = Telemetry.parse(json.dumps(GOOD).encode())
     quiet = Telemetry.parse(json.dumps({"schema": 2, "window_s": 10.0, "models": {"digits": {"version": "1.0.0", "requests": 2}}}).encode())
     buffer = telemetry.TelemetryBuffer()
