@@ -263,6 +263,9 @@ def run_scale(n: int, args, work: Path, pg: Postgres, bundle: Path, pub: Path) -
 
         api_p = psutil.Process(api.process.proc.pid)
         brokers_p = [psutil.Process(b.process.proc.pid) for b in [central, *sites]]
+        if n > args.rollout_up_to:
+            out["state"] = "not run"
+            return telemetry_phases(n, args, client, api_p, brokers_p, commands, procs, results, out)
         down0 = [link.down_bytes for link in links]
         api0, brk0, t = cpu_s([api_p]), cpu_s(brokers_p), time.monotonic()
         r = client.post("/v1/rollouts", json={"model": MODEL, "version": "2.0.0", "selector": "fleet=bench", "waves": args.waves,
@@ -284,37 +287,7 @@ def run_scale(n: int, args, work: Path, pg: Postgres, bundle: Path, pub: Path) -
         out["copies_max_chunk_per_link"] = max(max(o.chunks.values()) for o in observers)
         out["waves"] = len(waves)
 
-        # Telemetry: one message per device every 10 s, for telemetry_s seconds.
-        before = client.get("/metrics").text
-        n0, api0, brk0, t0 = metric(before, "edgefleet_api_telemetry_messages_total"), cpu_s([api_p]), cpu_s(brokers_p), time.monotonic()
-        for q in commands:
-            q.put(("telemetry", 10.0))
-        time.sleep(args.telemetry_s)
-        for q in commands:
-            q.put(("telemetry_off",))
-        offered = sum(results.get(timeout=60)[1] for _ in procs)
-        t1 = time.monotonic()
-        n1, api1, brk1 = metric(client.get("/metrics").text, "edgefleet_api_telemetry_messages_total"), cpu_s([api_p]), cpu_s(brokers_p)
-        out["telemetry_offered_per_s"] = offered / (t1 - t0)
-        out["telemetry_ingested_per_s"] = (n1 - n0) / (t1 - t0)
-        out["api_cpu_telemetry_pct"] = (api1 - api0) / (t1 - t0) * 100
-        out["broker_cpu_telemetry_pct"] = (brk1 - brk0) / (t1 - t0) * 100
-        # Burst: the simulators send as fast as they can (asked for 25,000 msg/s) for telemetry_s / 2 seconds.
-        n0, api0, t0 = metric(client.get("/metrics").text, "edgefleet_api_telemetry_messages_total"), cpu_s([api_p]), time.monotonic()
-        for q in commands:
-            q.put(("telemetry", n / 25_000))
-        time.sleep(args.telemetry_s / 2)
-        for q in commands:
-            q.put(("telemetry_off",))
-        offered = sum(results.get(timeout=120)[1] for _ in procs)
-        time.sleep(2)  # what is queued in the API's inbox is ingested too
-        t1 = time.monotonic()
-        n1, api1 = metric(client.get("/metrics").text, "edgefleet_api_telemetry_messages_total"), cpu_s([api_p])
-        out["burst_offered_per_s"] = offered / (t1 - 2 - t0)
-        out["burst_ingested_per_s"] = (n1 - n0) / (t1 - t0)
-        out["burst_api_cpu_pct"] = (api1 - api0) / (t1 - t0) * 100
-        out["load1"] = os.getloadavg()[0]
-        return out
+        return telemetry_phases(n, args, client, api_p, brokers_p, commands, procs, results, out)
     finally:
         for q in commands:
             q.put(("stop",))
@@ -330,6 +303,41 @@ def run_scale(n: int, args, work: Path, pg: Postgres, bundle: Path, pub: Path) -
         for link in links:
             link.close()
         central.stop()
+
+
+def telemetry_phases(n: int, args, client, api_p, brokers_p, commands, procs, results, out: dict) -> dict:
+    """Telemetry at one message per device every 10 s, then a burst as fast as the simulators go."""
+    # Telemetry: one message per device every 10 s, for telemetry_s seconds.
+    before = client.get("/metrics").text
+    n0, api0, brk0, t0 = metric(before, "edgefleet_api_telemetry_messages_total"), cpu_s([api_p]), cpu_s(brokers_p), time.monotonic()
+    for q in commands:
+        q.put(("telemetry", 10.0))
+    time.sleep(args.telemetry_s)
+    for q in commands:
+        q.put(("telemetry_off",))
+    offered = sum(results.get(timeout=60)[1] for _ in procs)
+    t1 = time.monotonic()
+    n1, api1, brk1 = metric(client.get("/metrics").text, "edgefleet_api_telemetry_messages_total"), cpu_s([api_p]), cpu_s(brokers_p)
+    out["telemetry_offered_per_s"] = offered / (t1 - t0)
+    out["telemetry_ingested_per_s"] = (n1 - n0) / (t1 - t0)
+    out["api_cpu_telemetry_pct"] = (api1 - api0) / (t1 - t0) * 100
+    out["broker_cpu_telemetry_pct"] = (brk1 - brk0) / (t1 - t0) * 100
+    # Burst: the simulators send as fast as they can (asked for 25,000 msg/s) for telemetry_s / 2 seconds.
+    n0, api0, t0 = metric(client.get("/metrics").text, "edgefleet_api_telemetry_messages_total"), cpu_s([api_p]), time.monotonic()
+    for q in commands:
+        q.put(("telemetry", n / 25_000))
+    time.sleep(args.telemetry_s / 2)
+    for q in commands:
+        q.put(("telemetry_off",))
+    offered = sum(results.get(timeout=120)[1] for _ in procs)
+    time.sleep(2)  # what is queued in the API's inbox is ingested too
+    t1 = time.monotonic()
+    n1, api1 = metric(client.get("/metrics").text, "edgefleet_api_telemetry_messages_total"), cpu_s([api_p])
+    out["burst_offered_per_s"] = offered / (t1 - 2 - t0)
+    out["burst_ingested_per_s"] = (n1 - n0) / (t1 - t0)
+    out["burst_api_cpu_pct"] = (api1 - api0) / (t1 - t0) * 100
+    out["load1"] = os.getloadavg()[0]
+    return out
 
 
 def ingest_capacity(pg: Postgres, devices: int, messages: int) -> dict:
@@ -431,15 +439,18 @@ def print_table(rows: list[dict], ingest: dict, ingest_mqtt: dict, size: int, wa
     def line(label: str, f) -> None:
         print(f"{label:<46}" + "".join(f"{f(r):>{col}}" for r in rows))
 
+    def rollout(f):  # a column whose rollout was not run shows a dash
+        return lambda r: f(r) if r["state"] != "not run" else "—"
+
     line("rollout state", lambda r: r["state"])
-    line("time to finish the rollout (s)", lambda r: f"{r['rollout_s']:.1f}")
-    line("  per 1,000 devices (s)", lambda r: f"{r['rollout_s'] / r['devices'] * 1000:.1f}")
-    line("MB down each central→site link (max)", lambda r: f"{max(r['link_mb']):.1f}")
-    line("  bundle copies per wave per link", lambda r: f"{r['copies_per_wave_per_link']:.2f}")
-    line("  most copies of one chunk on a link", lambda r: f"{r['copies_max_chunk_per_link']}")
-    line("API CPU over the rollout (s)", lambda r: f"{r['api_cpu_rollout_s']:.1f}")
-    line("  per device (ms)", lambda r: f"{r['api_cpu_rollout_s'] / r['devices'] * 1000:.1f}")
-    line("brokers' CPU over the rollout (s, 5 brokers)", lambda r: f"{r['broker_cpu_rollout_s']:.1f}")
+    line("time to finish the rollout (s)", rollout(lambda r: f"{r['rollout_s']:.1f}"))
+    line("  per 1,000 devices (s)", rollout(lambda r: f"{r['rollout_s'] / r['devices'] * 1000:.1f}"))
+    line("MB down each central→site link (max)", rollout(lambda r: f"{max(r['link_mb']):.1f}"))
+    line("  bundle copies per wave per link", rollout(lambda r: f"{r['copies_per_wave_per_link']:.2f}"))
+    line("  most copies of one chunk on a link", rollout(lambda r: f"{r['copies_max_chunk_per_link']}"))
+    line("API CPU over the rollout (s)", rollout(lambda r: f"{r['api_cpu_rollout_s']:.1f}"))
+    line("  per device (ms)", rollout(lambda r: f"{r['api_cpu_rollout_s'] / r['devices'] * 1000:.1f}"))
+    line("brokers' CPU over the rollout (s, 5 brokers)", rollout(lambda r: f"{r['broker_cpu_rollout_s']:.1f}"))
     line("telemetry offered (msg/s, 1/device/10 s)", lambda r: f"{r['telemetry_offered_per_s']:,.0f}")
     line("  ingested by the API (msg/s)", lambda r: f"{r['telemetry_ingested_per_s']:,.0f}")
     line("  API CPU (% of a core)", lambda r: f"{r['api_cpu_telemetry_pct']:.0f}")
@@ -450,6 +461,8 @@ def print_table(rows: list[dict], ingest: dict, ingest_mqtt: dict, size: int, wa
     line("  API CPU (% of a core)", lambda r: f"{r['burst_api_cpu_pct']:.0f}")
     line("  → msg/s per API core", lambda r: f"{r['burst_ingested_per_s'] / max(r['burst_api_cpu_pct'], 1) * 100:,.0f}")
     line("load average (1 min) at the end", lambda r: f"{r['load1']:.1f}")
+    if ingest is None or ingest_mqtt is None:
+        return
     print(f"ingest path of one API process (parse + rollup + batched PostgreSQL write, no MQTT loop): "
           f"{ingest['per_s']:,.0f} msg/s at {ingest['cpu_pct']:.0f} % of a core ({ingest['messages']:,} messages)")
     print(f"ingest of the API process over MQTT (its paho loop; 8 C publishers, QoS 0, as fast as they go): "
@@ -466,6 +479,8 @@ def main() -> int:
     p.add_argument("--waves", default="1,10%,50%,100%")
     p.add_argument("--telemetry-s", type=float, default=30.0)
     p.add_argument("--ingest-messages", type=int, default=200_000)
+    p.add_argument("--rollout-up-to", type=int, default=10**9,
+                   help="larger device counts skip the rollout (connect + telemetry only): the simulator receives every byte")
     p.add_argument("--json", action="store_true", help="print the results as JSON as well")
     args = p.parse_args()
     counts = [int(x) for x in args.devices.split(",")]
@@ -479,11 +494,10 @@ def main() -> int:
     bundle = make_bundle(work, "2.0.0", int(args.model_mb * 1024 * 1024), load_private_key(private))
     pg = Postgres().start()
     try:
-        ingest = ingest_capacity(pg, max(counts), args.ingest_messages)
-        ingest_mqtt = ingest_over_mqtt(pg, work, pub, args.ingest_messages * 2)
+        ingest = ingest_capacity(pg, max(counts), args.ingest_messages) if args.ingest_messages else None
+        ingest_mqtt = ingest_over_mqtt(pg, work, pub, args.ingest_messages * 2) if args.ingest_messages else None
         print(f"ingest over MQTT, the API process: {ingest_mqtt}", file=sys.stderr)
-        print(f"ingest path, one process: {ingest['per_s']:,.0f} msg/s ({ingest['cpu_pct']:.0f} % of a core), load {os.getloadavg()[0]:.1f}",
-              file=sys.stderr)
+        print(f"ingest path, one process: {ingest}, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
         rows = []
         for n in counts:
             rows.append(run_scale(n, args, work, pg, bundle, pub))
