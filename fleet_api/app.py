@@ -47,6 +47,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         def on_connected() -> None:
             if dynsec is not None:  # before the outbox: desired states need the API's publish rights
                 dynsec.ensure_api_role()
+            service.chunks.forget_sent()  # a restarted broker lost its retained chunks
             service.flush_outbox()  # anything committed while we were away goes out now
 
         broker.on_connected = on_connected

@@ -10,11 +10,13 @@ handle the request reaches the broker after the device's subscription, and the d
 the broker already acknowledged are sent again. Devices of a wave that ask over a few seconds thus share one
 pass instead of one per window.
 
-Chunks are published retained, with an MQTT 5 message expiry: a device that subscribes after a chunk went by
-gets it from its own broker (a site broker bridged to the centre keeps its retained copy), so a chunk sent
-(and acknowledged) less than `resend_after_s` ago is not published again. Every device of a wave, on every
-site, is then served from about one copy per link; after `resend_after_s` a device that still misses a chunk
-(its broker lost its retained copies) gets it again.
+Chunks are published retained, with an MQTT 5 message expiry (`retain_s`): a device that subscribes after a
+chunk went by gets it from its own broker (a site broker bridged to the centre keeps its retained copy). So a
+chunk sent while its retained copy lives is not published again for a device's first request (the copy serves
+it), only when that same device asks again (the copy did not reach it) or when `resend_after_s` has passed for
+a request that names no device. Every device of a wave, on every site, is thus served from about one copy per
+link. After the API reconnects to its broker (which may have restarted without its retained messages) every
+chunk is sent again on request.
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ CHUNKS_REQUESTED = Counter("edgefleet_api_chunks_requested_total", "Chunk indice
 
 class ChunkServer:
     def __init__(self, store: ArtifactStore, publisher: Publisher, topics: Topics, window_s: float = 0.1,
-                 resend_after_s: float = 30.0, retain_s: int = 3600, clock: Callable[[], float] = time.monotonic) -> None:
+                 resend_after_s: float = 10.0, retain_s: int = 600, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.clock = clock
         self.resend_after_s = resend_after_s
         self.retain_s = retain_s
         self._published: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)  # chunk index → sent at
+        # devices that asked for a chunk since it was last sent (their first ask is served by the retained copy)
+        self._asked: dict[tuple[str, int], dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
         self.publisher = publisher
         self.topics = topics
         self.window_s = window_s
@@ -58,8 +62,8 @@ class ChunkServer:
         self._thread = threading.Thread(target=self._run, name="chunk-server", daemon=True)
         self._thread.start()
 
-    def request(self, sha256: str, size: int, chunk_size: int, indices: list[int]) -> int:
-        """Queue chunk indices of a known artifact; returns how many were valid."""
+    def request(self, sha256: str, size: int, chunk_size: int, indices: list[int], device: str = "") -> int:
+        """Queue chunk indices of a known artifact asked for by `device`; returns how many will be published."""
         count = -(-size // chunk_size)
         valid = {i for i in indices if 0 <= i < count}
         if not valid:
@@ -71,13 +75,35 @@ class ChunkServer:
             for i in [i for i, d in in_flight.items() if d.is_published()]:
                 del in_flight[i]
             valid -= in_flight.keys()
-            valid -= {i for i in valid if now - published.get(i, -self.resend_after_s) < self.resend_after_s}
+            valid -= {i for i in valid if not self._resend(key, i, now, device)}
             if not valid:
                 return 0
             self._pending[key] |= valid
             self._first_request.setdefault(key, time.monotonic())
             self._cond.notify()
         return len(valid)
+
+    def _resend(self, key: tuple[str, int], i: int, now: float, device: str) -> bool:
+        """Whether chunk i must be published again for this request (under the lock)."""
+        sent = self._published[key].get(i)
+        if sent is None or now - sent >= self.retain_s * 0.9:  # never sent, or its retained copy expires
+            return True
+        if now - sent < self.resend_after_s:
+            return False  # just sent: live or retained, it reaches the device
+        if not device:
+            return True
+        asked = self._asked[key][i]
+        if device in asked:
+            return True  # asked again: the retained copy did not reach it
+        asked.add(device)
+        return False
+
+    def forget_sent(self) -> None:
+        """The broker connection was re-established: the broker may have restarted and lost its retained chunks,
+        so the next request for any chunk publishes it again."""
+        with self._cond:
+            self._published.clear()
+            self._asked.clear()
 
     def close(self) -> None:
         with self._cond:
@@ -121,6 +147,7 @@ class ChunkServer:
                     with self._cond:
                         self._in_flight[key][i] = delivery
                         self._published[key][i] = self.clock()
+                        self._asked[key].pop(i, None)
                 CHUNKS_SENT.inc()
                 CHUNK_BYTES.inc(len(data))
         except OSError as exc:

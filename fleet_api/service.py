@@ -505,7 +505,7 @@ class FleetService:
         beyond = [i for i in fetch.missing if i >= count]
         if beyond:
             raise Invalid(f"chunk index {beyond[0]} is out of range: artifact {fetch.sha256[:12]} has {count} chunks")
-        return self.chunks.request(fetch.sha256, size, fetch.chunk_size, fetch.missing)
+        return self.chunks.request(fetch.sha256, size, fetch.chunk_size, fetch.missing, device=device_id)
 
     def known_recently(self, device_id: str) -> bool:
         """Whether the device was found registered and active less than KNOWN_DEVICE_TTL_S ago (no database)."""

@@ -43,9 +43,10 @@ class ApiSettings(BaseSettings):
     # Chunk requests for one artifact within this window are served by one publish each.
     chunk_coalesce_ms: float = 100.0
     # Chunks are retained this long (MQTT 5 expiry): devices that subscribe later, on the centre or behind a site
-    # broker, take the broker's copy; one sent less than chunk_resend_after_s ago is not published again.
-    chunk_retain_s: int = Field(default=300, ge=0, le=86_400)
-    chunk_resend_after_s: float = Field(default=30.0, ge=0, le=3600)
+    # broker, take the broker's copy. A chunk is published again only for a device asking for it a second time,
+    # and never within chunk_resend_after_s of its last publish.
+    chunk_retain_s: int = Field(default=600, ge=0, le=86_400)
+    chunk_resend_after_s: float = Field(default=10.0, ge=0, le=3600)
     max_bundle_mb: float = 2048.0
     tick_interval_s: float = 1.0
     outbox_batch: int = 500  # desired states published (and acknowledged) per outbox transaction

@@ -73,28 +73,42 @@ def test_requests_merge_into_unacknowledged_publishes_and_acknowledged_chunks_ar
         server.close()
 
 
-def test_chunks_acknowledged_recently_are_not_sent_again_they_are_retained(tmp_path):
-    """A device that asks for a chunk the broker took a moment ago gets the broker's retained copy (its site
-    broker's, behind a bridge): the link carries one copy per wave. Past `resend_after_s` it is sent again."""
+def test_a_chunk_whose_retained_copy_lives_is_sent_again_only_for_a_device_that_asks_twice(tmp_path):
+    """A device asking for a chunk the broker holds retained gets the broker's copy (its site broker's, behind a
+    bridge): the link carries one copy per wave. Only a device asking again (its copy did not come) costs one
+    more; so does the expiry of the retained copy, and a reconnection to the broker (it may have lost them)."""
     store = ArtifactStore(tmp_path)
     blob = tmp_path / "blob"
     blob.write_bytes(bytes(range(256)) * 40)
     sha = store.add(blob)
     pub = HoldingPublisher()
     now = [1000.0]
-    server = ChunkServer(store, pub, Topics(), window_s=0.05, resend_after_s=30, retain_s=600, clock=lambda: now[0])
+    server = ChunkServer(store, pub, Topics(), window_s=0.05, resend_after_s=10, retain_s=600, clock=lambda: now[0])
     try:
-        server.request(sha, 10_240, 1024, list(range(10)))
+        server.request(sha, 10_240, 1024, list(range(10)), device="a")
         wait_sent(pub, 10)
         assert pub.retain_s == 600  # retained, expiring after 10 minutes
         pub.ack_all()
-        now[0] += 29
-        assert server.request(sha, 10_240, 1024, list(range(10))) == 0
+        now[0] += 5
+        assert server.request(sha, 10_240, 1024, list(range(10)), device="b") == 0  # just sent
+        now[0] += 100
+        for device in ("c", "d", "e"):  # late devices of the wave: the retained copy serves them
+            assert server.request(sha, 10_240, 1024, list(range(10)), device=device) == 0
         wait_sent(pub, 10)
         assert len(pub.sent) == 10
-        now[0] += 2  # past resend_after_s: a device whose broker lost the retained copies gets them again
-        assert server.request(sha, 10_240, 1024, [4]) == 1
+        assert server.request(sha, 10_240, 1024, [4], device="d") == 1  # d asks again: it did not get chunk 4
         wait_sent(pub, 11)
         assert pub.sent[10:] == [4]
+        pub.ack_all()
+        now[0] += 20
+        assert server.request(sha, 10_240, 1024, [4], device="d") == 0  # a new send: d's first ask since
+        now[0] += 600  # the retained copies expired
+        assert server.request(sha, 10_240, 1024, [5], device="f") == 1
+        wait_sent(pub, 12)
+        pub.ack_all()
+        server.forget_sent()  # reconnected: the broker may have restarted without them
+        assert server.request(sha, 10_240, 1024, [6], device="g") == 1
+        wait_sent(pub, 13)
+        assert pub.sent[11:] == [5, 6]
     finally:
         server.close()
