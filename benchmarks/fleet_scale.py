@@ -1,18 +1,23 @@
-"""Fleet scale: 1,000 simulated devices against the real fleet API process and a real mosquitto.
+"""Fleet scale: simulated devices on 4 site brokers bridged to a central one, the real fleet API on PostgreSQL.
 
-Each simulated device is a lightweight MQTT client speaking the real protocol (desired → fetch → chunks →
-reported serving; telemetry; hello on connect; schema 2), many per process on one selector loop, no ONNX. Reports:
-  - the time of a 4-wave rollout (1, 10 %, 50 %, 100 %) of a 5 MB model to every device,
-  - the API's artifact bytes published per device (coalescing: about model size / devices in a wave),
-  - the telemetry messages per second the API ingests, and its CPU use meanwhile.
+Each simulated device is a lightweight MQTT client speaking the real v2 protocol (status, hello, desired →
+fetch → chunks → reported serving with its golden check passed; telemetry), many per process on one selector
+loop, no ONNX. Devices are spread over 4 site brokers (mosquitto, bridged to the central one with mosquitto's
+own bridge, as in demo.cluster.SiteBroker); each site's link to the centre is a counting TCP proxy. For each
+device count it measures a 4-wave rollout (1, 10 %, 50 %, 100 %) of a 5 MB bundle:
+  - the time to finish, the bytes that crossed each central → site link, and the copies of the bundle per wave
+    per link (chunk messages that reached the site broker live, per chunk of the bundle, per wave),
+  - the API's and the brokers' CPU, meanwhile and under telemetry at one message per device every 10 s,
+  - telemetry ingested by the API over MQTT.
+and, once, the ingest capacity of one API process's telemetry path on PostgreSQL (parse + per-minute rollup +
+batched write, no MQTT network loop). It prints one table, one column per device count.
 
-    python benchmarks/fleet_scale.py [--devices 1000] [--model-mb 5] [--workers 2] [--database-url URL]
+    python benchmarks/fleet_scale.py [--devices 1000,3000,10000] [--quick] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import multiprocessing as mp
 import os
@@ -21,6 +26,7 @@ import selectors
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,17 +35,15 @@ import paho.mqtt.client as mqtt
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
-from demo.cluster import Broker, FleetApi, wait_for
+from demo.cluster import Broker, FleetApi, LinkProxy, Postgres, SiteBroker, wait_for
 from fleet_protocol.bundle import write_bundle
 from fleet_protocol.manifest import Manifest
 from fleet_protocol.signing import generate_keypair, load_private_key
 from fleet_protocol.topics import Topics
 
 TOPICS = Topics()
-
-
-def _ref(bundle: dict | None) -> dict | None:
-    return {"name": bundle["name"], "version": bundle["version"], "sha256": bundle["sha256"]} if bundle else None
+SITES = 4
+MODEL = "bench"
 
 
 class SimDevice:
@@ -48,6 +52,7 @@ class SimDevice:
         self.revision = 0
         self.serving: dict | None = None
         self.want: dict | None = None
+        self.rollout_id: int | None = None
         self.have: set[int] = set()
         self.last_chunk = 0.0
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"device-{device_id}", protocol=mqtt.MQTTv5)
@@ -56,84 +61,92 @@ class SimDevice:
         self.c.on_message = self._on_message
         self.c.connect("127.0.0.1", port, keepalive=120)
 
-    def _report(self, state: str | None) -> None:
-        """Schema 2: one entry per model (the benchmark's devices hold at most the one model, `bench`)."""
-        models = {}
-        if state is not None:
-            wanted = self.want or self.serving
-            entry = {"state": state, "desired": _ref(wanted), "serving": self.serving,
-                     "golden_passed": True if state == "serving" else None}
-            models[wanted["name"]] = entry
-        body = {"schema": 2, "revision": self.revision, "models": models}
+    def _report(self, state: str) -> None:
+        entry = {"state": state, "serving": self.serving, "rollout_id": self.rollout_id}
+        if self.want or self.serving:
+            w = self.want or self.serving
+            entry["desired"] = {"name": w["name"], "version": w["version"], "sha256": w["sha256"]}
+        if state == "serving":
+            entry["golden_passed"] = True
+        body = {"schema": 2, "revision": self.revision, "models": {MODEL: entry} if (self.want or self.serving) else {}}
         self.c.publish(TOPICS.reported(self.id), json.dumps(body), qos=1, retain=True)
 
     def _on_connect(self, c, _u, _f, _rc, _p) -> None:
         c.subscribe(TOPICS.desired(self.id), qos=1)
         c.publish(TOPICS.status(self.id), b'{"online": true}', qos=1, retain=True)
         c.publish(TOPICS.hello(self.id), json.dumps({"schema": 2, "revision": self.revision}), qos=1)
-        self._report("serving" if self.serving else None)
+        self._report("serving" if self.serving else "pending")
 
     def _fetch(self, missing: list[int]) -> None:
         w = self.want
         self.c.publish(TOPICS.fetch(self.id), json.dumps({"sha256": w["sha256"], "chunk_size": w["chunk_size"], "missing": missing}), qos=1)
         self.last_chunk = time.monotonic()
 
+    def _count(self) -> int:
+        return -(-self.want["size"] // self.want["chunk_size"])
+
     def _on_message(self, c, _u, msg) -> None:
         if msg.topic.endswith("/desired"):
             if not msg.payload:
                 return
             d = json.loads(msg.payload)
-            if d["revision"] < self.revision:
+            if d["revision"] <= self.revision and self.revision:
                 return
             self.revision = d["revision"]
-            model = ((d.get("models") or {}).get("bench") or {}).get("bundle")
-            if not model or (self.serving and self.serving["sha256"] == model["sha256"]) or (
-                    self.want and self.want["sha256"] == model["sha256"]):
-                self._report(("serving" if self.serving else None) if not self.want else "downloading")
-                return  # a revision already applied or in progress: acknowledged, never restarted
-            self.want, self.have = model, set()
-            c.subscribe(TOPICS.artifact_chunks(model["sha256"]), qos=1)
+            spec = (d.get("models") or {}).get(MODEL)
+            if not spec:
+                return
+            bundle, self.rollout_id = spec["bundle"], spec.get("rollout_id")
+            if self.serving and self.serving["sha256"] == bundle["sha256"]:
+                self._report("serving")
+                return
+            self.want, self.have = bundle, set()
+            c.subscribe(TOPICS.artifact_chunks(bundle["sha256"]), qos=1)
             self._report("downloading")
-            self._fetch(list(range(-(-model["size"] // model["chunk_size"]))))
+            self._fetch(list(range(self._count())))
             return
         if self.want is None:
             return
-        _, index = TOPICS.parse_artifact_chunk(msg.topic)
+        sha, index = TOPICS.parse_artifact_chunk(msg.topic)
+        if sha != self.want["sha256"]:
+            return
         self.have.add(index)
         self.last_chunk = time.monotonic()
-        if len(self.have) == -(-self.want["size"] // self.want["chunk_size"]):
+        if len(self.have) == self._count():
             w, self.want = self.want, None
             c.unsubscribe(TOPICS.artifact_chunks(w["sha256"]))
-            self.serving = _ref(w)
+            self.serving = {"name": w["name"], "version": w["version"], "sha256": w["sha256"]}
             self._report("serving")
 
     def retry(self) -> None:
-        if self.want and time.monotonic() - self.last_chunk > 3.0:
-            count = -(-self.want["size"] // self.want["chunk_size"])
-            self._fetch([i for i in range(count) if i not in self.have])
+        if self.want and time.monotonic() - self.last_chunk > 5.0:
+            self._fetch([i for i in range(self._count()) if i not in self.have])
 
     def telemetry(self) -> None:
         models = {}
         if self.serving:
-            models[self.serving["name"]] = {"version": self.serving["version"], "requests": 50, "errors": 0,
-                                            "latency_ms_p50": 1.0, "latency_ms_p95": 2.0, "latency_ms_p99": 3.0}
-        body = {"schema": 2, "window_s": 1.0, "models": models, "ts": time.time()}
+            models[MODEL] = {"version": self.serving["version"], "provider": "CPUExecutionProvider", "requests": 50,
+                             "errors": 0, "latency_ms_p50": 1.0, "latency_ms_p95": 2.0, "latency_ms_p99": 3.0}
+        body = {"schema": 2, "window_s": 10.0, "models": models, "health": {"cpu_percent": 12.0, "agent_rss_mb": 80.0},
+                "ts": time.time()}
         self.c.publish(TOPICS.telemetry(self.id), json.dumps(body), qos=0)
 
 
-def worker(ids: list[str], port: int, commands, results) -> None:
-    """Many devices on one selector loop (paho's external-loop API): no thread per device."""
-    devices = [SimDevice(i, port) for i in ids]
+def worker(devices_ports: list[tuple[str, int]], commands, results) -> None:
+    """Many devices on one selector loop (paho's external-loop API): no thread per device. Telemetry: one
+    message per device every `period` seconds, spread evenly."""
+    devices = []
+    for i, (d, port) in enumerate(devices_ports):
+        devices.append(SimDevice(d, port))
+        if i % 200 == 199:
+            for x in devices:
+                x.c.loop_write()
+                x.c.loop_read()
     sel = selectors.DefaultSelector()
-    by_sock = {}
     for d in devices:
-        sock = d.c.socket()
-        sel.register(sock, selectors.EVENT_READ, d)
-        by_sock[sock] = d
+        sel.register(d.c.socket(), selectors.EVENT_READ, d)
     results.put(("ready", len(devices)))
-    last_misc = 0.0
-    telemetry_until, telemetry_rate, sent = 0.0, 0.0, 0
-    t0 = 0.0
+    last_misc, period, sent, t0, telemetry_on = 0.0, 0.0, 0, 0.0, False
     while True:
         for key, _ in sel.select(timeout=0.01):
             key.data.c.loop_read()
@@ -153,123 +166,352 @@ def worker(ids: list[str], port: int, commands, results) -> None:
                         d.c.disconnect()
                     return
                 if cmd[0] == "telemetry":
-                    telemetry_rate, telemetry_until, t0, sent = cmd[1], now + cmd[2], now, 0
-        if telemetry_until:
-            if now >= telemetry_until:
-                results.put(("telemetry_sent", sent))
-                telemetry_until = 0.0
-            else:
-                due = int((now - t0) * telemetry_rate) - sent
-                for k in range(max(0, due)):
-                    devices[(sent + k) % len(devices)].telemetry()
-                sent += max(0, due)
+                    period, telemetry_on, t0, sent = cmd[1], True, now, 0
+                if cmd[0] == "telemetry_off":
+                    telemetry_on = False
+                    results.put(("telemetry_sent", sent))
+        if telemetry_on:
+            due = int((now - t0) * len(devices) / period) - sent
+            for k in range(max(0, due)):
+                devices[(sent + k) % len(devices)].telemetry()
+            sent += max(0, due)
+
+
+class SiteObserver:
+    """Counts the chunk messages that reach a site broker live (each one crossed the link once)."""
+
+    def __init__(self, port: int) -> None:
+        self.chunks: Counter = Counter()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.c.on_message = lambda _c, _u, m: (not m.retain) and self.chunks.update([m.topic])
+        self.c.connect("127.0.0.1", port)
+        self.c.subscribe(f"{TOPICS.prefix}/artifacts/#", qos=1)
+        self.c.loop_start()
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
 
 
 def metric(text: str, name: str) -> float:
-    m = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", text, re.M)
+    m = re.search(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", text, re.MULTILINE)
     return float(m.group(1)) if m else 0.0
 
 
 def make_bundle(folder: Path, version: str, size: int, key) -> Path:
-    manifest = Manifest(name="bench", version=version, task="other",
+    manifest = Manifest(name=MODEL, version=version, task="other",
                         inputs=[{"name": "x", "dtype": "float32", "shape": [1]}], outputs=[{"name": "y", "dtype": "float32", "shape": [1]}],
                         files={})
-    path = folder / f"bench-{version}.bundle"
+    path = folder / f"{MODEL}-{version}.bundle"
     write_bundle(path, manifest, {"model.onnx": os.urandom(size)}, key)
     return path
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--devices", type=int, default=1000)
-    p.add_argument("--model-mb", type=float, default=5.0)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--waves", default="1,10%,50%,100%")
-    p.add_argument("--telemetry-rate", type=float, default=10000.0, help="offered telemetry messages per second, fleet-wide")
-    p.add_argument("--telemetry-s", type=float, default=10.0)
-    p.add_argument("--database-url", default=None, help="default: a SQLite file")
-    args = p.parse_args()
+def cpu_s(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
-    work = Path(tempfile.mkdtemp(prefix="edgefleet-bench-"))
-    private, public = generate_keypair()
-    (work / "key.pub.pem").write_bytes(public)
-    key = load_private_key(private)
-    bundle = make_bundle(work, "2.0.0", int(args.model_mb * 1024 * 1024), key)
-    broker = Broker(work / "broker", extra_config="max_queued_messages 100000\n").start()
-    api = FleetApi(work / "api", broker.url, work / "key.pub.pem", database_url=args.database_url,
-                   env={"EDGEFLEET_API_TICK_INTERVAL_S": "0.5", "EDGEFLEET_API_LOG_LEVEL": "warning"}).start()
-    procs = []
+
+def run_scale(n: int, args, work: Path, pg: Postgres, bundle: Path, pub: Path) -> dict:
+    root = work / f"n{n}"
+    central = Broker(root / "central", extra_config="max_queued_messages 100000\n").start()
+    links = [LinkProxy(central.port).start() for _ in range(SITES)]
+    sites = [SiteBroker(root / f"site{i}", f"site{i}", "127.0.0.1", links[i].port,
+                        extra_config="max_queued_messages 100000\n").start() for i in range(SITES)]
+    for s in sites:
+        wait_for(s.bridge_connected, 30, f"bridge of {s.site}")
+    db = pg.create_database(f"scale{n}_{os.getpid()}")
+    api = FleetApi(root / "api", central.url, pub, database_url=db,
+                   env={"EDGEFLEET_API_TICK_INTERVAL_S": "0.5", "EDGEFLEET_API_LOG_LEVEL": "warning",
+                        "EDGEFLEET_API_OUTBOX_BATCH": "2000"}).start()
+    observers = [SiteObserver(s.port) for s in sites]
+    procs, commands = [], []
+    out: dict = {"devices": n}
     try:
         client = api.client()
         client.post("/v1/models", content=bundle.read_bytes()).raise_for_status()
-        ids = [f"sim-{i:05d}" for i in range(args.devices)]
+        ids = [f"sim-{i:05d}" for i in range(n)]
         t = time.monotonic()
-        for i in ids:
-            client.post("/v1/devices", json={"id": i, "labels": {"fleet": "bench"}}).raise_for_status()
-        print(f"registered {args.devices} devices in {time.monotonic() - t:.1f}s", file=sys.stderr)
+
+        def register(part: list[str]) -> None:
+            with api.client() as c:
+                for i in part:
+                    c.post("/v1/devices", json={"id": i, "labels": {"fleet": "bench", "site": f"site{int(i[4:]) % SITES}"}}).raise_for_status()
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(register, [ids[k::8] for k in range(8)]))
+        out["register_s"] = time.monotonic() - t
         results = mp.Queue()
-        commands = []
+        assignment = [(i, sites[int(i[4:]) % SITES].port) for i in ids]
         for w in range(args.workers):
             q = mp.Queue()
-            proc = mp.Process(target=worker, args=(ids[w::args.workers], broker.port, q, results), daemon=True)
+            proc = mp.Process(target=worker, args=(assignment[w::args.workers], q, results), daemon=True)
             proc.start()
             procs.append(proc)
             commands.append(q)
         for _ in procs:
-            assert results.get(timeout=60)[0] == "ready"
-        wait_for(lambda: sum(d["online"] for d in client.get("/v1/devices").json()) == args.devices, 60, "every device online")
+            assert results.get(timeout=600)[0] == "ready"
+        wait_for(lambda: sum(d["online"] for d in client.get("/v1/devices").json()) == n, 300, "every device online", interval=1)
 
-        before = client.get("/metrics").text
-        t = time.monotonic()
-        r = client.post("/v1/rollouts", json={"model": "bench", "version": "2.0.0", "selector": "fleet=bench", "waves": args.waves,
-                                              "gates": {"wave_timeout_s": 600}})
+        api_p = psutil.Process(api.process.proc.pid)
+        brokers_p = [psutil.Process(b.process.proc.pid) for b in [central, *sites]]
+        if n > args.rollout_up_to:
+            out["state"] = "not run"
+            return telemetry_phases(n, args, client, api_p, brokers_p, commands, procs, results, out)
+        down0 = [link.down_bytes for link in links]
+        api0, brk0, t = cpu_s([api_p]), cpu_s(brokers_p), time.monotonic()
+        r = client.post("/v1/rollouts", json={"model": MODEL, "version": "2.0.0", "selector": "fleet=bench", "waves": args.waves,
+                                              "gates": {"wave_timeout_s": 1800}})
         r.raise_for_status()
-        rid = r.json()["id"]
-        waves = r.json()["waves"]
-        done = wait_for(lambda: (x := client.get(f"/v1/rollouts/{rid}").json())["state"] != "running" and x, 900,
-                        "the rollout", interval=0.5)
-        rollout_s = time.monotonic() - t
-        after = client.get("/metrics").text
-        chunk_bytes = metric(after, "edgefleet_api_chunk_bytes_sent_total") - metric(before, "edgefleet_api_chunk_bytes_sent_total")
+        rid, waves = r.json()["id"], r.json()["waves"]
+        done = wait_for(lambda: (x := client.get(f"/v1/rollouts/{rid}").json())["state"] not in ("pending", "running") and x,
+                        1800, "the rollout", interval=1)
+        out["state"] = done["state"]
+        out["rollout_s"] = time.monotonic() - t
+        out["api_cpu_rollout_s"] = cpu_s([api_p]) - api0
+        out["broker_cpu_rollout_s"] = cpu_s(brokers_p) - brk0
         size = bundle.stat().st_size
+        chunk = 128 * 1024
+        count = -(-size // chunk)
+        out["link_mb"] = [(link.down_bytes - d0) / 1e6 for link, d0 in zip(links, down0, strict=True)]
+        copies = [sum(o.chunks.values()) / count for o in observers]
+        out["copies_per_wave_per_link"] = max(copies) / len(waves)
+        out["copies_max_chunk_per_link"] = max(max(o.chunks.values()) for o in observers)
+        out["waves"] = len(waves)
 
-        api_proc = psutil.Process(api.process.proc.pid)
-        n0, cpu0, t0 = metric(after, "edgefleet_api_telemetry_messages_total"), api_proc.cpu_times(), time.monotonic()
-        for q in commands:
-            q.put(("telemetry", args.telemetry_rate / args.workers, args.telemetry_s))
-        offered = sum(results.get(timeout=args.telemetry_s + 60)[1] for _ in procs)
-        # Until the API has drained what is queued: the rate is over the time it took to ingest all of it.
-        n1, cpu1, t1 = n0, cpu0, t0
-        while True:
-            n = metric(client.get("/metrics").text, "edgefleet_api_telemetry_messages_total")
-            if n == n1 and n > n0:
-                break
-            n1, cpu1, t1 = n, api_proc.cpu_times(), time.monotonic()
-            time.sleep(0.25)
-        cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / (t1 - t0) * 100
-
-        sizes = [b - a for a, b in itertools.pairwise([0, *waves])]
-        print(f"\nfleet scale: {args.devices} simulated devices, {args.workers} device processes, 2 vCPU box shared by all")
-        print(f"{'rollout':<44} {done['state']}, waves {sizes}")
-        print(f"{'  time for the whole rollout':<44} {rollout_s:.1f} s")
-        print(f"{'  model (bundle) size':<44} {size / 1e6:.2f} MB")
-        print(f"{'  API artifact bytes published, total':<44} {chunk_bytes / 1e6:.2f} MB ({chunk_bytes / size:.2f} copies of the model)")
-        print(f"{'  API artifact bytes per device':<44} {chunk_bytes / args.devices / 1e3:.1f} kB "
-              f"(per-device copies would be {size / 1e3:.0f} kB; one copy per wave = {size * len(waves) / args.devices / 1e3:.1f} kB)")
-        print(f"{'telemetry offered':<44} {offered / args.telemetry_s:,.0f} msg/s for {args.telemetry_s:.0f} s")
-        print(f"{'  ingested by the API':<44} {(n1 - n0) / (t1 - t0):,.0f} msg/s ({n1 - n0:,.0f} of {offered:,})")
-        print(f"{'  API CPU meanwhile':<44} {cpu:.0f} % of one core")
-        print(f"database: {args.database_url or 'SQLite file'}")
-        return 0 if done["state"] == "succeeded" else 1
+        return telemetry_phases(n, args, client, api_p, brokers_p, commands, procs, results, out)
     finally:
-        for q in commands if procs else []:
+        for q in commands:
             q.put(("stop",))
         for proc in procs:
-            proc.join(timeout=5)
+            proc.join(timeout=10)
             if proc.is_alive():
                 proc.terminate()
+        for o in observers:
+            o.close()
+        api.stop()
+        for s in sites:
+            s.stop()
+        for link in links:
+            link.close()
+        central.stop()
+
+
+def telemetry_phases(n: int, args, client, api_p, brokers_p, commands, procs, results, out: dict) -> dict:
+    """Telemetry at one message per device every 10 s, then a burst as fast as the simulators go."""
+    # Telemetry: one message per device every 10 s, for telemetry_s seconds.
+    before = client.get("/metrics").text
+    n0, api0, brk0, t0 = metric(before, "edgefleet_api_telemetry_messages_total"), cpu_s([api_p]), cpu_s(brokers_p), time.monotonic()
+    for q in commands:
+        q.put(("telemetry", 10.0))
+    time.sleep(args.telemetry_s)
+    for q in commands:
+        q.put(("telemetry_off",))
+    offered = sum(results.get(timeout=60)[1] for _ in procs)
+    t1 = time.monotonic()
+    n1, api1, brk1 = metric(client.get("/metrics").text, "edgefleet_api_telemetry_messages_total"), cpu_s([api_p]), cpu_s(brokers_p)
+    out["telemetry_offered_per_s"] = offered / (t1 - t0)
+    out["telemetry_ingested_per_s"] = (n1 - n0) / (t1 - t0)
+    out["api_cpu_telemetry_pct"] = (api1 - api0) / (t1 - t0) * 100
+    out["broker_cpu_telemetry_pct"] = (brk1 - brk0) / (t1 - t0) * 100
+    # Burst: the simulators send as fast as they can (asked for 25,000 msg/s) for telemetry_s / 2 seconds.
+    n0, api0, t0 = metric(client.get("/metrics").text, "edgefleet_api_telemetry_messages_total"), cpu_s([api_p]), time.monotonic()
+    for q in commands:
+        q.put(("telemetry", n / 25_000))
+    time.sleep(args.telemetry_s / 2)
+    for q in commands:
+        q.put(("telemetry_off",))
+    offered = sum(results.get(timeout=120)[1] for _ in procs)
+    time.sleep(2)  # what is queued in the API's inbox is ingested too
+    t1 = time.monotonic()
+    n1, api1 = metric(client.get("/metrics").text, "edgefleet_api_telemetry_messages_total"), cpu_s([api_p])
+    out["burst_offered_per_s"] = offered / (t1 - 2 - t0)
+    out["burst_ingested_per_s"] = (n1 - n0) / (t1 - t0)
+    out["burst_api_cpu_pct"] = (api1 - api0) / (t1 - t0) * 100
+    out["load1"] = os.getloadavg()[0]
+    return out
+
+
+def ingest_capacity(pg: Postgres, devices: int, messages: int) -> dict:
+    """One process's telemetry path without the MQTT network loop: parse the bytes, roll up, write the rollups
+    to PostgreSQL every 0.5 s of work, as the API's tick does. → messages per second of one core."""
+    from sqlalchemy import create_engine, insert
+    from sqlalchemy.orm import sessionmaker
+
+    from fleet_api import telemetry
+    from fleet_api.db.tables import Base, Device
+    from fleet_api.mqtt.handlers import parse_telemetry
+
+    engine = create_engine(pg.create_database(f"ingest_{os.getpid()}").replace("postgresql://", "postgresql+psycopg://"))
+    Base.metadata.create_all(engine)
+    ids = [f"sim-{i:05d}" for i in range(devices)]
+    with engine.begin() as conn:
+        conn.execute(insert(Device), [{"id": i} for i in ids])
+    sessions = sessionmaker(engine)
+    payloads = []
+    for k in range(messages):
+        body = {"schema": 2, "window_s": 10.0, "models": {MODEL: {"version": "2.0.0", "provider": "CPUExecutionProvider",
+                "requests": 50 + k % 7, "errors": 0, "latency_ms_p50": 1.0, "latency_ms_p95": 2.0, "latency_ms_p99": 3.0}},
+                "health": {"cpu_percent": 12.0, "agent_rss_mb": 80.0}, "ts": time.time()}
+        payloads.append((ids[k % devices], json.dumps(body).encode()))
+    import threading
+
+    buffer = telemetry.TelemetryBuffer()
+    stored, done = [0], threading.Event()
+
+    def flusher() -> None:  # the API's tick: a thread of its own, every 0.5 s
+        while not done.wait(0.5):
+            stored[0] += telemetry.flush(sessions, buffer)
+
+    flush_thread = threading.Thread(target=flusher, daemon=True)
+    cpu0, t0 = time.process_time(), time.monotonic()
+    flush_thread.start()
+    for device_id, payload in payloads:
+        buffer.add(device_id, parse_telemetry(payload))
+    done.set()
+    flush_thread.join()
+    stored[0] += telemetry.flush(sessions, buffer)
+    rows = stored[0]
+    wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    engine.dispose()
+    return {"messages": messages, "wall_s": wall, "per_s": messages / wall, "cpu_pct": cpu / wall * 100, "rows": rows}
+
+
+def ingest_over_mqtt(pg: Postgres, work: Path, pub: Path, messages: int, publishers: int = 8) -> dict:
+    """The real API process, its real MQTT loop, on PostgreSQL, fed by `publishers` C publishers (mosquitto_pub -l,
+    one device each) as fast as they go: → telemetry messages per second it ingests, and its CPU meanwhile."""
+    import subprocess
+
+    root = work / "ingest"
+    broker = Broker(root / "broker", extra_config="max_queued_messages 1000000\n").start()
+    api = FleetApi(root / "api", broker.url, pub, database_url=pg.create_database(f"ingestmqtt_{os.getpid()}"),
+                   env={"EDGEFLEET_API_LOG_LEVEL": "warning"}).start()
+    try:
+        client = api.client()
+        ids = [f"ingest-{k}" for k in range(publishers)]
+        for i in ids:
+            client.post("/v1/devices", json={"id": i}).raise_for_status()
+        files = []
+        for i in ids:
+            body = {"schema": 2, "window_s": 10.0, "models": {MODEL: {"version": "2.0.0", "provider": "CPUExecutionProvider",
+                    "requests": 50, "errors": 0, "latency_ms_p50": 1.0, "latency_ms_p95": 2.0, "latency_ms_p99": 3.0}},
+                    "health": {"cpu_percent": 12.0, "agent_rss_mb": 80.0}}
+            f = root / f"{i}.jsonl"
+            f.write_text((json.dumps(body) + "\n") * (messages // publishers))
+            files.append(f)
+        api_p = psutil.Process(api.process.proc.pid)
+        n0 = metric(client.get("/metrics").text, "edgefleet_api_telemetry_messages_total")
+        cpu0, t0 = cpu_s([api_p]), time.monotonic()
+        procs = []
+        for i, f in zip(ids, files, strict=True):
+            with open(f, "rb") as stdin:  # the child keeps its own copy of the descriptor
+                procs.append(subprocess.Popen(["mosquitto_pub", "-p", str(broker.port), "-t", TOPICS.telemetry(i),
+                                               "-q", "0", "-l"], stdin=stdin))
+        for p in procs:
+            p.wait(timeout=600)
+        # until the API has taken all of it (or stopped taking any)
+        n1, cpu1, t1 = n0, cpu0, t0
+        while True:
+            time.sleep(0.5)
+            n = metric(client.get("/metrics").text, "edgefleet_api_telemetry_messages_total")
+            if n == n1:
+                break
+            n1, cpu1, t1 = n, cpu_s([api_p]), time.monotonic()
+        got = n1 - n0
+        return {"offered": messages // publishers * publishers, "ingested": got, "per_s": got / (t1 - t0),
+                "cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100, "load1": os.getloadavg()[0]}
+    finally:
         api.stop()
         broker.stop()
+
+
+def print_table(rows: list[dict], ingest: dict, ingest_mqtt: dict, size: int, waves: str, workers: int) -> None:
+    col = 14
+    print(f"\nfleet scale on PostgreSQL: 1 central + {SITES} site brokers (bridged), {workers} simulator processes, "
+          f"{psutil.cpu_count()} vCPU shared with other work; bundle {size / 1e6:.2f} MB, waves {waves}")
+    print(f"{'devices':<46}" + "".join(f"{r['devices']:>{col},}" for r in rows))
+
+    def line(label: str, f) -> None:
+        print(f"{label:<46}" + "".join(f"{f(r):>{col}}" for r in rows))
+
+    def rollout(f):  # a column whose rollout was not run shows a dash
+        return lambda r: f(r) if r["state"] != "not run" else "—"
+
+    line("rollout state", lambda r: r["state"])
+    line("time to finish the rollout (s)", rollout(lambda r: f"{r['rollout_s']:.1f}"))
+    line("  per 1,000 devices (s)", rollout(lambda r: f"{r['rollout_s'] / r['devices'] * 1000:.1f}"))
+    line("MB down each central→site link (max)", rollout(lambda r: f"{max(r['link_mb']):.1f}"))
+    line("  bundle copies per wave per link", rollout(lambda r: f"{r['copies_per_wave_per_link']:.2f}"))
+    line("  most copies of one chunk on a link", rollout(lambda r: f"{r['copies_max_chunk_per_link']}"))
+    line("API CPU over the rollout (s)", rollout(lambda r: f"{r['api_cpu_rollout_s']:.1f}"))
+    line("  per device (ms)", rollout(lambda r: f"{r['api_cpu_rollout_s'] / r['devices'] * 1000:.1f}"))
+    line("brokers' CPU over the rollout (s, 5 brokers)", rollout(lambda r: f"{r['broker_cpu_rollout_s']:.1f}"))
+    line("telemetry offered (msg/s, 1/device/10 s)", lambda r: f"{r['telemetry_offered_per_s']:,.0f}")
+    line("  ingested by the API (msg/s)", lambda r: f"{r['telemetry_ingested_per_s']:,.0f}")
+    line("  API CPU (% of a core)", lambda r: f"{r['api_cpu_telemetry_pct']:.0f}")
+    line("  brokers' CPU (% of a core, 5 brokers)", lambda r: f"{r['broker_cpu_telemetry_pct']:.0f}")
+    line("  API CPU per 1,000 msg/s (% of a core)", lambda r: f"{r['api_cpu_telemetry_pct'] / max(r['telemetry_ingested_per_s'], 1) * 1000:.0f}")
+    line("telemetry burst offered (msg/s, simulators' max)", lambda r: f"{r['burst_offered_per_s']:,.0f}")
+    line("  ingested by the API (msg/s)", lambda r: f"{r['burst_ingested_per_s']:,.0f}")
+    line("  API CPU (% of a core)", lambda r: f"{r['burst_api_cpu_pct']:.0f}")
+    line("  → msg/s per API core", lambda r: f"{r['burst_ingested_per_s'] / max(r['burst_api_cpu_pct'], 1) * 100:,.0f}")
+    line("load average (1 min) at the end", lambda r: f"{r['load1']:.1f}")
+    if ingest is None or ingest_mqtt is None:
+        return
+    print(f"ingest path of one API process (parse + rollup + batched PostgreSQL write, no MQTT loop): "
+          f"{ingest['per_s']:,.0f} msg/s at {ingest['cpu_pct']:.0f} % of a core ({ingest['messages']:,} messages)")
+    print(f"ingest of the API process over MQTT (its paho loop; 8 C publishers, QoS 0, as fast as they go): "
+          f"{ingest_mqtt['per_s']:,.0f} msg/s at {ingest_mqtt['cpu_pct']:.0f} % of a core "
+          f"({ingest_mqtt['ingested']:,.0f} of {ingest_mqtt['offered']:,} taken; load {ingest_mqtt['load1']:.1f})")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--devices", default="1000,3000,10000", help="comma-separated device counts, one column each")
+    p.add_argument("--quick", action="store_true", help="smoke test: 200 devices, a 1 MB bundle, short telemetry")
+    p.add_argument("--model-mb", type=float, default=5.0)
+    p.add_argument("--workers", type=int, default=2, help="device simulator processes")
+    p.add_argument("--waves", default="1,10%,50%,100%")
+    p.add_argument("--telemetry-s", type=float, default=30.0)
+    p.add_argument("--ingest-messages", type=int, default=200_000)
+    p.add_argument("--rollout-up-to", type=int, default=10**9,
+                   help="larger device counts skip the rollout (connect + telemetry only): the simulator receives every byte")
+    p.add_argument("--json", action="store_true", help="print the results as JSON as well")
+    args = p.parse_args()
+    counts = [int(x) for x in args.devices.split(",")]
+    if args.quick:
+        counts, args.model_mb, args.telemetry_s, args.ingest_messages = [200], 1.0, 10.0, 20_000
+
+    work = Path(tempfile.mkdtemp(prefix="edgefleet-scale-"))
+    private, public = generate_keypair()
+    pub = work / "key.pub.pem"
+    pub.write_bytes(public)
+    bundle = make_bundle(work, "2.0.0", int(args.model_mb * 1024 * 1024), load_private_key(private))
+    pg = Postgres().start()
+    try:
+        ingest = ingest_capacity(pg, max(counts), args.ingest_messages) if args.ingest_messages else None
+        ingest_mqtt = ingest_over_mqtt(pg, work, pub, args.ingest_messages * 2) if args.ingest_messages else None
+        print(f"ingest over MQTT, the API process: {ingest_mqtt}", file=sys.stderr)
+        print(f"ingest path, one process: {ingest}, load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+        rows = []
+        for n in counts:
+            rows.append(run_scale(n, args, work, pg, bundle, pub))
+            print(f"{n} devices: {rows[-1]}", file=sys.stderr)
+    finally:
+        pg.stop()
+
+    print_table(rows, ingest, ingest_mqtt, bundle.stat().st_size, args.waves, args.workers)
+    if args.json:
+        print(json.dumps({"scales": rows, "ingest": ingest, "ingest_mqtt": ingest_mqtt}))
+    return 0 if all(r["state"] == "succeeded" for r in rows) else 1
 
 
 if __name__ == "__main__":

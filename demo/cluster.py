@@ -349,3 +349,236 @@ class Postgres:
             except RuntimeError:
                 pass
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --- site brokers: a mosquitto per site, bridged to the central broker -----------------------------------------
+
+# What crosses a site's link, by direction (mosquitto `topic PATTERN DIRECTION QOS`). In: what the API sends to
+# devices; out: what devices send to the API. Telemetry is QoS 0 (lossy by design, dropped while the link is down).
+BRIDGE_TOPICS_IN = (("devices/+/desired", 1), ("artifacts/#", 1))
+BRIDGE_TOPICS_OUT = (("devices/+/reported", 1), ("devices/+/status", 1), ("devices/+/hello", 1),
+                     ("devices/+/fetch", 1), ("devices/+/events", 1), ("devices/+/telemetry", 0))
+
+# The per-device rules of a site: the same for every device, keyed by its login (`%u` = the device id), so a
+# site needs no per-device ACL entry and no call to the centre to admit a device while the link is down.
+SITE_ACL = """\
+# devices: only their own topics, and artifact chunks
+pattern read {prefix}/devices/%u/desired
+pattern write {prefix}/devices/%u/reported
+pattern write {prefix}/devices/%u/hello
+pattern write {prefix}/devices/%u/fetch
+pattern write {prefix}/devices/%u/telemetry
+pattern write {prefix}/devices/%u/events
+pattern write {prefix}/devices/%u/status
+pattern read {prefix}/artifacts/#
+# (`topic` lines before any `user` line would apply to anonymous clients only: every device rule is a pattern)
+# the site's own observer (benchmarks, tests, Prometheus exporters): read-only
+user {observer}
+topic read {prefix}/#
+topic read $SYS/#
+"""
+
+
+def bridge_config(site: str, central_host: str, central_port: int, prefix: str = "edgefleet/v1",
+                  username: str | None = None, password: str | None = None, restart_timeout: str = "1 5",
+                  keepalive_s: int = 10) -> str:
+    """mosquitto.conf lines of a site's bridge to the centre. `cleansession false`: the centre keeps the bridge's
+    session, so desired states and chunks published while the link is down are queued there and delivered when
+    it returns; the site keeps what devices sent meanwhile (its own queue, persisted) for the other direction."""
+    lines = [
+        f"connection central-{site}",
+        f"address {central_host}:{central_port}",
+        f"remote_clientid edgefleet-site-{site}",
+        "cleansession false",
+        "local_cleansession false",
+        "bridge_protocol_version mqttv50",  # keeps the chunks' message expiry across the link
+        "try_private true",  # the centre treats us as a bridge: retain flags as published, no loops
+        "notifications true",
+        f"notification_topic $SYS/edgefleet/bridge/{site}/state",
+        "notifications_local_only true",
+        f"keepalive_interval {keepalive_s}",
+        f"restart_timeout {restart_timeout}",
+        "start_type automatic",
+        "bridge_max_packet_size 0",
+    ]
+    if username:
+        lines.append(f"remote_username {username}")
+    if password:
+        lines.append(f"remote_password {password}")
+    lines += [f"topic {prefix}/{pattern} in {qos}" for pattern, qos in BRIDGE_TOPICS_IN]
+    lines += [f"topic {prefix}/{pattern} out {qos}" for pattern, qos in BRIDGE_TOPICS_OUT]
+    return "\n".join(lines) + "\n"
+
+
+class SiteBroker(Broker):
+    """A site's mosquitto: devices of the site connect here; a bridge to the central broker carries desired
+    states and artifact chunks in, and what devices send out. Persistent (retained desired states and the
+    bridge's queue survive a restart); per-device ACLs from an acl_file with `%u` patterns.
+
+    `devices` maps device id → password (a password_file is written); None admits anonymous clients, which
+    then get no device rights (the ACL patterns need a login), only what `observer` may read when it is None
+    too: anonymous on loopback is for benchmarks, where every client is ours.
+    """
+
+    def __init__(self, root: Path, site: str, central_host: str, central_port: int, port: int | None = None,
+                 devices: dict[str, str] | None = None, prefix: str = "edgefleet/v1", extra_config: str = "",
+                 observer: str = "observer", observer_password: str | None = None,
+                 bridge_username: str | None = None, bridge_password: str | None = None) -> None:
+        self.site = site
+        self.observer = observer
+        self.observer_password = observer_password or secrets.token_urlsafe(12)
+        root.mkdir(parents=True, exist_ok=True)
+        persistence = (
+            ("user root\n" if os.geteuid() == 0 else "")  # as for dynsec: stay able to write our temp folder
+            + "persistence true\n"
+            f"persistence_location {root}/\n"
+            "autosave_interval 30\n"
+        )
+        if devices is None:
+            access = ""
+        else:
+            passwd = root / "passwd"
+            passwd.write_text("".join(f"{u}:{p}\n" for u, p in {**devices, observer: self.observer_password}.items()))
+            subprocess.run(["mosquitto_passwd", "-U", str(passwd)], check=True, capture_output=True)
+            acl = root / "acl"
+            acl.write_text(SITE_ACL.format(prefix=prefix, observer=observer))
+            access = f"allow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
+        super().__init__(root, port=port, extra_config=(
+            access + persistence + extra_config
+            + bridge_config(site, central_host, central_port, prefix, bridge_username, bridge_password)))
+        # The base config says `persistence false` and `allow_anonymous true` first; mosquitto takes the last
+        # value of a repeated option, so ours win (checked by the e2e test: a stranger is refused).
+        if devices is not None:
+            text = (root / "mosquitto.conf").read_text().replace("allow_anonymous true\n", "")
+            (root / "mosquitto.conf").write_text(text)
+
+    def bridge_connected(self) -> bool:
+        """Whether the site's bridge is up, read from its own notification topic (retained on the site broker)."""
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        got: list[bytes] = []
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        c.username_pw_set(self.observer, self.observer_password)
+        c.on_message = lambda _c, _u, m: got.append(m.payload)
+        c.connect("127.0.0.1", self.port)
+        c.subscribe(f"$SYS/edgefleet/bridge/{self.site}/state")
+        deadline = time.monotonic() + 2
+        while not got and time.monotonic() < deadline:
+            c.loop(0.1)
+        c.disconnect()
+        return bool(got) and got[-1] == b"1"
+
+
+class LinkProxy:
+    """A TCP link between a site broker and the centre that counts its bytes each way and can be cut.
+
+    `cut()` closes every connection through it and refuses new ones (the site's WAN is down); `restore()`
+    accepts again. Runs on a thread of its own; `down_bytes` is centre → site, `up_bytes` site → centre.
+    """
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", port: int | None = None) -> None:
+        import threading
+
+        self.target = (target_host, target_port)
+        self.port = port or free_port()
+        self.down_bytes = 0
+        self.up_bytes = 0
+        self.connections = 0
+        self._up = True
+        self._lock = threading.Lock()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", self.port))
+        self._listener.listen(16)
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=f"link-{self.port}", daemon=True)
+
+    def start(self) -> LinkProxy:
+        self._thread.start()
+        return self
+
+    def cut(self) -> None:
+        with self._lock:
+            self._up = False
+            for a, b in self._pairs:
+                for s in (a, b):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+    def restore(self) -> None:
+        with self._lock:
+            self._up = True
+
+    def close(self) -> None:
+        self._stop = True
+        self.cut()
+        self._listener.close()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        sel.register(self._listener, selectors.EVENT_READ, None)
+        peer: dict[socket.socket, tuple[socket.socket, bool]] = {}  # socket → (other end, reading from the site?)
+        while not self._stop:
+            try:
+                events = sel.select(timeout=0.2)
+            except (OSError, ValueError):
+                break
+            for key, _ in events:
+                s = key.fileobj
+                if key.data is None:  # a new connection from the site
+                    try:
+                        site, _ = self._listener.accept()
+                    except OSError:
+                        continue
+                    with self._lock:
+                        up = self._up
+                    if not up:
+                        site.close()
+                        continue
+                    try:
+                        central = socket.create_connection(self.target, timeout=5)
+                    except OSError:
+                        site.close()
+                        continue
+                    for x in (site, central):
+                        x.setblocking(True)
+                        x.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    peer[site], peer[central] = (central, True), (site, False)
+                    sel.register(site, selectors.EVENT_READ, "conn")
+                    sel.register(central, selectors.EVENT_READ, "conn")
+                    with self._lock:
+                        self._pairs.append((site, central))
+                        self.connections += 1
+                    continue
+                if s not in peer:  # closed with its other end earlier in this round
+                    continue
+                other, from_site = peer[s]
+                try:
+                    data = s.recv(262144)
+                    if data:
+                        other.sendall(data)
+                except OSError:
+                    data = b""
+                if data:
+                    if from_site:
+                        self.up_bytes += len(data)
+                    else:
+                        self.down_bytes += len(data)
+                    continue
+                for x in (s, other):  # one end closed: close both
+                    try:
+                        sel.unregister(x)
+                    except (KeyError, ValueError):
+                        pass
+                    peer.pop(x, None)
+                    x.close()
+                with self._lock:
+                    self._pairs = [p for p in self._pairs if s not in p]
+        sel.close()

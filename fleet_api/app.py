@@ -47,10 +47,12 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         service = FleetService(settings, sessions, dynsec.granting(broker) if dynsec else broker)
         service.broker_admin = dynsec
         broker.on_message = lambda topic, payload: handlers.handle(service, topic, payload)
+        broker.on_fast = lambda topic, payload: handlers.handle_fast(service, topic, payload)
 
         def on_connected() -> None:
             if dynsec is not None:  # before the outbox: desired states need the API's publish rights
                 dynsec.ensure_api_role()
+            service.chunks.forget_sent()  # a restarted broker lost its retained chunks
             service.flush_outbox()  # anything committed while we were away goes out now
 
         broker.on_connected = on_connected

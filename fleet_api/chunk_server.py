@@ -10,6 +10,14 @@ handle the request reaches the broker after the device's subscription, and the d
 the broker already acknowledged are sent again. Devices of a wave that ask over a few seconds thus share one
 pass instead of one per window.
 
+Chunks are published retained, with an MQTT 5 message expiry (`retain_s`): a device that subscribes after a
+chunk went by gets it from its own broker (a site broker bridged to the centre keeps its retained copy). So a
+chunk sent while its retained copy lives is not published again for a device's first request (the copy serves
+it), only when that same device asks again (the copy did not reach it) or when `resend_after_s` has passed for
+a request that names no device. Every device of a wave, on every site, is thus served from about one copy per
+link. After the API reconnects to its broker (which may have restarted without its retained messages) every
+chunk is sent again on request.
+
 A fetch budget per device and artifact bounds what one device can make the API publish: each chunk it asks for
 is published on its behalf at most `sends_per_chunk` times per `budget_window_s` (a download needs one, a
 lost connection or a restart one more). Asks merged into a publish already on its way cost nothing; asks over
@@ -69,9 +77,15 @@ class FetchBudget:
 
 class ChunkServer:
     def __init__(self, store: ArtifactStore, publisher: Publisher, topics: Topics, window_s: float = 0.1,
-                 sends_per_chunk: int = 4, budget_window_s: float = 600.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 sends_per_chunk: int = 4, budget_window_s: float = 600.0, resend_after_s: float = 10.0,
+                 retain_s: int = 600, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self.clock = clock
+        self.resend_after_s = resend_after_s
+        self.retain_s = retain_s
+        self._published: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)  # chunk index → sent at
+        # devices that asked for a chunk since it was last sent (their first ask is served by the retained copy)
+        self._asked: dict[tuple[str, int], dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
         self.publisher = publisher
         self.topics = topics
         self.window_s = window_s
@@ -96,11 +110,12 @@ class ChunkServer:
         CHUNKS_REQUESTED.inc(len(valid))
         key = (sha256, chunk_size)
         with self._cond:
-            in_flight = self._in_flight[key]
+            in_flight, now = self._in_flight[key], self.clock()
             for i in [i for i, d in in_flight.items() if d.is_published()]:
                 del in_flight[i]
             valid -= in_flight.keys()  # on its way already: free
             valid -= self._pending.get(key, set())
+            valid -= {i for i in valid if not self._resend(key, i, now, device)}
             if not valid:
                 return 0
             allowed = self._budget.take(device, sha256, chunk_size, count, valid)
@@ -114,6 +129,28 @@ class ChunkServer:
             self._first_request.setdefault(key, time.monotonic())
             self._cond.notify()
         return len(allowed)
+
+    def _resend(self, key: tuple[str, int], i: int, now: float, device: str) -> bool:
+        """Whether chunk i must be published again for this request (under the lock)."""
+        sent = self._published[key].get(i)
+        if sent is None or now - sent >= self.retain_s * 0.9:  # never sent, or its retained copy expires
+            return True
+        if now - sent < self.resend_after_s:
+            return False  # just sent: live or retained, it reaches the device
+        if not device:
+            return True
+        asked = self._asked[key][i]
+        if device in asked:
+            return True  # asked again: the retained copy did not reach it
+        asked.add(device)
+        return False
+
+    def forget_sent(self) -> None:
+        """The broker connection was re-established: the broker may have restarted and lost its retained chunks,
+        so the next request for any chunk publishes it again."""
+        with self._cond:
+            self._published.clear()
+            self._asked.clear()
 
     def close(self) -> None:
         with self._cond:
@@ -151,10 +188,13 @@ class ChunkServer:
         try:
             for i in indices:
                 data = self.store.read_chunk(sha256, i, chunk_size)
-                delivery = self.publisher.publish_tracked(self.topics.artifact_chunk(sha256, i), data, qos=1)
+                delivery = self.publisher.publish_tracked(self.topics.artifact_chunk(sha256, i), data, qos=1,
+                                                          retain_s=self.retain_s)
                 if delivery is not None:
                     with self._cond:
                         self._in_flight[key][i] = delivery
+                        self._published[key][i] = self.clock()
+                        self._asked[key].pop(i, None)
                 CHUNKS_SENT.inc()
                 CHUNK_BYTES.inc(len(data))
         except OSError as exc:

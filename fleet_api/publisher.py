@@ -13,8 +13,9 @@ class Delivery(Protocol):
 
 
 class Publisher(Protocol):
-    def publish_tracked(self, topic: str, payload: bytes, qos: int = 1) -> Delivery | None:
-        """Queue a publish without waiting; the handle tells when the broker has it. None when not connected."""
+    def publish_tracked(self, topic: str, payload: bytes, qos: int = 1, retain_s: int = 0) -> Delivery | None:
+        """Queue a publish without waiting; the handle tells when the broker has it. None when not connected.
+        `retain_s` > 0: retained, and expired by the broker after that many seconds (MQTT 5)."""
         ...
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, wait: bool = False) -> bool:

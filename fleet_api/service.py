@@ -95,7 +95,8 @@ class FleetService:
         self.trusted_keys = public_keys(settings.trusted_keys)
         self.keys = KeyStore(settings.master_key_bytes())
         self.chunks = ChunkServer(self.store, publisher, self.topics, settings.chunk_coalesce_ms / 1000,
-                                  settings.fetch_sends_per_chunk, settings.fetch_budget_window_s)
+                                  settings.fetch_sends_per_chunk, settings.fetch_budget_window_s,
+                                  resend_after_s=settings.chunk_resend_after_s, retain_s=settings.chunk_retain_s)
         self.telemetry = telemetry.TelemetryBuffer()
         self.drift = DriftMonitor(settings.drift)
         self.insights = InsightsService.from_settings(settings, sessions)  # alerts and failure analysis (issue 16)
@@ -624,6 +625,11 @@ class FleetService:
         if beyond:
             raise Invalid(f"chunk index {beyond[0]} is out of range: artifact {fetch.sha256[:12]} has {count} chunks")
         return self.chunks.request(fetch.sha256, size, fetch.chunk_size, fetch.missing, device=device_id)
+
+    def known_recently(self, device_id: str) -> bool:
+        """Whether the device was found registered and active less than KNOWN_DEVICE_TTL_S ago (no database)."""
+        seen = self._known.get(device_id)
+        return seen is not None and time.monotonic() - seen < KNOWN_DEVICE_TTL_S
 
     def _check_known(self, device_id: str) -> None:
         seen = self._known.get(device_id)

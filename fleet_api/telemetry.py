@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -137,8 +137,50 @@ class TelemetryBuffer:
 
 
 def write(db: Session, rollups: dict[Key, Rollup]) -> None:
-    """Merge rollups into their minute rows (insert or add). Caller commits; IntegrityError means another
-    replica inserted the same row meanwhile: the caller retries, and the row is then found."""
+    """Merge rollups into their minute rows (insert or add). Caller commits. PostgreSQL and SQLite: one
+    multi-row INSERT ... ON CONFLICT DO UPDATE that adds in the database (no read first, no ORM objects), rows
+    in key order so replicas flushing the same minutes take their row locks in one order."""
+    if not rollups:
+        return
+    dialect = db.get_bind().dialect.name
+    if dialect not in ("postgresql", "sqlite"):
+        return _write_orm(db, rollups)
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    # the two dialects' INSERT … ON CONFLICT are the same construct with the same methods
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    greatest = func.greatest if dialect == "postgresql" else func.max  # SQLite's two-argument max() is scalar
+    rows = [{
+        "device_id": k[0], "minute": k[1], "model": k[2], "model_version": k[3], "provider": r.provider,
+        "messages": r.messages, "requests": r.requests, "errors": r.errors, "latency_messages": r.latency_messages,
+        "latency_ms_p50_sum": r.p50, "latency_ms_p95_sum": r.p95, "latency_ms_p99_sum": r.p99,
+        "latency_ms_p95_max": r.p95_max, "cpu_percent_sum": r.cpu, "memory_mb_max": r.memory_max,
+    } for k, r in sorted(rollups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3]))]
+    t = TelemetryMinute.__table__
+    stmt = insert(TelemetryMinute)
+    new = stmt.excluded
+
+    def both_max(col: str):  # NULL-safe on both databases: NULL only when both are
+        return greatest(func.coalesce(t.c[col], new[col]), func.coalesce(new[col], t.c[col]))
+
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["device_id", "minute", "model", "model_version"],
+        set_={
+            "provider": func.coalesce(new.provider, t.c.provider),
+            **{c: t.c[c] + new[c] for c in ("messages", "requests", "errors", "latency_messages", "latency_ms_p50_sum",
+                                            "latency_ms_p95_sum", "latency_ms_p99_sum", "cpu_percent_sum")},
+            "latency_ms_p95_max": both_max("latency_ms_p95_max"),
+            "memory_mb_max": both_max("memory_mb_max"),
+        },
+    )
+    db.execute(stmt, rows)
+    # telemetry is the liveness signal of devices that say nothing else
+    db.execute(update(Device).where(Device.id.in_(sorted({k[0] for k in rollups}))).values(last_seen=utcnow()))
+
+
+def _write_orm(db: Session, rollups: dict[Key, Rollup]) -> None:
+    """Other databases: read the rows, add in Python. IntegrityError means another replica inserted the same
+    row meanwhile: the caller retries, and the row is then found."""
     devices = sorted({k[0] for k in rollups})
     minutes = sorted({k[1] for k in rollups})
     existing: dict[Key, TelemetryMinute] = {}

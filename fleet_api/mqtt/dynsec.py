@@ -291,8 +291,8 @@ class ArtifactGrants:
         self.inner = inner
         self.dynsec = dynsec
 
-    def publish_tracked(self, topic: str, payload: bytes, qos: int = 1) -> Delivery | None:
-        return self.inner.publish_tracked(topic, payload, qos)
+    def publish_tracked(self, topic: str, payload: bytes, qos: int = 1, retain_s: int = 0) -> Delivery | None:
+        return self.inner.publish_tracked(topic, payload, qos, retain_s)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, wait: bool = False) -> bool:
         return self._grant([(topic, payload)])[0] and self.inner.publish(topic, payload, qos, retain, wait)

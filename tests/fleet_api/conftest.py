@@ -46,8 +46,8 @@ class RecordingPublisher:
     def publish_batch(self, messages, timeout=30.0):
         return [self.publish(t, p, q, r) for t, p, q, r in messages]
 
-    def publish_tracked(self, topic, payload, qos=1):
-        return Acked() if self.publish(topic, payload, qos) else None
+    def publish_tracked(self, topic, payload, qos=1, retain_s=0):
+        return Acked() if self.publish(topic, payload, qos, retain=retain_s > 0) else None
 
     def desired(self) -> list[tuple[str, bytes]]:
         return [(t, p) for t, p, _, _ in self.messages if t.endswith("/desired")]

@@ -25,7 +25,8 @@ class HoldingPublisher:
         self.sent: list[int] = []
         self.deliveries: list[Held] = []
 
-    def publish_tracked(self, topic, payload, qos=1):
+    def publish_tracked(self, topic, payload, qos=1, retain_s=0):
+        self.retain_s = retain_s
         self.sent.append(int(topic.rsplit("/", 1)[1]))
         held = Held()
         self.deliveries.append(held)
@@ -49,7 +50,7 @@ def test_requests_merge_into_unacknowledged_publishes_and_acknowledged_chunks_ar
     blob.write_bytes(bytes(range(256)) * 40)  # 10,240 bytes = 10 chunks of 1,024
     sha = store.add(blob)
     pub = HoldingPublisher()
-    server = ChunkServer(store, pub, Topics(), window_s=0.05)
+    server = ChunkServer(store, pub, Topics(), window_s=0.05, resend_after_s=0, retain_s=0)  # no retained copies
     try:
         # three devices within one window: one pass
         for device in ("a", "b", "c"):
@@ -88,7 +89,8 @@ def test_repeated_fetches_of_chunk_0_do_not_republish_it_each_time(tmp_path):
     sha = store.add(blob)
     pub = HoldingPublisher()
     clock = Clock()
-    server = ChunkServer(store, pub, Topics(), window_s=0.01, sends_per_chunk=3, budget_window_s=600, clock=clock)
+    server = ChunkServer(store, pub, Topics(), window_s=0.01, sends_per_chunk=3, budget_window_s=600,
+                         retain_s=0, clock=clock)  # no retained copies: the budget alone
     try:
         queued = 0
         for _ in range(50):
@@ -117,7 +119,7 @@ def test_a_small_fetch_of_the_whole_bundle_cannot_republish_it_again_and_again(t
     blob.write_bytes(bytes(range(256)) * 40)
     sha = store.add(blob)
     pub = HoldingPublisher()
-    server = ChunkServer(store, pub, Topics(), window_s=0.01, sends_per_chunk=2, clock=Clock())
+    server = ChunkServer(store, pub, Topics(), window_s=0.01, sends_per_chunk=2, retain_s=0, clock=Clock())
     try:
         for _ in range(10):
             if server.request(sha, 10_240, 1024, list(range(10)), device="evil"):
@@ -126,5 +128,46 @@ def test_a_small_fetch_of_the_whole_bundle_cannot_republish_it_again_and_again(t
         wait_sent(pub, 21)
         assert len(pub.sent) == 20  # two copies, not ten
         assert server.request(sha, 10_240, 1024, list(range(10)) + [10, -1], device="evil") == 0
+    finally:
+        server.close()
+
+
+def test_a_chunk_whose_retained_copy_lives_is_sent_again_only_for_a_device_that_asks_twice(tmp_path):
+    """A device asking for a chunk the broker holds retained gets the broker's copy (its site broker's, behind a
+    bridge): the link carries one copy per wave. Only a device asking again (its copy did not come) costs one
+    more; so does the expiry of the retained copy, and a reconnection to the broker (it may have lost them)."""
+    store = ArtifactStore(tmp_path)
+    blob = tmp_path / "blob"
+    blob.write_bytes(bytes(range(256)) * 40)
+    sha = store.add(blob)
+    pub = HoldingPublisher()
+    now = [1000.0]
+    server = ChunkServer(store, pub, Topics(), window_s=0.05, resend_after_s=10, retain_s=600, clock=lambda: now[0])
+    try:
+        server.request(sha, 10_240, 1024, list(range(10)), device="a")
+        wait_sent(pub, 10)
+        assert pub.retain_s == 600  # retained, expiring after 10 minutes
+        pub.ack_all()
+        now[0] += 5
+        assert server.request(sha, 10_240, 1024, list(range(10)), device="b") == 0  # just sent
+        now[0] += 100
+        for device in ("c", "d", "e"):  # late devices of the wave: the retained copy serves them
+            assert server.request(sha, 10_240, 1024, list(range(10)), device=device) == 0
+        wait_sent(pub, 10)
+        assert len(pub.sent) == 10
+        assert server.request(sha, 10_240, 1024, [4], device="d") == 1  # d asks again: it did not get chunk 4
+        wait_sent(pub, 11)
+        assert pub.sent[10:] == [4]
+        pub.ack_all()
+        now[0] += 20
+        assert server.request(sha, 10_240, 1024, [4], device="d") == 0  # a new send: d's first ask since
+        now[0] += 600  # the retained copies expired
+        assert server.request(sha, 10_240, 1024, [5], device="f") == 1
+        wait_sent(pub, 12)
+        pub.ack_all()
+        server.forget_sent()  # reconnected: the broker may have restarted without them
+        assert server.request(sha, 10_240, 1024, [6], device="g") == 1
+        wait_sent(pub, 13)
+        assert pub.sent[11:] == [5, 6]
     finally:
         server.close()

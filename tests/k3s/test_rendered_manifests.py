@@ -29,7 +29,9 @@ def rendered(tmp_path_factory) -> dict[str, list[dict]]:
     out = tmp_path_factory.mktemp("rendered")
     proc = _run("render", str(out))
     assert proc.returncode == 0, proc.stderr
-    return {o: json.loads((out / f"overlays-{o}.json").read_text()) for o in OVERLAYS}
+    docs = {o: json.loads((out / f"overlays-{o}.json").read_text()) for o in OVERLAYS}
+    docs["edge-site"] = json.loads((out / "examples-edge-site.json").read_text())
+    return docs
 
 
 def find(docs: list[dict], kind: str, name: str, namespace: str | None = None) -> dict:
@@ -175,6 +177,95 @@ def test_api_scales_out_behind_a_disruption_budget(docs):
     env = env_of(deployment["spec"]["template"]["spec"]["containers"][0])
     assert env["EDGEFLEET_API_SHARED_SUBSCRIPTION_GROUP"]["value"]  # replicas share the device messages
     assert "EDGEFLEET_API_MQTT_CLIENT_ID" not in env  # empty: unique per process
+
+
+def test_api_autoscales_on_cpu_from_its_disruption_budget_up(docs):
+    deployment = api(docs)
+    hpa = find(docs, "HorizontalPodAutoscaler", "edgefleet-api", "edgefleet")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "edgefleet-api"}
+    # never below what the disruption budget and the shared subscription assume; room to grow
+    assert hpa["spec"]["minReplicas"] == deployment["spec"]["replicas"] == 2
+    assert hpa["spec"]["maxReplicas"] >= 4
+    cpu = [m for m in hpa["spec"]["metrics"] if m["type"] == "Resource" and m["resource"]["name"] == "cpu"]
+    assert cpu and 50 <= cpu[0]["resource"]["target"]["averageUtilization"] <= 90
+    # utilization is relative to the request: every container of the API asks for CPU
+    assert all("cpu" in c["resources"]["requests"] for c in all_containers(deployment))
+    # waves come in bursts: scale-down waits
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    # the backlog metric needs a custom-metrics adapter: not in the plain overlays
+    assert not [m for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+
+
+def test_api_autoscales_on_the_telemetry_backlog_where_the_metric_is_served(rendered):
+    from fleet_api.mqtt.broker import INBOX  # the exported gauge the metric names
+
+    hpa = find(rendered["edge-site"], "HorizontalPodAutoscaler", "edgefleet-api", "edgefleet")
+    pods = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    assert [p["metric"]["name"] for p in pods] == [INBOX._name] == ["edgefleet_api_mqtt_inbox_messages"]
+    assert pods[0]["target"]["type"] == "AverageValue"
+
+
+# --- a site broker (k3s/components/site-broker, in examples/edge-site) ------------------------------
+
+def site_broker(docs):
+    return find(docs, "StatefulSet", "edgefleet-site-broker", "edgefleet-edge")
+
+
+def site_config(docs) -> dict[str, str]:
+    name = site_broker(docs)["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"]
+    return find(docs, "ConfigMap", name, "edgefleet-edge")["data"]
+
+
+def test_site_broker_is_locked_down_and_keeps_its_state_on_a_volume(rendered):
+    docs = rendered["edge-site"]
+    test_every_container_is_locked_down(docs, site_broker)
+    sts = site_broker(docs)
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"edgefleet.io/site-broker": "true"}
+    assert [v["metadata"]["name"] for v in sts["spec"]["volumeClaimTemplates"]] == ["data"]
+    conf = site_config(docs)["mosquitto.conf"]
+    for line in ("allow_anonymous false", "persistence true", "acl_file /mosquitto/config/acl",
+                 "password_file /mosquitto/run/passwd", "listener 8883"):
+        assert line in conf.splitlines(), line
+    assert all(c["image"].startswith("eclipse-mosquitto:2.") for c in all_containers(sts))
+
+
+def test_site_broker_bridges_desired_and_chunks_in_and_device_messages_out(rendered):
+    script = site_config(rendered["edge-site"])["init-site.sh"]
+    lines = set(script.splitlines())
+    assert {"cleansession false", "local_cleansession false", "try_private true", "bridge_insecure false"} <= lines
+    topics = {tuple(line.split()[1:3]) for line in lines if line.startswith("topic ")}
+    assert topics == {
+        ("edgefleet/v1/devices/+/desired", "in"), ("edgefleet/v1/artifacts/#", "in"),
+        *{(f"edgefleet/v1/devices/+/{c}", "out") for c in ("reported", "status", "hello", "fetch", "events", "telemetry")},
+    }
+    # the same channels the demo's SiteBroker bridges (which the e2e test runs)
+    from demo.cluster import BRIDGE_TOPICS_IN, BRIDGE_TOPICS_OUT
+
+    assert topics == {(f"edgefleet/v1/{p}", "in") for p, _ in BRIDGE_TOPICS_IN} | {(f"edgefleet/v1/{p}", "out") for p, _ in BRIDGE_TOPICS_OUT}
+    # its password comes from a Secret file at start, never from the ConfigMap
+    assert "remote_password $(cat /run/secrets/edgefleet/bridge/password)" in lines
+
+
+def test_site_broker_enforces_per_device_rules(rendered):
+    acl = [line for line in site_config(rendered["edge-site"])["acl"].splitlines() if line and not line.startswith("#")]
+    assert all(line.startswith("pattern ") for line in acl)  # `topic` outside a user block binds anonymous only
+    assert "pattern read edgefleet/v1/devices/%u/desired" in acl
+    assert "pattern write edgefleet/v1/devices/%u/telemetry" in acl
+    assert not [line for line in acl if "devices/+" in line or "devices/#" in line]
+
+
+def test_site_agents_use_the_site_broker_which_alone_reaches_the_centre(rendered):
+    docs = rendered["edge-site"]
+    env = env_of(agent(docs)["spec"]["template"]["spec"]["containers"][0])
+    assert env["EDGEFLEET_AGENT_BROKER_URL"]["value"] == "mqtts://edgefleet-site-broker.edgefleet-edge.svc:8883"
+    policy = find(docs, "NetworkPolicy", "edgefleet-site-broker", "edgefleet-edge")
+    assert [r["ports"][0]["port"] for r in policy["spec"]["egress"]] == [8883, 53]
+    assert policy["spec"]["egress"][0]["to"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "edgefleet-broker"}
+    central = find(docs, "NetworkPolicy", "edgefleet-broker", "edgefleet")
+    admitted = [f["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for r in central["spec"]["ingress"] for f in r["from"]]
+    assert "edgefleet-site-broker" in admitted
 
 
 def test_api_reaches_database_and_broker_through_secret_files(docs):
