@@ -7,6 +7,7 @@ Used by `make demo` and by the end-to-end tests alike, so the demo path is what 
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -30,10 +31,25 @@ DYNSEC_PLUGIN_CANDIDATES = (
 )
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the kernel's ephemeral range (32768+). A port is bound seconds after it is picked
+    (a process starts first), and one from the ephemeral range may meanwhile become some client's source port
+    (seen: the API's own MQTT connection took an agent's HTTP port). Never the same port twice in one process."""
+    rng = random.SystemRandom()
+    while True:
+        port = rng.randint(20000, 32000)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):

@@ -22,6 +22,10 @@ from .telemetry import TelemetryLoop
 log = logging.getLogger(__name__)
 
 
+class ServeError(RuntimeError):
+    """The local API could not be served: the agent stops rather than run half (no one could reach its models)."""
+
+
 def uvicorn_config(app, host: str, port: int) -> uvicorn.Config:
     """httptools and uvloop when installed (uvicorn[standard]): measured ~2× less per-request overhead."""
     fast = importlib.util.find_spec("httptools") is not None
@@ -76,7 +80,13 @@ class Agent:
         server = uvicorn.Server(uvicorn_config(self.app, self.settings.http_host, self.settings.http_port))
         log.info("device %s: local API on http://%s:%d", self.settings.device_id, self.settings.http_host, self.settings.http_port)
         try:
-            server.run()
+            try:
+                server.run()
+            except SystemExit:  # uvicorn's way of saying it could not start (the port is taken, say)
+                pass
+            if not server.started and not server.should_exit:
+                raise ServeError(f"cannot serve the local API on http://{self.settings.http_host}:"
+                                 f"{self.settings.http_port} (is the port taken?)")
         finally:
             if self.cameras is not None:
                 self.cameras.stop()

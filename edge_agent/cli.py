@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fleet_protocol.signing import public_keys
 
-    from .agent import Agent
+    from .agent import Agent, ServeError
     from .settings import AgentSettings
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         agent.run()
     except KeyboardInterrupt:
         pass
+    except ServeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,16 +7,16 @@ Only the ports change (1883, 8000, 8080 → free ones), so that it can run besid
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from demo.cluster import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -50,17 +50,7 @@ def _group_alive(pgid: int) -> bool:
 
 
 def listen_port() -> int:
-    """A free port below the kernel's ephemeral range (32768+): the block binds its ports many seconds after they
-    are picked (a model is trained first), and a port from the ephemeral range may meanwhile become some
-    client's source port (seen: the API's own MQTT connection took the agent's HTTP port)."""
-    while True:
-        port = random.randint(20000, 32000)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
+    return free_port()  # below the ephemeral range: the block binds its ports many seconds after they are picked
 
 
 def test_using_it_runs_as_written(tmp_path):
