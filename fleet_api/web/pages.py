@@ -57,7 +57,11 @@ GATE_HELP = {  # gate → (label, what it means, unit)
     "max_p95_increase_pct": ("Max p95 increase", "p95 latency may exceed the previous version's by at most this much", "%"),
     "max_error_rate": ("Max error rate", "errors / requests on the new version must stay below this", "0–1"),
     "baseline_window_s": ("Baseline window", "how far back the previous version's telemetry is taken for the baseline", "s"),
+    "min_shadow_samples": ("Min shadow samples", "shadow mode: live inputs each device must have compared the candidate on", "inputs"),
+    "min_shadow_agreement": ("Min shadow agreement", "shadow mode: agreement with the live model (top-1, box F1, characters)", "0–1"),
+    "max_shadow_p95_ms": ("Max shadow p95", "shadow mode: the candidate's p95 latency on those inputs", "ms"),
 }
+assert set(GATE_HELP) == set(DEFAULT_GATES), "every gate needs its help text on the rollout form"
 
 
 # --- plumbing -------------------------------------------------------------------------------------------------

@@ -185,7 +185,8 @@ def test_devices_rotate_with_dynamic_security(tmp_path, keys, dynsec_broker, cli
         rotated = cli("devices", "rotate", "cam-dyn", "--json")
         assert rotated.code == 0, rotated.err
         second = rotated.json()["credentials"]
-        assert second["username"] == first["username"] == "cam-dyn" and second["password"] != first["password"]
+        # device logins live in their own namespace (issue 12 #1): never a service account's name
+        assert second["username"] == first["username"] == "device-cam-dyn" and second["password"] != first["password"]
     finally:
         api.stop()
 

@@ -14,9 +14,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("devices") as batch:
-        batch.add_column(sa.Column("public_key", sa.String(length=64), nullable=True))
-        batch.add_column(sa.Column("key_revoked", sa.Boolean(), nullable=False, server_default=sa.false()))
+    # Plain ADD COLUMN (SQLite has it): a batch operation would rebuild `devices` on SQLite, and dropping the old
+    # table cascades into device_models, losing every model assignment.
+    op.add_column("devices", sa.Column("public_key", sa.String(length=64), nullable=True))
+    op.add_column("devices", sa.Column("key_revoked", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.create_table(
         "model_policies",
         sa.Column("name", sa.String(length=128), primary_key=True),

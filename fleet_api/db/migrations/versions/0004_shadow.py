@@ -19,9 +19,8 @@ COLUMNS = (("rollouts", "shadow"), ("device_models", "shadow"), ("rollout_device
 
 
 def upgrade() -> None:
-    for table, column in COLUMNS:
-        with op.batch_alter_table(table) as batch:
-            batch.add_column(sa.Column(column, sa.JSON(), nullable=True))
+    for table, column in COLUMNS:  # plain ADD COLUMN: a batch rebuild of `rollouts` on SQLite would cascade
+        op.add_column(table, sa.Column(column, sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
