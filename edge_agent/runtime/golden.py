@@ -16,6 +16,7 @@ from fleet_protocol.golden import from_npz
 from fleet_protocol.manifest import Golden
 from fleet_protocol.messages import Precision
 
+from ..boxes import greedy_matches
 from .errors import GoldenCheckError, first_line
 from .model import LoadedModel
 
@@ -81,18 +82,6 @@ def _same_argmax(name: str, got: np.ndarray, want: np.ndarray, what: str) -> Non
                                if what == "class" else f"output {name!r}: the {what} sequence differs from the golden output at {wrong} of {a.size} positions")
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every box in a (N×4) with every box in b (M×4) → N×M."""
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
-    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
-
-
 def _boxes_match(name: str, got: np.ndarray, want: np.ndarray, threshold: float) -> None:
     if got.shape[-1] < 4:
         # Scores and the like beside the boxes: they only have to pick the same best candidate.
@@ -100,15 +89,6 @@ def _boxes_match(name: str, got: np.ndarray, want: np.ndarray, threshold: float)
         return
     a = got.reshape(-1, got.shape[-1])[:, :4].astype(np.float64)
     b = want.reshape(-1, want.shape[-1])[:, :4].astype(np.float64)
-    unmatched = 0
-    free = np.ones(len(a), dtype=bool)
-    ious = _iou(b, a)
-    for i in range(len(b)):  # greedy: each golden box takes its best free match
-        candidates = np.where(free, ious[i], -1.0)
-        j = int(np.argmax(candidates)) if len(a) else -1
-        if j < 0 or candidates[j] < threshold:
-            unmatched += 1
-        else:
-            free[j] = False
+    unmatched = len(b) - greedy_matches(b, a, threshold)  # each golden box takes its best free match
     if unmatched:
         raise GoldenCheckError(f"output {name!r}: {unmatched} of {len(b)} golden boxes have no match with IoU >= {threshold}")

@@ -13,6 +13,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..boxes import greedy_matches
+
 Outputs = Sequence[np.ndarray]
 # Raw outputs → K×5+ boxes (x1, y1, x2, y2, score, …) normalised to the input; the camera's plug-in for the task.
 BoxDecoder = Callable[[Outputs], np.ndarray]
@@ -66,17 +68,6 @@ class Top1(Comparer):
         return float(np.mean(a.argmax(axis=1) == b.argmax(axis=1)))
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of boxes a (N×4+) and b (M×4+) → N×M."""
-    a, b = np.asarray(a, np.float32)[:, None, :4], np.asarray(b, np.float32)[None, :, :4]
-    ix = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    iy = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = ix * iy
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return inter / np.maximum(area_a + area_b - inter, 1e-9)
-
-
 def box_f1(live: np.ndarray, candidate: np.ndarray, threshold: float = 0.5) -> float:
     """F1 of the candidate's boxes against the live model's, greedily matched by IoU (both empty: 1)."""
     live, candidate = np.asarray(live).reshape(-1, live.shape[-1] if live.size else 5), np.asarray(candidate)
@@ -84,15 +75,9 @@ def box_f1(live: np.ndarray, candidate: np.ndarray, threshold: float = 0.5) -> f
         return 1.0
     if len(live) == 0 or len(candidate) == 0:
         return 0.0
-    ious = iou(candidate, live)
-    used = np.zeros(len(live), bool)
-    tp = 0
-    for i in np.argsort(-candidate[:, 4]) if candidate.shape[1] > 4 else range(len(candidate)):
-        row = np.where(used, 0.0, ious[i])
-        j = int(row.argmax())
-        if row[j] >= threshold:
-            used[j] = True
-            tp += 1
+    if candidate.shape[1] > 4:  # the most confident boxes choose first
+        candidate = candidate[np.argsort(-candidate[:, 4])]
+    tp = greedy_matches(candidate, live, threshold)
     return 2 * tp / (len(live) + len(candidate))
 
 

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from fleet_protocol.manifest import Manifest, Preprocessing, TensorSpec
 from fleet_protocol.messages import Detection
 
+from ...boxes import iou as box_iou
+
 Role = Literal["boxes", "crops"]
 
 
@@ -93,14 +95,6 @@ def build(manifest: Manifest, overrides: dict[str, Any] | None = None) -> PostPr
         raise UnsupportedModel(f"{kind}: {exc}") from None
 
 
-def iou_one(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    ix = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    iy = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
-    inter = ix * iy
-    union = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
-    return inter / np.maximum(union, 1e-9)
-
-
 def nms(dets: np.ndarray, iou: float, weighted: bool = False) -> np.ndarray:
     """Greedy NMS on K×6 rows, best score first. `weighted` averages each cluster's boxes by score, as
     MediaPipe does for BlazeFace: steadier boxes from frame to frame than keeping the single best anchor."""
@@ -112,7 +106,7 @@ def nms(dets: np.ndarray, iou: float, weighted: bool = False) -> np.ndarray:
     for i in range(len(dets)):
         if not alive[i]:
             continue
-        overlap = iou_one(dets[i], dets) >= iou
+        overlap = box_iou(dets[i:i + 1], dets)[0] >= iou
         cluster = overlap & alive
         alive &= ~overlap
         row = dets[i].copy()
