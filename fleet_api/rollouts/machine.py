@@ -120,9 +120,8 @@ def _start_wave(db: Session, rollout: Rollout, wave: int, chunk_size: int, now: 
     members = _members(db, rollout, RolloutDevice.wave == wave, RolloutDevice.state == MemberState.waiting.value)
     named = desired_state.profiles(db)
     for member in members:
-        device = db.get(Device, member.device_id)
-        if device is None or device.revoked:
-            _set_member(member, MemberState.removed)
+        device = _device_of(db, member)
+        if device is None:
             continue
         before = desired_state.get_assignment(db, device.id, rollout.model)
         prev_bundle = db.scalar(select(Bundle).where(Bundle.sha256 == before.bundle_sha256)) if before else None
@@ -268,14 +267,22 @@ def _judge_shadow(db: Session, rollout: Rollout, gates: Gates, shadowing: list[R
     return rollout.state
 
 
+def _device_of(db: Session, member: RolloutDevice) -> Device | None:
+    """The member's device; None, with the member marked removed, when it was revoked or is gone."""
+    device = db.get(Device, member.device_id)
+    if device is None or device.revoked:
+        _set_member(member, MemberState.removed)
+        return None
+    return device
+
+
 def _promote(db: Session, rollout: Rollout, shadowing: list[RolloutDevice], verdicts: dict, chunk_size: int,
              now: dt.datetime) -> None:
     """The wave's candidate proved itself beside the live model: its devices are told to serve it (the shadow goes)."""
     named = desired_state.profiles(db)
     for member in shadowing:
-        device = db.get(Device, member.device_id)
-        if device is None or device.revoked:
-            _set_member(member, MemberState.removed)
+        device = _device_of(db, member)
+        if device is None:
             continue
         desired_state.assign(db, device.id, rollout.model, member.bundle_sha256, rollout.runtime, rollout.id)
         desired_state.recompose(db, device, chunk_size, named)
