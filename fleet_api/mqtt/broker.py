@@ -94,6 +94,8 @@ class Broker:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
+        self._subscribe_mid: int | None = None
         self._worker = threading.Thread(target=self._work, name="mqtt-worker", daemon=True)
         INBOX.set_function(self._inbox.qsize)
 
@@ -156,11 +158,23 @@ class Broker:
             log.error("broker %s:%d refused the connection: %s", self.host, self.port, reason_code)
             return
         log.info("connected to broker %s:%d", self.host, self.port)
+        # Connected means subscribed: an answer to a request sent before the broker acknowledged the subscription
+        # (the dynamic security plugin's, say) would be lost. Without subscriptions there is nothing to wait for.
         if self.subscriptions:
-            client.subscribe(list(self.subscriptions))
-        self._connected.set()
+            _, self._subscribe_mid = client.subscribe(list(self.subscriptions))
+        else:
+            self._connected.set()
         if self.on_connected:
             self._inbox.put(("", b""))  # run on_connected on the worker, where it may wait for acks
+
+    def _on_subscribe(self, _client, _userdata, mid, reason_codes, _props) -> None:
+        if mid != self._subscribe_mid:
+            return
+        refused = [f"{topic} ({code})" for (topic, _), code in zip(self.subscriptions, reason_codes, strict=False)
+                   if code.is_failure]
+        if refused:  # still serve what was granted; the rest is said once, loudly
+            log.error("the broker refused subscriptions: %s (check the API's broker role)", ", ".join(refused))
+        self._connected.set()
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _props) -> None:
         self._connected.clear()
