@@ -167,3 +167,24 @@ def int8_bundle(keys: Keys, out: Path, version: str, epochs: int = 20) -> Path:
                             private_key_pem=keys.private_path.read_bytes(), out_dir=out, task="classification",
                             labels=zoo.labels, preprocessing=zoo.preprocessing, quantization={"method": info["method"]})
     return bundle
+
+
+def flipped_model_byte(bundle: Path, out: Path) -> Path:
+    """A copy of `bundle` with one byte of model.onnx flipped (same headers, so only the digest can tell)."""
+    import io
+    import tarfile
+
+    members = []
+    with tarfile.open(bundle) as tar:
+        for m in tar.getmembers():
+            f = tar.extractfile(m)
+            assert f is not None
+            members.append((m, f.read()))
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            if info.name == MODEL:
+                flipped = bytearray(data)
+                flipped[len(flipped) // 2] ^= 1
+                data = bytes(flipped)
+            tar.addfile(info, io.BytesIO(data))
+    return out

@@ -3,21 +3,18 @@ on disk, refusals (no key, another device's key, tampered ciphertext) that keep 
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
 from edge_agent.keys import KEY_FILE, WRAPPED_FILE, ModelKeys
-from fleet_protocol.bundle import MODEL
 from fleet_protocol.encryption import DeviceKey, b64d, wrap_key
 from fleet_protocol.messages import Desired, ModelSpec, ModelState
 from tests.bundles import digits as zoo_digits
-from tests.bundles import digits_bundle
+from tests.bundles import digits_bundle, flipped_model_byte
 from tests.edge_agent.conftest import install
 from tests.edge_agent.test_reconcile import apply, make, ref, spec
 from tests.fleet_protocol.test_encryption import initializer_bytes
@@ -127,18 +124,7 @@ def test_no_key_or_another_devices_key_fails_that_model_and_the_previous_version
 
 def test_a_tampered_ciphertext_is_refused_before_any_decryption(store, keys, digits, bundles, encrypted, tmp_path,
                                                                 monkeypatch):
-    members = {}
-    with tarfile.open(encrypted[0]) as tar:
-        for m in tar.getmembers():
-            members[m.name] = (m, tar.extractfile(m).read())
-    info, data = members[MODEL]
-    flipped = bytearray(data)
-    flipped[len(flipped) // 2] ^= 1
-    members[MODEL] = (info, bytes(flipped))
-    bad = tmp_path / "digits-3.0.0.bundle"
-    with tarfile.open(bad, "w", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in members.values():
-            tar.addfile(info, io.BytesIO(data))
+    bad = flipped_model_byte(encrypted[0], tmp_path / "digits-3.0.0.bundle")
 
     decrypted = []
     monkeypatch.setattr(ModelKeys, "decrypt", lambda self, *a: decrypted.append(a) or b"")

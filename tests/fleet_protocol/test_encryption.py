@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 
 import onnx
 import pytest
 
 from fleet_protocol.bundle import MODEL, BundleError, read_bundle
 from fleet_protocol.encryption import DeviceKey, EncryptionError, decrypt_model, new_data_key, new_key_id, wrap_key
-from tests.bundles import digits, digits_bundle
+from tests.bundles import digits, digits_bundle, flipped_model_byte
 
 
 def initializer_bytes(onnx_path) -> list[bytes]:
@@ -56,18 +54,7 @@ def test_an_encrypted_bundle_holds_no_plaintext_model_and_decrypts_to_it(keys, t
 
 def test_a_tampered_ciphertext_is_refused_before_any_decryption(keys, tmp_path):
     path = digits_bundle(keys, tmp_path, "1.0.0", epochs=1, encrypt=True)
-    members = {}
-    with tarfile.open(path) as tar:
-        for m in tar.getmembers():
-            members[m.name] = (m, tar.extractfile(m).read())
-    info, data = members[MODEL]
-    flipped = bytearray(data)
-    flipped[len(flipped) // 2] ^= 1
-    members[MODEL] = (info, bytes(flipped))
-    bad = tmp_path / "bad.bundle"
-    with tarfile.open(bad, "w", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in members.values():
-            tar.addfile(info, io.BytesIO(data))
+    bad = flipped_model_byte(path, tmp_path / "bad.bundle")
     # the signed manifest names the ciphertext's digest: the bundle fails verification, no key is ever used
     with pytest.raises(BundleError, match="sha256 differs"):
         read_bundle(bad, [keys.public])
