@@ -371,21 +371,24 @@ class Postgres:
 
 # What crosses a site's link, by direction (mosquitto `topic PATTERN DIRECTION QOS`). In: what the API sends to
 # devices; out: what devices send to the API. Telemetry is QoS 0 (lossy by design, dropped while the link is down).
-BRIDGE_TOPICS_IN = (("devices/+/desired", 1), ("artifacts/#", 1))
+BRIDGE_TOPICS_IN = (("devices/+/desired", 1), ("devices/+/capture_ack", 1), ("artifacts/#", 1))
 BRIDGE_TOPICS_OUT = (("devices/+/reported", 1), ("devices/+/status", 1), ("devices/+/hello", 1),
-                     ("devices/+/fetch", 1), ("devices/+/events", 1), ("devices/+/telemetry", 0))
+                     ("devices/+/fetch", 1), ("devices/+/events", 1), ("devices/+/telemetry", 0),
+                     ("devices/+/capture", 1))
 
 # The per-device rules of a site: the same for every device, keyed by its login (`%u` = the device id), so a
 # site needs no per-device ACL entry and no call to the centre to admit a device while the link is down.
 SITE_ACL = """\
 # devices: only their own topics, and artifact chunks
 pattern read {prefix}/devices/%u/desired
+pattern read {prefix}/devices/%u/capture_ack
 pattern write {prefix}/devices/%u/reported
 pattern write {prefix}/devices/%u/hello
 pattern write {prefix}/devices/%u/fetch
 pattern write {prefix}/devices/%u/telemetry
 pattern write {prefix}/devices/%u/events
 pattern write {prefix}/devices/%u/status
+pattern write {prefix}/devices/%u/capture
 pattern read {prefix}/artifacts/#
 # (`topic` lines before any `user` line would apply to anonymous clients only: every device rule is a pattern)
 # the site's own observer (benchmarks, tests, Prometheus exporters): read-only

@@ -8,7 +8,9 @@ DEFAULT_PREFIX = "edgefleet/v1"
 
 # Per-device channels, in the order of the protocol table (DESIGN.md).
 # `hello`: a device asks for its desired state on every connect; the API answers from its database.
-DEVICE_CHANNELS = ("desired", "reported", "hello", "fetch", "telemetry", "events", "status")
+# `capture` / `capture_ack`: captured samples up, their acknowledgements down (fleet_protocol/capture.py).
+DEVICE_CHANNELS = ("desired", "reported", "hello", "fetch", "telemetry", "events", "status", "capture",
+                   "capture_ack")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,12 @@ class Topics:
 
     def status(self, device_id: str) -> str:
         return self.device(device_id, "status")
+
+    def capture(self, device_id: str) -> str:
+        return self.device(device_id, "capture")
+
+    def capture_ack(self, device_id: str) -> str:
+        return self.device(device_id, "capture_ack")
 
     def all_devices(self, channel: str) -> str:
         """Wildcard subscription for one channel of every device."""

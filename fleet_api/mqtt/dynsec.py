@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
 API_ROLE = "edgefleet-api"
-DEVICE_SEND = ("reported", "hello", "fetch", "telemetry", "events", "status")
+DEVICE_SEND = ("reported", "hello", "fetch", "telemetry", "events", "status", "capture")
 TOLERATED = ("already exists", "not found", "already has", "internal error")  # idempotent re-runs
 GRANTS_PER_CALL = 100  # devices per control message: keeps it well under the broker's message size limit
 
@@ -55,6 +55,7 @@ def artifact_topic(topics: Topics, sha256: str) -> str:
 def device_acls(topics: Topics, device_id: str) -> list[dict[str, Any]]:
     acls = [
         {"acltype": "subscribeLiteral", "topic": topics.desired(device_id), "priority": 10, "allow": True},
+        {"acltype": "subscribeLiteral", "topic": topics.capture_ack(device_id), "priority": 10, "allow": True},
         # Below every grant: no artifact reaches the device unless its desired state names it.
         {"acltype": "publishClientReceive", "topic": f"{topics.prefix}/artifacts/#", "priority": 0, "allow": False},
     ]
@@ -72,6 +73,8 @@ def artifact_acls(topics: Topics, sha256: str) -> list[dict[str, Any]]:
 def api_acls(topics: Topics) -> list[dict[str, Any]]:
     return [
         {"acltype": "publishClientSend", "topic": f"{topics.prefix}/devices/+/desired", "priority": 10, "allow": True},
+        {"acltype": "publishClientSend", "topic": f"{topics.prefix}/devices/+/capture_ack", "priority": 10,
+         "allow": True},
         # clearing a revoked device's retained reported state and status
         {"acltype": "publishClientSend", "topic": f"{topics.prefix}/devices/+/reported", "priority": 10, "allow": True},
         {"acltype": "publishClientSend", "topic": f"{topics.prefix}/devices/+/status", "priority": 10, "allow": True},

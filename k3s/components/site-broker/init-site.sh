@@ -33,6 +33,7 @@ notifications_local_only true
 keepalive_interval 30
 restart_timeout 5 60
 topic edgefleet/v1/devices/+/desired in 1
+topic edgefleet/v1/devices/+/capture_ack in 1
 topic edgefleet/v1/artifacts/# in 1
 topic edgefleet/v1/devices/+/reported out 1
 topic edgefleet/v1/devices/+/status out 1
@@ -40,6 +41,7 @@ topic edgefleet/v1/devices/+/hello out 1
 topic edgefleet/v1/devices/+/fetch out 1
 topic edgefleet/v1/devices/+/events out 1
 topic edgefleet/v1/devices/+/telemetry out 0
+topic edgefleet/v1/devices/+/capture out 1
 CONF
 chmod 0600 "$run/mosquitto.conf"
 echo "site broker $site: $(wc -l < "$run/passwd") device logins, bridge to $EDGEFLEET_CENTRAL_BROKER"
