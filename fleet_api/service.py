@@ -587,7 +587,8 @@ class FleetService:
         # moves this device would otherwise wait for us while we wait for it (PostgreSQL deadlock).
         with self.transaction() as db:
             touched = machine.on_reported(db, device_id, reported, now)
-        for rollout_id in touched:
+            due = [rollout_id for rollout_id in touched if machine.worth_judging(db, rollout_id)]
+        for rollout_id in due:
             self.evaluate(rollout_id, now)
         if touched or pinned:
             self.flush_outbox()

@@ -382,3 +382,32 @@ def test_the_api_keeps_answering_while_the_outbox_waits_for_the_broker(fleet):
         release.set()
         flusher.join(10)
     assert service.get_device("d0")["published_revision"] == service.get_device("d0")["desired_revision"]
+
+
+def test_a_report_is_judged_only_when_it_crosses_a_wave_threshold(fleet, monkeypatch):
+    """The rollout's pace: a wave of N reports costs one judgement (when the last device serves), not N, and a
+    report judged or not, the outcome is the same as judging every time (the tick judges what time decides)."""
+    from fleet_api.rollouts import machine
+
+    service, v1, v2 = fleet
+    judged = []
+    real = machine._judge
+    monkeypatch.setattr(machine, "_judge", lambda db, rollout, *a: judged.append(rollout.id) or real(db, rollout, *a))
+    r = service.create_rollout("digits", "2.0.0", "site=lab", "100%", {"max_failure_ratio": 0.5}, OPS)
+    judged.clear()
+    devices = r["devices"]
+    for d in devices[:-1]:
+        report(service, d["device_id"], d["revision"], v2)
+    assert judged == [] and service.get_rollout(r["id"])["state"] == "running"
+    report(service, devices[-1]["device_id"], devices[-1]["revision"], v2)
+    assert judged == [r["id"]] and service.get_rollout(r["id"])["state"] == "succeeded"
+
+    # A failure that stays within the ratio waits for the tick; one over it aborts at once.
+    r = service.create_rollout("digits", "1.0.0", "site=lab", "100%", {"max_failure_ratio": 0.34}, OPS)
+    judged.clear()
+    devices = r["devices"]
+    for d in devices[:2]:
+        report(service, d["device_id"], d["revision"], v1, FAILED)
+    assert judged == [] and service.get_rollout(r["id"])["state"] == "running"
+    report(service, devices[2]["device_id"], devices[2]["revision"], v1, FAILED)
+    assert judged == [r["id"]] and service.get_rollout(r["id"])["state"] == "aborted"
