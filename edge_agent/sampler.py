@@ -49,11 +49,13 @@ class Source(Protocol):
     def manifest(self) -> Manifest: ...
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Job:
     fields: dict[str, Any]  # the header's fields known when it was offered
     estimate: int  # the size the gate counted it with
     tensor: np.ndarray | None = None
+    model: Source | None = None  # whose answer `outputs` is, for the provisional labels (made on the worker)
+    outputs: Sequence[np.ndarray] = ()
     frame: Callable[[], np.ndarray] | None = None  # the source frame (BGR), decoded at full size on the worker
     frame_size: tuple[int, int] = (1, 1)  # (w, h) the detections' boxes are given in
     detections: Sequence[Detection] = ()
@@ -146,9 +148,11 @@ class Sampler:
         if estimate > MAX_SAMPLE_BYTES:
             self.skipped["too_large"] += 1
             return False
+        if not self._admit(estimate, conf, shadow_version):
+            return False
         fields = self._fields(model, why, conf, shadow_version, camera=None)
-        fields["outputs"] = provisional_labels(model.manifest, outputs)
-        return self._admit(_Job(fields, estimate, tensor=tensor), conf, shadow_version)
+        self._enqueue(_Job(fields, estimate, tensor=tensor, model=model, outputs=outputs))
+        return True
 
     def offer_frame(self, camera: str, model: Source, frame: Callable[[], np.ndarray], frame_size: tuple[int, int],
                     outputs: Sequence[np.ndarray], detections: Sequence[Detection]) -> bool:
@@ -166,8 +170,11 @@ class Sampler:
             return False
         w, h = frame_size
         estimate = min(MAX_SAMPLE_BYTES, max(1, w * h * 3 // JPEG_RATIO))
+        if not self._admit(estimate, conf, None):
+            return False
         fields = self._fields(model, why, conf, None, camera=camera)
-        return self._admit(_Job(fields, estimate, frame=frame, frame_size=frame_size, detections=list(detections)), conf, None)
+        self._enqueue(_Job(fields, estimate, frame=frame, frame_size=frame_size, detections=list(detections)))
+        return True
 
     def _fields(self, model: Source, why: str, conf: float | None, shadow_version: str | None,
                 camera: str | None) -> dict[str, Any]:
@@ -175,18 +182,23 @@ class Sampler:
                 "reason": why, "confidence": None if conf is None else min(1.0, max(0.0, conf)),
                 "shadow_version": shadow_version}
 
-    def _admit(self, job: _Job, conf: float | None, shadow_version: str | None) -> bool:
+    def _admit(self, estimate: int, conf: float | None, shadow_version: str | None) -> bool:
+        """The decision, before anything is built for the sample: room in the queue, then the caps."""
         with self._lock:
             if len(self._queue) >= self._queue_size:
                 self.skipped["queue_full"] += 1
                 return False
-            decision = self.gate.decide(job.estimate, conf, False if shadow_version is not None else None)
+            decision = self.gate.decide(estimate, conf, False if shadow_version is not None else None)
             if not decision.keep:
                 self.skipped[decision.reason] += 1
                 return False
+        return True
+
+    def _enqueue(self, job: _Job) -> None:
+        # Admitted a moment ago: callers racing in between may pass the queue's bound by one each, no more.
+        with self._lock:
             self._queue.append(job)
             self._wake.notify()
-        return True
 
     # --- the worker ---------------------------------------------------------------------------------------
     def start(self) -> Sampler:
@@ -247,7 +259,8 @@ class Sampler:
             data = buffer.getvalue()
             if len(data) > MAX_SAMPLE_BYTES:
                 return "too_large"
-            return describe(data, **fields, content_type="application/x-npy"), data
+            labels = provisional_labels(job.model.manifest, job.outputs) if job.model is not None else {}
+            return describe(data, **fields, outputs=labels, content_type="application/x-npy"), data
         assert job.frame is not None
         image = job.frame()
         blurred = False

@@ -183,3 +183,39 @@ def test_with_blur_faces_a_cameras_frames_leave_with_no_face_blazeface_finds(
     finally:
         agent.stop()
         fleet.close()
+
+
+def test_inputs_a_shadow_candidate_disagrees_on_are_kept_with_its_version(store, keys, digits, bundles, images, tmp_path):
+    """The candidate reads every digit as another (its class scores shuffled): each sample it compares is a
+    disagreement, kept even though the live model was sure (min_confidence 0: nothing is unsure)."""
+    from edge_agent.capture import Spool
+    from edge_agent.sampler import Sampler
+    from fleet_protocol.messages import Shadow
+    from tests.bundles import permuted_bundle
+    from tests.edge_agent.test_reconcile import apply, make
+
+    reconciler, host, _ = make(store, keys)
+    host.sampler = sampler = Sampler(Spool(tmp_path / "spool"))
+    bad = permuted_bundle(keys, tmp_path / "bad", "3.0.0", epochs=1)
+    install(store, bad, keys)
+    try:
+        live = ModelSpec(bundle=ref(bundles["1.0.0"], "1.0.0"))
+        shadow = Shadow(bundle=ref(bad, "3.0.0"), sample_rate=1.0, cpu_budget=1.0)
+        apply(reconciler, Desired(revision=1, models={"digits": live.model_copy(update={"shadow": shadow})},
+                                  capture=Capture(enabled=True, min_confidence=0.0, blur_faces=False)))
+        model = host.get("digits")
+        assert model.shadow is not None and sampler.enabled
+        runner = model.shadow
+        for i in range(5):
+            model.run({"image": images[i:i + 1]})
+            wait_for(lambda i=i: (t := runner.telemetry()).samples + t.dropped >= i + 1, 30, "the sample compared")
+        compared = runner.telemetry().samples
+        assert compared >= 1 and runner.telemetry().agreement == 0.0
+        sampler.drain()
+        headers = [unpack(sampler.spool.get(i))[0] for i in sampler.spool.pending()]
+        assert len(headers) == compared and dict(sampler.kept) == {"shadow_disagrees": compared}
+        assert all(h.reason == "shadow_disagrees" and h.shadow_version == "3.0.0" and h.version == "1.0.0"
+                   and h.confidence is not None for h in headers)
+    finally:
+        reconciler.stop()
+        host.close()
