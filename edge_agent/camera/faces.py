@@ -81,8 +81,8 @@ class FaceFinder:
             cached = self._served
             if cached is not None and cached[0] == id(model):
                 return cached[1]
-            try:
-                detector = Detector(_Uncounted(model))
+            try:  # a LoadedModel runs past its accounting; a stand-alone bundle model has none to skip
+                detector = Detector(_Uncounted(model) if hasattr(model, "run_checked") else model)
             except (ValueError, RuntimeError) as exc:
                 log.warning("%s cannot find faces for blurring: %s", name, exc)
                 continue
