@@ -138,6 +138,34 @@ def test_an_opted_in_device_uploads_what_it_was_unsure_of_until_acknowledged_and
         fleet.close()
 
 
+def test_samples_not_acknowledged_before_a_restart_are_uploaded_after_it(broker, keys, store, digits, bundles, images):
+    device = "dev-capture-restart"
+    fleet = Fleet(broker, device)
+    agent = start(broker, store, keys, device)
+    models = {"digits": ModelSpec(bundle=ref(bundles["1.0.0"], "1.0.0"))}
+    try:
+        fleet.desired(Desired(revision=1, models=models,
+                              capture=Capture(enabled=True, min_confidence=1.0, blur_faces=False)))
+        wait_for(lambda: agent.host.get("digits") is not None and agent.sampler.enabled, 30, "digits and capture on")
+        for i in range(3):
+            agent.host.get("digits").run({"image": images[i:i + 1]})  # the tap HTTP requests go through
+        before = {h.id for h, _ in fleet.take(3)}  # sent, never acknowledged
+    finally:
+        agent.stop()
+    again = start(broker, store, keys, device)  # the same data directory: the spool is still there
+    try:
+        assert len(again.sampler.spool) == 3
+        after = fleet.take(3)
+        assert {h.id for h, _ in after} == before
+        for header, _ in after:
+            fleet.ack(SampleAck(id=header.id, stored=True).to_bytes())
+        wait_for(lambda: len(again.sampler.spool) == 0, 10, "the spool emptied")
+        assert again.uploader.uploaded == 3 and not list((store.root / "capture").iterdir())
+    finally:
+        again.stop()
+        fleet.close()
+
+
 @pytest.fixture(scope="module")
 def blazeface_bundle(keys, tmp_path_factory):
     return zoo_bundle("blazeface", keys, tmp_path_factory.mktemp("blazeface"))
