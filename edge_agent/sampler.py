@@ -235,7 +235,9 @@ class Sampler:
         """Make one kept sample what leaves the device and spool it (the worker's step)."""
         try:
             prepared = self._prepare(job)
-        except Exception as exc:  # one odd input must not end capture
+            if not isinstance(prepared, str):
+                self.spool.put(*prepared)
+        except Exception as exc:  # one odd input, or a full disk, must not end capture
             log.warning("captured sample not kept: %s", exc)
             prepared = "error"
         if isinstance(prepared, str):
@@ -244,7 +246,6 @@ class Sampler:
                 self.gate.correct(-job.estimate)  # never kept: its bytes do not count (its hourly slot does)
             return
         header, data = prepared
-        self.spool.put(header, data)
         with self._lock:
             self.gate.correct(len(data) - job.estimate)
         self.kept[header.reason] += 1

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from demo.cluster import wait_for
 from edge_agent.capture import Spool, fit_jpeg
 from edge_agent.sampler import Sampler, detections_header
 from fleet_protocol.capture import MAX_HEADER_BYTES, MAX_SAMPLE_BYTES, unpack
@@ -126,3 +127,18 @@ def test_too_many_detections_are_cut_to_fit_the_header():
     assert len(header.to_bytes()) <= MAX_HEADER_BYTES
     assert 0 < len(header.outputs["detections"]) < 2000
     assert header.outputs["truncated"] == 2000 - len(header.outputs["detections"])
+
+
+def test_a_sample_that_cannot_be_written_is_counted_and_the_worker_goes_on(tmp_path):
+    sampler = make(tmp_path, enabled=True, blur_faces=False, min_confidence=1.0)
+    sampler.spool.max_bytes = 100  # smaller than any sample: put refuses it
+    sampler.start()
+    try:
+        assert sampler.offer_tensor(DIGITS, {"image": X}, UNSURE, 0.3)
+        wait_for(lambda: sampler.skipped["error"] == 1, 10, "the failed write counted")
+        sampler.spool.max_bytes = 10**6
+        assert sampler.offer_tensor(DIGITS, {"image": X}, UNSURE, 0.3)
+        wait_for(lambda: len(sampler.spool) == 1, 10, "the next sample written by the same worker")
+        assert 0 < sampler.gate._bytes_sum < sampler.spool.total_bytes  # the failed one's bytes given back
+    finally:
+        sampler.stop()
