@@ -1,7 +1,7 @@
 """Opt-in data capture on the device: which live inputs are kept, at what rate, and faces blurred before they leave.
 
-Only the device-side core is here (selection, caps, face blurring, a local spool); the upload to the fleet API is
-not built yet (see docs/agent.md). Plain classes with injected clocks: the caps are tested over simulated weeks.
+The pieces the sampler (edge_agent/sampler.py) puts together and the uploader (edge_agent/capture_upload.py)
+drains: plain classes with injected clocks, so the caps are tested over simulated weeks.
 
 - `CaptureGate`: `Desired.capture` says whether the device takes part (`enabled`), how many samples an hour
   (`max_per_hour`, any sliding hour) and how many bytes a day (`max_bytes_per_day`, any sliding 24 h) it may
@@ -10,22 +10,25 @@ not built yet (see docs/agent.md). Plain classes with injected clocks: the caps 
 - `FaceBlur`: BlazeFace boxes (any detector callable: image → boxes in pixels), each grown by a margin and
   pixelated; the frame is checked again and a face still found is pixelated again; a frame where one is still
   found after that is refused (None): nothing with a recognisable face leaves the device.
+- `Spool`: kept samples on disk as whole envelopes (fleet_protocol/capture.py) until the API acknowledges them,
+  bounded in bytes (the oldest go first, counted): a device that cannot upload does not fill its disk.
+- `fit_jpeg`: a frame as a JPEG that fits one message, re-encoded smaller until it does.
 """
 
 from __future__ import annotations
 
-import json
+import secrets
+import threading
 import time
-import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 
+from fleet_protocol.capture import MAX_SAMPLE_BYTES, Sample, pack
 from fleet_protocol.messages import Capture
 
 HOUR, DAY = 3600.0, 86_400.0
@@ -80,6 +83,13 @@ class CaptureGate:
         self._bytes_sum += size
         return Decision(True, why)
 
+    def correct(self, delta: int) -> None:
+        """The size a sample was kept with was an estimate (a frame's JPEG is made later, off the caller's
+        thread): count the difference now, so the daily byte cap holds on what was really kept."""
+        if delta:
+            self._bytes.append((self.clock(), delta))
+            self._bytes_sum += delta
+
 
 def pixelate(image: np.ndarray, box: Box, margin: float = 0.25, cells: int = 6) -> None:
     """In place: the box, grown by `margin` of its size on each side, as a few coarse cells (no features left)."""
@@ -112,24 +122,96 @@ class FaceBlur:
         return None if list(self.find_faces(out)) else out
 
 
+def new_sample_id() -> str:
+    """32 hex digits, ordered by time (microseconds, then random): a spool read back after a restart sorts its
+    samples oldest first even where the disk's timestamps are too coarse to tell them apart."""
+    return f"{time.time_ns() // 1000:014x}{secrets.token_hex(9)}"
+
+
+def fit_jpeg(image: np.ndarray, max_bytes: int = MAX_SAMPLE_BYTES) -> tuple[bytes, int, int]:
+    """→ (JPEG, width, height): quality 90 and the frame's own size when that fits, else lower quality, then
+    smaller, until it fits one message (a sample is never split)."""
+    for scale in (1.0, 0.75, 0.5, 0.35, 0.25, 0.18, 0.125):
+        frame = image if scale == 1.0 else cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        for quality in (90, 75, 60):
+            ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if not ok:
+                raise ValueError("the image does not encode as JPEG")
+            if jpeg.size <= max_bytes:
+                return jpeg.tobytes(), frame.shape[1], frame.shape[0]
+    raise ValueError(f"the image does not fit {max_bytes} bytes even at 1/8 of its size")
+
+
+SUFFIX = ".efc"
+
+
 class Spool:
-    """Kept samples on the device's disk until they are uploaded: `<id>.jpg` and `<id>.json` (the model's outputs
-    as provisional labels, why it was kept); written through a temporary name, so a crash leaves no half sample."""
+    """Kept samples on the device's disk until the API acknowledges them: one file per sample, `<id>.efc`, the
+    envelope exactly as it is sent (header and data, fleet_protocol/capture.py), written through a temporary name
+    so a crash leaves no half sample; what an agent restart finds is uploaded after it. At most `max_bytes`: a
+    new sample pushes out the oldest (counted in `dropped`)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, max_bytes: int = 256 * 1024**2) -> None:
         self.folder = folder
+        self.max_bytes = max_bytes
+        self.dropped = 0
+        self._lock = threading.Lock()
         folder.mkdir(parents=True, exist_ok=True)
+        for part in folder.glob(".*.part"):  # a write a crash cut short
+            part.unlink(missing_ok=True)
+        found = sorted(folder.glob(f"*{SUFFIX}"), key=lambda p: (p.stat().st_mtime_ns, p.name))
+        self._sizes: OrderedDict[str, int] = OrderedDict((p.stem, p.stat().st_size) for p in found)  # oldest first
+        self._total = sum(self._sizes.values())
 
-    def put(self, image: np.ndarray, meta: dict[str, Any]) -> str:
-        ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        if not ok:
-            raise ValueError("the image does not encode as JPEG")
-        sample_id = uuid.uuid4().hex
-        for suffix, data in ((".jpg", jpeg.tobytes()), (".json", json.dumps({"id": sample_id, **meta}).encode())):
-            tmp = self.folder / f".{sample_id}{suffix}.part"
-            tmp.write_bytes(data)
-            tmp.rename(self.folder / f"{sample_id}{suffix}")
-        return sample_id
+    def put(self, header: Sample, data: bytes) -> list[str]:
+        """Keep one sample (ValueError when the header does not describe the data); → the ids pushed out."""
+        envelope = pack(header, data)
+        if len(envelope) > self.max_bytes:
+            raise ValueError(f"a sample of {len(envelope)} bytes does not fit a spool of {self.max_bytes}")
+        tmp = self.folder / f".{header.id}{SUFFIX}.part"
+        tmp.write_bytes(envelope)
+        dropped = []
+        with self._lock:
+            while self._sizes and self._total + len(envelope) > self.max_bytes:
+                old, size = self._sizes.popitem(last=False)
+                (self.folder / f"{old}{SUFFIX}").unlink(missing_ok=True)
+                self._total -= size
+                dropped.append(old)
+            tmp.rename(self.folder / f"{header.id}{SUFFIX}")
+            self._sizes[header.id] = len(envelope)
+            self._total += len(envelope)
+            self.dropped += len(dropped)
+        return dropped
+
+    def get(self, sample_id: str) -> bytes | None:
+        """The envelope as it is sent; None when it is no longer here (acknowledged, or pushed out)."""
+        if sample_id not in self._sizes:
+            return None
+        try:
+            return (self.folder / f"{sample_id}{SUFFIX}").read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def delete(self, sample_id: str) -> bool:
+        with self._lock:
+            size = self._sizes.pop(sample_id, None)
+            if size is None:
+                return False
+            self._total -= size
+        (self.folder / f"{sample_id}{SUFFIX}").unlink(missing_ok=True)
+        return True
 
     def pending(self) -> list[str]:
-        return sorted(p.stem for p in self.folder.glob("*.json"))
+        """Every sample not yet acknowledged, oldest first."""
+        with self._lock:
+            return list(self._sizes)
+
+    def __contains__(self, sample_id: str) -> bool:
+        return sample_id in self._sizes
+
+    def __len__(self) -> int:
+        return len(self._sizes)
+
+    @property
+    def total_bytes(self) -> int:
+        return self._total

@@ -105,7 +105,11 @@ class ModelDrift:
         return self._seen <= self.full or self._seen % self.every == 0
 
     def observe(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[np.ndarray]) -> None:
-        self.confidence.add(confidence(self.task, outputs))
+        self.add(feeds, confidence(self.task, outputs))
+
+    def add(self, feeds: Mapping[str, np.ndarray], conf: float | None) -> None:
+        """`observe` with the confidence already computed (the tap computes it once for drift and capture)."""
+        self.confidence.add(conf)
         self.input_mean.add(brightness(feeds))
 
     def take(self) -> tuple[Histogram | None, Histogram | None]:

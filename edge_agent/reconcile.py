@@ -45,6 +45,7 @@ from fleet_protocol.messages import (
 from fleet_protocol.signing import public_keys
 
 from . import __version__, hardware
+from .drift import confidence
 from .keys import ModelKeys
 from .runtime import golden
 from .runtime.errors import (
@@ -220,6 +221,8 @@ class Reconciler:
                 return
             self._desired = desired
             self._error = None
+            if self.host.sampler is not None:
+                self.host.sampler.update(desired.capture)
             default = self.settings.runtime()
             for name, spec in desired.models.items():
                 self._worker(name).submit(Target.of(spec, default))
@@ -609,13 +612,24 @@ class ModelWorker:
         runner = ShadowRunner(
             candidate.version, run,
             comparer_for(candidate.manifest.task), sample_rate=spec.sample_rate, cpu_budget=spec.cpu_budget,
-        ).start()
+        )
+        runner.on_disagree = self._disagreed(candidate.version)
+        runner.start()
         self._shadow_spec, self._shadow_runner = spec, runner
         live.shadow = runner
         self._shadow_report = ShadowReport(
             bundle=ServingModel(name=spec.bundle.name, version=spec.bundle.version, sha256=spec.bundle.sha256),
             state=ModelState.serving)
         self.say(self._report.state, progress=self._report.progress, error=self._report.error)
+
+    def _disagreed(self, version: str):
+        """A sample the candidate disagreed on, offered for capture with the live model that answered it."""
+        def offer(feeds, live_outputs) -> None:
+            model, sampler = self.host.get(self.name), self.host.sampler
+            if model is not None and sampler is not None:
+                conf = confidence(model.manifest.task, live_outputs)
+                sampler.offer_tensor(model, feeds, live_outputs, conf, shadow_version=version)
+        return offer
 
     def shadow_telemetry(self):
         runner = self._shadow_runner

@@ -50,6 +50,12 @@ class AgentSettings(BaseSettings):
     hello_retry_s: float = Field(default=5.0, gt=0, le=3600)
     chunk_timeout_s: float = 3.0  # no chunk for this long: ask again for what is still missing
     download_timeout_s: float = 600.0
+    # Data capture (Desired.capture opts a device in; docs/agent.md "Data capture"). Kept samples wait in
+    # data_dir/capture until the fleet acknowledges them, at most this much (the oldest go first).
+    capture_spool_mb: float = Field(default=256.0, gt=0)
+    capture_ack_timeout_s: float = Field(default=30.0, gt=0)  # no acknowledgement this long: sent again
+    # A signed BlazeFace bundle to blur faces with; without one, a BlazeFace model the device serves is used.
+    face_detector: Path | None = None
 
     def provider_list(self) -> list[str]:
         return [p.strip() for p in self.providers.split(",") if p.strip()]

@@ -19,7 +19,7 @@ from fleet_protocol.manifest import Manifest
 from fleet_protocol.messages import CameraReport, CameraState, CameraTelemetry, Event
 
 from .events import EventSink, bounded
-from .pipeline import Pipeline
+from .pipeline import FrameSampler, Pipeline
 from .stages import Host, Resolver, check
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ class CameraManager:
         self.pipelines: dict[str, Pipeline] = {}
         self.cameras: list[Camera] = []  # as last applied, including any that could not start
         self._factory = pipeline_factory
+        self.sampler: FrameSampler | None = None  # data capture, offered every camera's frames (set before `apply`)
         self._lock = threading.Lock()
 
     # --- the desired state -------------------------------------------------------------------------------
@@ -58,7 +59,8 @@ class CameraManager:
                 if camera.name in self.pipelines:
                     continue
                 try:
-                    pipeline = self._factory(camera, Resolver(camera, self.host), self._event).start()
+                    pipeline = self._factory(camera, Resolver(camera, self.host), self._event,
+                                             **({"sampler": self.sampler} if self.sampler is not None else {})).start()
                 except Exception as exc:  # one camera must never stop the others from starting
                     log.error("camera %s could not start: %s", camera.name, exc)
                     self._lifecycle(camera.name, "camera_failed", f"{type(exc).__name__}: {exc}")

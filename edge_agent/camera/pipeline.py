@@ -14,12 +14,16 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
 
 from fleet_protocol.cameras import Camera
 from fleet_protocol.messages import Detection
 
+from ..runtime.model import camera_run
 from .capture import Capture
 from .events import EventGate, EventSink
 from .frames import Frame, LatestQueue, RateMeter
@@ -65,12 +69,20 @@ class LatencyStats:
         return values[min(len(values) - 1, int(q * len(values)))] if values else None
 
 
+class FrameSampler(Protocol):
+    """Data capture as a camera offers its frames (edge_agent/sampler.py): decided at once, prepared elsewhere."""
+
+    def offer_frame(self, camera: str, model: Any, frame: Callable[[], np.ndarray], frame_size: tuple[int, int],
+                    outputs: Sequence[np.ndarray], detections: Sequence[Detection]) -> bool: ...
+
+
 class Pipeline:
     def __init__(self, camera: Camera, resolve: Resolve, on_event: EventSink | None = None,
-                 source=None, on_result=None) -> None:
+                 source=None, on_result=None, sampler: FrameSampler | None = None) -> None:
         self.camera = camera
         self.resolve = resolve
         self.on_result = on_result  # called on the worker thread with every Result (tests, benchmarks)
+        self.sampler = sampler
         self.name = camera.name
         self.events = EventGate(camera.name, camera.events, on_event)
         self.queue = LatestQueue(camera.queue_size)
@@ -148,7 +160,8 @@ class Pipeline:
                 continue
             self._set_problem(None, chain)
             try:
-                detections = self._detect(chain, frame)
+                with camera_run():  # the frame itself is offered for capture below, not the model's input
+                    detections, outputs = self._detect(chain, frame)
             except Exception as exc:  # one bad frame (or a model that chokes on it) must not stop the camera
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -164,6 +177,8 @@ class Pipeline:
                 self._cond.notify_all()
             if self.on_result is not None:
                 self.on_result(result)
+            if self.sampler is not None:
+                self._offer(chain, frame, outputs, detections)
             if detections:
                 self.events.offer(frame.ts, detections, {"frame": frame.seq, "model": result.model})
 
@@ -200,7 +215,16 @@ class Pipeline:
         self.times.preprocess += time.perf_counter() - t0
         return chain.detector, x, geo
 
-    def _detect(self, chain: Chain, frame: Frame) -> list[Detection]:
+    def _offer(self, chain: Chain, frame: Frame, outputs: dict[str, np.ndarray], detections: list[Detection]) -> None:
+        detector = chain.detector
+        try:
+            assert self.sampler is not None
+            self.sampler.offer_frame(self.name, detector.model, frame.full, frame.frame_size,
+                                     [outputs[n] for n in detector.output_names], detections)
+        except Exception as exc:  # capture must never stop a camera
+            log.warning("%s: offering frame %d for capture failed: %s", self.name, frame.seq, exc)
+
+    def _detect(self, chain: Chain, frame: Frame) -> tuple[list[Detection], dict[str, np.ndarray]]:
         detector = chain.detector
         t0 = time.perf_counter()
         if frame.prepared is not None and frame.prepared[0] is detector:
@@ -221,7 +245,7 @@ class Pipeline:
         t.postprocess += t3 - t2
         t.stages += t4 - t3
         t.frames += 1
-        return detections
+        return detections, outputs
 
     # --- numbers for the page, /metrics and the benchmark -----------------------------------------------
     def stats(self) -> dict[str, Any]:

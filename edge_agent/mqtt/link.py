@@ -19,6 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client import Counter
 
 from fleet_protocol.broker import parse_broker_url
+from fleet_protocol.capture import SampleAck
 from fleet_protocol.messages import (
     Desired,
     Event,
@@ -33,6 +34,7 @@ from fleet_protocol.messages import (
 from fleet_protocol.topics import Topics
 
 from .. import __version__
+from ..capture_upload import Uploader
 from ..reconcile import Reconciler
 from ..settings import AgentSettings
 
@@ -60,6 +62,7 @@ class AgentLink:
         self._answered = threading.Event()
         self._stopping = threading.Event()
         self._hello_thread = threading.Thread(target=self._hello_loop, name="hello", daemon=True)
+        self.uploader: Uploader | None = None  # captured samples up, their acks down (set before `start`)
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"device-{self.device_id}", protocol=mqtt.MQTTv5)
         if settings.mqtt_username:
             self.client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
@@ -134,6 +137,13 @@ class AgentLink:
     def send_event(self, event: Event) -> None:
         self.client.publish(self.topics.events(self.device_id), event.to_bytes(), qos=1)
 
+    def send_sample(self, _sample_id: str, envelope: bytes) -> bool:
+        """One captured sample (fleet_protocol/capture.py), QoS 1; False when it cannot go now (the uploader
+        sends it again later)."""
+        if not self._connected.is_set():
+            return False
+        return self.client.publish(self.topics.capture(self.device_id), envelope, qos=1).rc == mqtt.MQTT_ERR_SUCCESS
+
     # --- paho callbacks (network thread) ---------------------------------------------------------------
     def _on_connect(self, client, _userdata, _flags, reason_code, _props) -> None:
         if reason_code.is_failure:
@@ -151,16 +161,31 @@ class AgentLink:
                 self.reconciler.publish()
             self._answered.clear()
             self.hello()
+        if self.uploader is not None:
+            client.subscribe(self.topics.capture_ack(self.device_id), qos=1)
         self._connected.set()
+        if self.uploader is not None:  # after the subscription, so the acks of what it resends are heard
+            self.uploader.on_connect()
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _props) -> None:
         self._connected.clear()
+        if self.uploader is not None:
+            self.uploader.on_disconnect()
         log.warning("disconnected from broker (%s); reconnecting", reason_code)
 
     def _on_message(self, _client, _userdata, msg: mqtt.MQTTMessage) -> None:
+        topic = msg.topic
+        if topic == self.topics.capture_ack(self.device_id) and self.uploader is not None:
+            try:
+                ack = SampleAck.parse(bytes(msg.payload))
+            except ProtocolError as exc:
+                REJECTED.labels("malformed_capture_ack").inc()
+                log.warning("ignoring capture acknowledgement: %s", exc)
+                return
+            self.uploader.on_ack(ack)
+            return
         if self.reconciler is None:
             return
-        topic = msg.topic
         if topic == self.topics.desired(self.device_id):
             self._answered.set()
             if not msg.payload:

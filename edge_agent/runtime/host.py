@@ -9,6 +9,7 @@ the request path: reading and rebinding a dict entry are atomic in CPython.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from fleet_protocol.messages import Batching
 
@@ -17,6 +18,9 @@ from ..telemetry import Stats
 from .batching import Batcher
 from .errors import MemoryBudgetError
 from .model import LoadedModel
+
+if TYPE_CHECKING:
+    from ..sampler import Sampler
 
 # What a CPU session costs in RSS per byte of its model file, at the peak of its creation and after it:
 # benchmarks/agent_overhead.py measured 1.7–1.9× for both with onnxruntime 1.32 (initializers plus the
@@ -43,6 +47,8 @@ class ModelHost:
         # Per model name, the drift histograms of the current telemetry window (they span a hot swap, like the
         # request counts; telemetry names the version serving when the window closes).
         self.drift: dict[str, ModelDrift] = {}
+        # Data capture (edge_agent/sampler.py), tapped into every model served; None: the device captures nothing.
+        self.sampler: Sampler | None = None
 
     # --- request path -------------------------------------------------------------------------------------
     def get(self, name: str) -> LoadedModel | None:
@@ -65,6 +71,8 @@ class ModelHost:
             if drift is None or drift.task != new.manifest.task:
                 drift = self.drift[new.name] = ModelDrift(new.manifest.task)
             new.drift = drift
+        if new.sampler is None:
+            new.sampler = self.sampler
         batching = new.runtime.batching
         if new.batcher is None and batching.enabled and new.batchable:
             new.batcher = Batcher(batching, on_batch=self.stats.batch_size.observe, workers=self.batch_workers)

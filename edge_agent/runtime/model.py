@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -20,10 +21,12 @@ from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 from fleet_protocol.manifest import Manifest
 from fleet_protocol.messages import Precision, Runtime
 
+from ..drift import confidence
 from .errors import InferenceError, InputError, first_line
 
 if TYPE_CHECKING:
     from ..drift import ModelDrift
+    from ..sampler import Sampler
     from ..shadow.runner import ShadowRunner
     from ..store import StoredModel
     from ..telemetry import ModelMetrics
@@ -45,6 +48,24 @@ _ORT_TYPES = {
 }
 
 Done = Callable[[dict[str, np.ndarray] | None, BaseException | None], None]
+
+
+_camera = threading.local()
+
+
+@contextmanager
+def camera_run() -> Iterator[None]:
+    """Runs inside are a camera's: the camera offers the whole frame for capture itself, so the tap does not
+    offer the model's input tensor (drift and the shadow see them as any other)."""
+    _camera.on = True
+    try:
+        yield
+    finally:
+        _camera.on = False
+
+
+def in_camera_run() -> bool:
+    return getattr(_camera, "on", False)
 
 
 def wire_name(dtype: np.dtype) -> str:
@@ -109,9 +130,10 @@ class LoadedModel:
     batcher: Batcher | None = None  # set by the ModelHost when the runtime turns batching on
     run_ms: float | None = None  # one warm session run of a single item, measured by the golden check
     golden_passed: bool | None = None
-    # Taps after the live answer (bound by the ModelHost / the shadow worker): both cost O(1) on the request path.
+    # Taps after the live answer (bound by the ModelHost / the shadow worker): all cost O(1) on the request path.
     drift: ModelDrift | None = None
     shadow: ShadowRunner | None = None
+    sampler: Sampler | None = None  # data capture (edge_agent/sampler.py)
 
     @classmethod
     def from_session(cls, stored: StoredModel, session: ort.InferenceSession, runtime: Runtime) -> LoadedModel:
@@ -145,7 +167,7 @@ class LoadedModel:
 
     def with_runtime(self, runtime: Runtime) -> LoadedModel:
         """The same session under a runtime that differs only in batching (a new batcher, new metrics)."""
-        return replace(self, runtime=runtime, batcher=None, metrics=None, drift=None, shadow=None)
+        return replace(self, runtime=runtime, batcher=None, metrics=None, drift=None, shadow=None, sampler=None)
 
     # --- validation ---------------------------------------------------------------------------------------
     def validate(self, inputs: dict[str, np.ndarray]) -> None:
@@ -197,20 +219,30 @@ class LoadedModel:
         self.tap(feeds, outputs)
         return outputs
 
-    def tap(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
-        """After the live answer: the drift histograms and the shadow candidate see the sample (HTTP requests and
-        camera frames alike run through here). Never raises into the request."""
-        drift, shadow = self.drift, self.shadow
+    def tap(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray], camera: bool | None = None) -> None:
+        """After the live answer: the drift histograms, the shadow candidate and data capture see the sample (HTTP
+        requests and camera frames alike run through here; `camera`: whether a camera's run, when asked on
+        another thread than the camera's). The confidence is computed once, for drift and capture. Never raises
+        into the request."""
+        drift, shadow, sampler = self.drift, self.shadow, self.sampler
         if drift is not None and not drift.wants():
             drift = None
-        if drift is None and shadow is None:
+        capture = False
+        if sampler is not None and not (in_camera_run() if camera is None else camera):
+            capture = sampler.enabled
+            if not capture:
+                sampler.not_opted_in()
+        if drift is None and shadow is None and not capture:
             return
         outs = [outputs[n] for n in self.output_names]
         try:
+            conf = confidence(self.manifest.task, outs) if drift is not None or capture else None
             if drift is not None:
-                drift.observe(feeds, outs)
+                drift.add(feeds, conf)
             if shadow is not None:
                 shadow.offer(feeds, outs)
+            if capture and sampler is not None:
+                sampler.offer_tensor(self, feeds, outs, conf)
         except Exception as exc:  # a tap must never fail a request that was answered
             log.warning("tap on %s failed: %s", self.name, exc)
 
@@ -226,12 +258,13 @@ class LoadedModel:
             self.record(0.0, None, exc)
             raise
         started = time.perf_counter()
+        camera = in_camera_run()  # asked here: the batch finishes on the batcher's thread
 
         def finished(outputs, error, queued: float) -> None:
             self.record(time.perf_counter() - started, queued, error)
             done(outputs, error)
             if error is None and outputs is not None:
-                self.tap(feeds, outputs)  # after the answer went out
+                self.tap(feeds, outputs, camera)  # after the answer went out
 
         batcher.submit(self, feeds, finished)
 

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 
 Feeds = Mapping[str, np.ndarray]
 Run = Callable[[Feeds], Sequence[np.ndarray]]
+# A sample the candidate disagreed on: (inputs, the live outputs), for data capture (edge_agent/sampler.py).
+Disagreed = Callable[[Feeds, Sequence[np.ndarray]], None]
+# Below this agreement a sample counts as a disagreement for capture: a different top-1 class, or fewer than
+# half the boxes matched (F1), or most values not close.
+DISAGREES_BELOW = 0.5
 
 
 @dataclass
@@ -86,6 +91,7 @@ class ShadowRunner:
         self._allowance = cpu_budget  # CPU seconds the candidate may spend now
         self._refilled = clock()
         self.totals = ShadowTotals()
+        self.on_disagree: Disagreed | None = None
         self._thread = threading.Thread(target=self._work, name=f"shadow-{version}", daemon=True)
 
     def start(self) -> ShadowRunner:
@@ -160,6 +166,11 @@ class ShadowRunner:
             t.mean_abs_diff_sum += result.mean_abs_diff
             if len(self.totals.latencies_ms) > 10_000:
                 del self.totals.latencies_ms[:5_000]
+        if result.agreement < DISAGREES_BELOW and self.on_disagree is not None:
+            try:
+                self.on_disagree(feeds, live)
+            except Exception as exc:  # capture must never stop the comparison
+                log.warning("shadow %s: capturing a disagreement failed: %s", self.version, exc)
 
     def telemetry(self) -> ShadowTelemetry:
         """Everything since the shadow started: the gates judge the candidate on all of it."""

@@ -12,7 +12,8 @@ import pytest
 from demo.camera import make_video
 from edge_agent.camera.model import load
 from edge_agent.camera.stages import Detector
-from edge_agent.capture import DAY, HOUR, CaptureGate, FaceBlur, Spool
+from edge_agent.capture import DAY, HOUR, CaptureGate, FaceBlur, Spool, fit_jpeg, new_sample_id
+from fleet_protocol.capture import describe, unpack
 from fleet_protocol.messages import Capture
 from tests.bundles import zoo_bundle
 
@@ -89,10 +90,14 @@ def test_blazeface_finds_no_face_in_any_captured_frame(detector, video_frames, t
         if out is None:
             refused += 1
             continue
-        spool.put(out, {"model": "blazeface", "outputs": []})
+        data, w, h = fit_jpeg(out)
+        spool.put(describe(data, id=new_sample_id(), model="blazeface", version="1.0.0", taken_at=1.0,
+                           reason="low_confidence", content_type="image/jpeg", width=w, height=h,
+                           faces_blurred=True), data)
     assert refused < len(with_faces) // 2
     stored = spool.pending()
     assert len(stored) == len(with_faces) - refused
-    for sample in stored:  # what would leave the device, decoded from the spool as the uploader reads it
-        image = cv2.imread(str(spool.folder / f"{sample}.jpg"))
-        assert image is not None and faces(image) == [], sample
+    for sample in stored:  # what leaves the device, decoded from the envelope as the API reads it
+        header, data = unpack(spool.get(sample))
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None and header.faces_blurred and faces(image) == [], sample

@@ -10,17 +10,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from edge_agent.capture import Spool
+from edge_agent.capture_upload import Uploader
 from edge_agent.mqtt.link import AgentLink
 from edge_agent.reconcile import Reconciler
 from edge_agent.runtime.host import ModelHost
 from edge_agent.settings import AgentSettings
 from edge_agent.store import ModelStore
+from fleet_protocol.capture import SampleAck
 from fleet_protocol.messages import Desired
 from fleet_protocol.topics import Topics
 
 DEVICE = "dev-fuzz"
 T = Topics()
-REASONS = ("unknown_schema", "malformed_desired", "unexpected_topic", "unwanted_chunk")
+REASONS = ("unknown_schema", "malformed_desired", "unexpected_topic", "unwanted_chunk", "malformed_capture_ack")
 
 
 class Quiet:
@@ -59,8 +62,12 @@ desired_like = st.fixed_dictionaries(
 )
 payloads = st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()) | \
     desired_like.map(lambda v: json.dumps(v).encode())
+ack_like = st.fixed_dictionaries({"id": st.sampled_from(["0" * 32, "x", "ab" * 16]), "stored": json_values},
+                                  optional={"refused": json_values, "ts": json_values, "extra": json_values})
+payloads = payloads | ack_like.map(lambda v: json.dumps(v).encode())
 topics = st.sampled_from([T.desired(DEVICE), T.artifact_chunk("ab" * 32, 0), T.desired("someone-else"),
-                          f"{T.prefix}/artifacts/nothex/x", f"{T.prefix}/devices/{DEVICE}/nope"])
+                          f"{T.prefix}/artifacts/nothex/x", f"{T.prefix}/devices/{DEVICE}/nope",
+                          T.capture_ack(DEVICE)])
 
 
 def test_every_topic_handler_survives_anything(tmp_path, keys):
@@ -69,6 +76,7 @@ def test_every_topic_handler_survives_anything(tmp_path, keys):
     transport = Quiet()
     reconciler = Reconciler(settings_, ModelStore(store_root), ModelHost(), transport)
     link = AgentLink(settings_, reconciler)
+    link.uploader = Uploader(Spool(tmp_path / "spool"), lambda _id, _envelope: True)
     revision = [10]
 
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -78,7 +86,8 @@ def test_every_topic_handler_survives_anything(tmp_path, keys):
         link._on_message(None, None, message(topic, payload))  # never raises
         handled = reconciler.revision != desired_before
         ignored_empty = topic == T.desired(DEVICE) and not payload
-        assert handled or ignored_empty or rejected() == before + 1 or _older_desired(topic, payload, desired_before)
+        assert handled or ignored_empty or rejected() == before + 1 or _older_desired(topic, payload, desired_before) \
+            or _valid_ack(topic, payload)
         # The next valid desired state is taken up as usual.
         revision[0] = max(revision[0], reconciler.revision) + 1
         link._on_message(None, None, message(T.desired(DEVICE), Desired(revision=revision[0]).to_bytes()))
@@ -95,3 +104,14 @@ def _older_desired(topic: str, payload: bytes, have: int) -> bool:
         return Desired.parse(payload).revision <= have
     except ValueError:
         return False
+
+
+def _valid_ack(topic: str, payload: bytes) -> bool:
+    """A well-formed acknowledgement (of a sample this device no longer holds): taken, not a reject."""
+    if topic != T.capture_ack(DEVICE):
+        return False
+    try:
+        SampleAck.parse(payload)
+    except ValueError:
+        return False
+    return True
