@@ -39,7 +39,7 @@ from fleet_protocol.topics import Topics
 from . import auth, telemetry
 from .auth import SYSTEM, Principal
 from .captures import metrics as capture_metrics
-from .captures.store import CaptureStore, Stored
+from .captures.store import CaptureStore, Filters, Stored
 from .chunk_server import ChunkServer
 from .db.tables import Bundle, Device, ModelPolicy, Rollout, RolloutDevice, utcnow
 from .desired import outbox
@@ -694,6 +694,21 @@ class FleetService:
         self._check_known(device_id)
         capture_metrics.REFUSED.labels("invalid").inc()
         self._ack_capture(device_id, SampleAck(id=sample_id, stored=False, refused="invalid"))
+
+    def delete_capture(self, capture_id: int, who: Principal) -> dict[str, Any]:
+        def record(db: Session, _n: int) -> None:
+            auth.audit(db, who.actor, "capture.delete", f"capture:{capture_id}")
+
+        return self.captures.delete(capture_id, record)
+
+    def delete_captures(self, filters: Filters, who: Principal) -> int:
+        """Every sample the filters match (all of them with no filter: the caller asked for that explicitly)."""
+        def record(db: Session, n: int) -> None:
+            detail = {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in vars(filters).items()
+                      if v is not None}
+            auth.audit(db, who.actor, "capture.delete", "captures", {**detail, "deleted": n})
+
+        return self.captures.delete_matching(filters, record)
 
     def _ack_capture(self, device_id: str, ack: SampleAck) -> None:
         # Not waited for: a lost ack only makes the device send the sample again, which is acknowledged again.

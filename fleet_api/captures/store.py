@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from ..errors import NotFound
 log = logging.getLogger(__name__)
 
 QUOTA_LOCK_KEY = 0x6566636170  # PostgreSQL advisory lock: one store (quota check + insert) at a time, fleet-wide
+# Called inside a delete's transaction with what it removes (its audit entry commits, or rolls back, with it).
+Record = Callable[[Session, int], None]
 SUFFIX = {"image/jpeg": ".jpg", "application/x-npy": ".npy"}
 
 
@@ -170,15 +172,17 @@ class CaptureStore:
                 "models": [{"model": m, "count": n, "bytes": int(b)} for m, n, b in per_model]}
 
     # --- deleting -----------------------------------------------------------------------------------------
-    def delete(self, capture_id: int) -> dict[str, Any]:
+    def delete(self, capture_id: int, record: Record | None = None) -> dict[str, Any]:
         with self.sessions() as db, db.begin():
             row = self._row(db, capture_id)
             out, path = view(row), self.path(row)
             db.delete(row)
+            if record is not None:
+                record(db, 1)
         path.unlink(missing_ok=True)  # after the commit: a failed delete keeps its data
         return out
 
-    def delete_matching(self, filters: Filters) -> int:
+    def delete_matching(self, filters: Filters, record: Record | None = None) -> int:
         """Delete every matching sample (the quota frees their bytes); → how many."""
         with self.sessions() as db, db.begin():
             rows = db.execute(filters.apply(select(CaptureRow.id, CaptureRow.device_id, CaptureRow.sample_id,
@@ -186,6 +190,8 @@ class CaptureStore:
             ids = [r.id for r in rows]
             for start in range(0, len(ids), 500):
                 db.execute(delete(CaptureRow).where(CaptureRow.id.in_(ids[start:start + 500])))
+            if record is not None:
+                record(db, len(ids))
         for r in rows:
             (self.root / file_name(r)).unlink(missing_ok=True)
         return len(ids)
