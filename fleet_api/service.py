@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet_protocol.capture import Sample, SampleAck
 from fleet_protocol.encryption import EncryptionError, b64d, load_public
 from fleet_protocol.messages import (
+    Capture,
     Event,
     Fetch,
     Hello,
@@ -335,6 +336,23 @@ class FleetService:
             changed = desired_state.recompose(db, device, self.settings.chunk_size)
             auth.audit(db, who.actor, "device.config", f"device:{device_id}",
                        {"config": device.config, "new_revision": device.desired_revision if changed else None})
+            view = config_view(device)
+        self.flush_outbox()
+        return view
+
+    def set_capture(self, device_id: str, capture: Capture | None, who: Principal = SYSTEM) -> dict[str, Any]:
+        """Only the `capture` of the device's own configuration (None: drop it, profiles decide), the rest kept."""
+        with self.transaction() as db:
+            device = device_registry.get_active_device(db, device_id, lock=True)
+            config = dict(device.config or {})
+            if capture is None:
+                config.pop("capture", None)
+            else:
+                config["capture"] = capture.model_dump(mode="json")
+            device.config = DeviceConfig.model_validate(config).model_dump(mode="json", exclude_none=True)
+            changed = desired_state.recompose(db, device, self.settings.chunk_size)
+            auth.audit(db, who.actor, "device.config", f"device:{device_id}",
+                       {"capture": config.get("capture"), "new_revision": device.desired_revision if changed else None})
             view = config_view(device)
         self.flush_outbox()
         return view

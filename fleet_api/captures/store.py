@@ -9,6 +9,7 @@ quota check and the insert are one step across API replicas, and a sample sent t
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import logging
 import os
@@ -202,6 +203,22 @@ class CaptureStore:
         if row is None:
             raise NotFound(f"no capture {capture_id}")
         return row
+
+
+def npy_header(path: Path) -> dict[str, Any] | None:
+    """An .npy file's dtype and shape from its header (a Python literal, read without numpy and without
+    evaluating anything); None when it is not one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1024)
+        if head[:6] != b"\x93NUMPY":
+            return None
+        size = int.from_bytes(head[8:10], "little") if head[6] == 1 else int.from_bytes(head[8:12], "little")
+        start = 10 if head[6] == 1 else 12
+        meta = ast.literal_eval(head[start:start + size].decode("latin1").strip())
+        return {"dtype": str(meta["descr"]), "shape": [int(n) for n in meta["shape"]]}
+    except (OSError, ValueError, SyntaxError, KeyError, TypeError, IndexError):
+        return None
 
 
 def _write(dest: Path, data: bytes) -> None:

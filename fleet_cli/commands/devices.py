@@ -197,6 +197,48 @@ def config(ctx: typer.Context, device_id: str,
                          f"desired revision {d.get('desired_revision')}")
 
 
+@app.command()
+def capture(ctx: typer.Context, device_id: str,
+            on: Annotated[bool | None, typer.Option("--on/--off", help="capture samples on this device, or not")] = None,
+            max_per_hour: Annotated[int | None, typer.Option(help="samples an hour at most", min=0, max=100_000)] = None,
+            max_mb_per_day: Annotated[float | None, typer.Option(help="MiB a day at most", min=0)] = None,
+            min_confidence: Annotated[float | None, typer.Option(help="keep inputs the model is less sure of than this",
+                                                                 min=0, max=1)] = None,
+            blur_faces: Annotated[bool | None, typer.Option("--blur-faces/--no-blur-faces",
+                                                            help="pixelate faces on the device before a frame leaves it")] = None,
+            inherit: Annotated[bool, typer.Option("--inherit", help="drop the device's own setting: profiles decide")] = False,
+            json: JsonOpt = False) -> None:
+    """Show or change a device's data capture (the `capture` of its own configuration; the rest is kept).
+    Without options: what the device is told now, and whether that comes from itself, a profile or the default."""
+    client = api(ctx)
+    changes = {"enabled": on, "max_per_hour": max_per_hour, "min_confidence": min_confidence, "blur_faces": blur_faces,
+               "max_bytes_per_day": None if max_mb_per_day is None else int(max_mb_per_day * 1024 * 1024)}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if inherit and changes:
+        raise CliError("--inherit drops the device's own capture setting: give no other option with it")
+    if inherit or changes:
+        config = dict(client.get_config(device_id).get("config") or {})
+        config = {k: v for k, v in config.items() if v not in (None, {}, [])}
+        if inherit:
+            config.pop("capture", None)
+        else:
+            # starting from what the device is told now: --max-per-hour alone keeps capture as it is otherwise
+            current = (client.get_desired(device_id).get("desired") or {}).get("capture") or {}
+            config["capture"] = {**current, **(config.get("capture") or {}), **changes}
+        client.set_config(device_id, config)
+    view = client.get_desired(device_id)
+    current = (view.get("desired") or {}).get("capture") or {}
+    source = (view.get("sources") or {}).get("capture", "default")
+    if wants_json(ctx, json):
+        output.print_json({"device_id": device_id, "capture": current, "source": source})
+        return
+    output.fields([("capture", "[green]on[/green]" if current.get("enabled") else "off"), ("decided by", source),
+                   ("max per hour", current.get("max_per_hour")),
+                   ("max per day", output.size(current.get("max_bytes_per_day"))),
+                   ("min confidence", current.get("min_confidence")),
+                   ("blur faces", "yes" if current.get("blur_faces") else "no")])
+
+
 models_app = typer.Typer(help="The models of one device outside any rollout: assign a version, remove one.",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")

@@ -101,3 +101,21 @@ def test_delete_needs_an_operator_and_frees_the_quota(admin, cli, samples, monke
     assert "deleted 1 sample" in cli("captures", "delete", "--reason", "shadow_disagrees").out
     assert cli("captures", "delete", "--all", "--json").json() == {"deleted": 2}
     assert cli("captures", "usage", "--json").json()["bytes_used"] == 0
+
+
+def test_devices_capture_turns_capture_on_and_off_and_keeps_the_rest_of_the_config(admin, cli):
+    assert cli("devices", "register", "cap-cfg-1").code == 0
+    shown = cli("devices", "capture", "cap-cfg-1", "--json").json()
+    assert shown["capture"].get("enabled", False) is False and shown["source"] == "default"
+    on = cli("devices", "capture", "cap-cfg-1", "--on", "--max-per-hour", "12", "--no-blur-faces", "--json").json()
+    assert on["capture"]["enabled"] is True and on["capture"]["max_per_hour"] == 12 and on["source"] == "device"
+    assert on["capture"]["blur_faces"] is False
+    # one option later: the others stay
+    later = cli("devices", "capture", "cap-cfg-1", "--min-confidence", "0.3", "--json").json()["capture"]
+    assert (later["enabled"], later["max_per_hour"], later["min_confidence"]) == (True, 12, 0.3)
+    table = cli("devices", "capture", "cap-cfg-1")
+    assert "on" in table.out and "device" in table.out
+    assert cli("devices", "capture", "cap-cfg-1", "--inherit", "--json").json()["source"] == "default"
+    assert cli("devices", "capture", "cap-cfg-1", "--inherit", "--on").code == ExitCode.USAGE
+    assert cli("devices", "capture", "cap-cfg-1", "--max-per-hour", "-1").code == ExitCode.USAGE
+    assert cli("devices", "capture", "nope", "--on").code == ExitCode.NOT_FOUND
