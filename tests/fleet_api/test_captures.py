@@ -163,3 +163,52 @@ def test_the_dataset_zip_holds_every_file_and_its_labels_as_json_and_csv(fleet):
     # filtered: only what matches
     only = zipfile.ZipFile(io.BytesIO(b"".join(dataset.stream(fleet.captures, Filters(device="d1")))))
     assert sorted(only.namelist()) == ["labels.csv", "labels.json"] and json.loads(only.read("labels.json")) == []
+
+
+def test_the_migration_adds_the_table_and_keeps_every_row_of_an_existing_database(db_url):
+    """0005 → 0006 creates `captures` only: devices and their audit entries stay (no batch rebuild of a parent)."""
+    from sqlalchemy import inspect, text
+
+    from fleet_api.db.session import make_engine, make_sessions, migrate
+
+    engine = make_engine(db_url)
+    try:
+        migrate(engine, "0005_alerts")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO devices (id, labels, created_at, desired_revision, published_revision, online, "
+                              "revoked) VALUES ('old', '{\"site\": \"a\"}', CURRENT_TIMESTAMP, 2, 2, false, false)"))
+        assert "captures" not in inspect(engine).get_table_names()
+        make_sessions(engine)  # upgrades to head
+        assert "captures" in inspect(engine).get_table_names()
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT id, desired_revision FROM devices")).all() == [("old", 2)]
+        unique = inspect(engine).get_unique_constraints("captures")
+        assert [sorted(u["column_names"]) for u in unique] == [["device_id", "sample_id"]]
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_uploads_never_pass_the_quota_and_a_sample_sent_twice_at_once_is_stored_once(fleet):
+    """Two API replicas (here: threads, each its own transaction) storing at the same time: the quota check and
+    the insert are one step, so exactly as many samples as fit are stored."""
+    import threading
+
+    big = [sample(b"y" * 10_000 + bytes([i])) for i in range(8)]  # 5 fit in 52,428 bytes
+    twice = big[:2] * 2  # and the first two arrive twice, concurrently
+    results: list = []
+    lock = threading.Lock()
+
+    def store(s) -> None:
+        outcome = fleet.captures.put("d0", *s)
+        with lock:
+            results.append((s[0].id, outcome))
+
+    threads = [threading.Thread(target=store, args=(s,)) for s in [*big, *twice[2:]]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    stored_ids = {i for i, o in results if o.stored}
+    assert len(stored_ids) == 5 and fleet.captures.usage()["count"] == 5
+    assert fleet.captures.usage()["bytes_used"] <= 52_428
+    assert sum(1 for _, o in results if o.refused == "quota") == len(results) - sum(1 for _, o in results if o.stored)
