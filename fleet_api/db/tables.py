@@ -258,7 +258,10 @@ class CaptureRow(Base):
     folder (captures.store). One row per (device, sample id): a device resending after a lost ack changes nothing."""
 
     __tablename__ = "captures"
-    __table_args__ = (UniqueConstraint("device_id", "sample_id", name="uq_captures_device_sample"),)
+    # AUTOINCREMENT on SQLite too: an id is never given again after its sample was deleted (a browser may cache
+    # /v1/captures/{id}/data; PostgreSQL sequences never reuse one anyway).
+    __table_args__ = (UniqueConstraint("device_id", "sample_id", name="uq_captures_device_sample"),
+                      {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     device_id: Mapped[str] = mapped_column(String(64), index=True)

@@ -212,3 +212,12 @@ def test_concurrent_uploads_never_pass_the_quota_and_a_sample_sent_twice_at_once
     assert len(stored_ids) == 5 and fleet.captures.usage()["count"] == 5
     assert fleet.captures.usage()["bytes_used"] <= 52_428
     assert sum(1 for _, o in results if o.refused == "quota") == len(results) - sum(1 for _, o in results if o.stored)
+
+
+def test_an_id_is_never_given_again_after_its_sample_was_deleted(fleet):
+    """Browsers cache /v1/captures/{id}/data: a new sample must never take a deleted one's id."""
+    fleet.on_capture("d0", sample(jpeg(1)))
+    newest = fleet.captures.list(Filters())[0][0]["id"]
+    fleet.captures.delete(newest)
+    fleet.on_capture("d0", sample(jpeg(2)))
+    assert fleet.captures.list(Filters())[0][0]["id"] > newest

@@ -39,6 +39,7 @@ def upgrade() -> None:
     sa.Column('sha256', sa.String(length=64), nullable=False),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('device_id', 'sample_id', name='uq_captures_device_sample'),
+    sqlite_autoincrement=True,  # ids never reused after a delete (browsers cache a sample's data by its id)
     )
     op.create_index('ix_captures_device_id', 'captures', ['device_id'])
     op.create_index('ix_captures_model', 'captures', ['model'])
