@@ -119,3 +119,19 @@ def test_devices_capture_turns_capture_on_and_off_and_keeps_the_rest_of_the_conf
     assert cli("devices", "capture", "cap-cfg-1", "--inherit", "--on").code == ExitCode.USAGE
     assert cli("devices", "capture", "cap-cfg-1", "--max-per-hour", "-1").code == ExitCode.USAGE
     assert cli("devices", "capture", "nope", "--on").code == ExitCode.NOT_FOUND
+
+
+def test_profiles_capture_sets_it_for_the_profiles_devices_and_keeps_the_rest(admin, cli, tmp_path):
+    assert cli("devices", "register", "cap-prof-1", "--label", "zone=gate").code == 0
+    spec = tmp_path / "gate.yaml"
+    spec.write_text("selector: zone=gate\npriority: 5\nmemory_budget_mb: 200\n")
+    assert cli("profiles", "set", "gate", str(spec)).code == 0
+    p = cli("profiles", "capture", "gate", "--on", "--max-per-hour", "6", "--json").json()
+    assert p["capture"]["enabled"] is True and p["capture"]["max_per_hour"] == 6
+    assert p["memory_budget_mb"] == 200 and p["selector"] == {"zone": "gate"} and p["priority"] == 5
+    device = cli("devices", "capture", "cap-prof-1", "--json").json()
+    assert device["capture"]["enabled"] is True and device["source"] == "profile:gate"
+    assert "profile gate" in cli("profiles", "capture", "gate").out
+    assert cli("profiles", "capture", "gate", "--inherit", "--json").json()["capture"] is None
+    assert cli("devices", "capture", "cap-prof-1", "--json").json()["source"] == "default"
+    assert cli("profiles", "capture", "nope", "--on").code == ExitCode.NOT_FOUND
