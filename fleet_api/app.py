@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from fleet_protocol.topics import Topics
 
 from . import web
+from .captures.metrics import CaptureCollector
 from .db.session import make_engine, make_sessions
 from .errors import FleetError, Unauthorized
 from .insights.metrics import AlertCollector
@@ -22,7 +23,7 @@ from .metrics import FleetCollector
 from .mqtt import handlers
 from .mqtt.broker import Broker
 from .mqtt.dynsec import DynSec
-from .routes import alerts, devices, drift, health, models, profiles, rollouts, security
+from .routes import alerts, captures, devices, drift, health, models, profiles, rollouts, security
 from .service import FleetService
 from .settings import ApiSettings
 
@@ -65,6 +66,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.state.metrics.register(FleetCollector(service))
         app.state.insights = service.insights  # GET /v1/alerts
         app.state.metrics.register(AlertCollector(service.insights))
+        app.state.metrics.register(CaptureCollector(service.captures))
         broker.start()
         service.insights.start(settings.alert_eval_interval_s)
         stop = threading.Event()
@@ -102,6 +104,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         return JSONResponse({"error": "invalid request: " + "; ".join(problems)[:2000], "detail": detail[:50]}, status_code=422)
 
     for router in (health.router, security.router, models.router, devices.router, profiles.router, rollouts.router,
-                   drift.router, alerts.router, web.router):
+                   drift.router, alerts.router, captures.router, web.router):
         app.include_router(router)
     return app

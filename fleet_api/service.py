@@ -22,8 +22,10 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from fleet_protocol.capture import Sample, SampleAck
 from fleet_protocol.encryption import EncryptionError, b64d, load_public
 from fleet_protocol.messages import (
+    Capture,
     Event,
     Fetch,
     Hello,
@@ -37,6 +39,8 @@ from fleet_protocol.topics import Topics
 
 from . import auth, telemetry
 from .auth import SYSTEM, Principal
+from .captures import metrics as capture_metrics
+from .captures.store import CaptureStore, Filters, Stored
 from .chunk_server import ChunkServer
 from .db.tables import Bundle, Device, ModelPolicy, Rollout, RolloutDevice, utcnow
 from .desired import outbox
@@ -100,6 +104,8 @@ class FleetService:
         self.telemetry = telemetry.TelemetryBuffer()
         self.drift = DriftMonitor(settings.drift)
         self.insights = InsightsService.from_settings(settings, sessions)  # alerts and failure analysis (issue 16)
+        self.captures = CaptureStore(sessions, settings.capture_dir or settings.artifact_dir / "captures",
+                                     int(settings.capture_quota_mb * 1024 * 1024))
         self._outbox_lock = threading.Lock()
         self._outbox_dirty = threading.Event()
         self._known: dict[str, float] = {}  # device id → when we last saw it registered (telemetry hot path)
@@ -330,6 +336,23 @@ class FleetService:
             changed = desired_state.recompose(db, device, self.settings.chunk_size)
             auth.audit(db, who.actor, "device.config", f"device:{device_id}",
                        {"config": device.config, "new_revision": device.desired_revision if changed else None})
+            view = config_view(device)
+        self.flush_outbox()
+        return view
+
+    def set_capture(self, device_id: str, capture: Capture | None, who: Principal = SYSTEM) -> dict[str, Any]:
+        """Only the `capture` of the device's own configuration (None: drop it, profiles decide), the rest kept."""
+        with self.transaction() as db:
+            device = device_registry.get_active_device(db, device_id, lock=True)
+            config = dict(device.config or {})
+            if capture is None:
+                config.pop("capture", None)
+            else:
+                config["capture"] = capture.model_dump(mode="json")
+            device.config = DeviceConfig.model_validate(config).model_dump(mode="json", exclude_none=True)
+            changed = desired_state.recompose(db, device, self.settings.chunk_size)
+            auth.audit(db, who.actor, "device.config", f"device:{device_id}",
+                       {"capture": config.get("capture"), "new_revision": device.desired_revision if changed else None})
             view = config_view(device)
         self.flush_outbox()
         return view
@@ -661,6 +684,54 @@ class FleetService:
         self._check_known(device_id)
         EVENTS.labels(event.kind).inc()
         log.debug("device %s event %s: %d detections", device_id, event.kind, len(event.detections))
+
+    def on_capture(self, device_id: str, sample: tuple[Sample, bytes]) -> Stored:
+        """A captured sample (unpacked and intact): store it unless the quota is full or its model is not one the
+        device runs, then acknowledge it either way, so the device drops it from its spool. An unknown or revoked
+        device gets no answer (NotFound: counted by the shell like any of its messages)."""
+        header, data = sample
+        with self.transaction() as db:
+            device = device_registry.get_active_device(db, device_id)
+            # The desired state's models, and what the device reports: a sample of a model just removed from the
+            # desired state may still be in the device's spool. Any version: the dataset records which one.
+            models = set((device.desired or {}).get("models") or {}) | set((device.reported or {}).get("models") or {})
+        if header.model not in models:
+            result = Stored(stored=False, refused="unknown_model")
+        else:
+            result = self.captures.put(device_id, header, data)
+        if result.refused:
+            capture_metrics.REFUSED.labels(result.refused).inc()
+            log.info("device %s: sample %s of %s refused: %s", device_id, header.id, header.model, result.refused)
+        else:
+            (capture_metrics.REPEATED if result.repeat else capture_metrics.STORED).inc()
+        self._ack_capture(device_id, SampleAck(id=header.id, stored=result.stored, refused=result.refused))
+        return result
+
+    def refuse_capture(self, device_id: str, sample_id: str) -> None:
+        """A sample whose envelope names its id but is not intact (cut, or data not matching its sha256): the device
+        is told `invalid`, so it does not send it again and again."""
+        self._check_known(device_id)
+        capture_metrics.REFUSED.labels("invalid").inc()
+        self._ack_capture(device_id, SampleAck(id=sample_id, stored=False, refused="invalid"))
+
+    def delete_capture(self, capture_id: int, who: Principal) -> dict[str, Any]:
+        def record(db: Session, _n: int) -> None:
+            auth.audit(db, who.actor, "capture.delete", f"capture:{capture_id}")
+
+        return self.captures.delete(capture_id, record)
+
+    def delete_captures(self, filters: Filters, who: Principal) -> int:
+        """Every sample the filters match (all of them with no filter: the caller asked for that explicitly)."""
+        def record(db: Session, n: int) -> None:
+            detail = {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in vars(filters).items()
+                      if v is not None}
+            auth.audit(db, who.actor, "capture.delete", "captures", {**detail, "deleted": n})
+
+        return self.captures.delete_matching(filters, record)
+
+    def _ack_capture(self, device_id: str, ack: SampleAck) -> None:
+        # Not waited for: a lost ack only makes the device send the sample again, which is acknowledged again.
+        self.publisher.publish(self.topics.capture_ack(device_id), ack.to_bytes(), qos=1)
 
     # --- the dashboard and /metrics -----------------------------------------------------------------------
     def fleet_summary(self) -> dict[str, Any]:

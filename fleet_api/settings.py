@@ -56,6 +56,10 @@ class ApiSettings(BaseSettings):
     chunk_retain_s: int = Field(default=600, ge=0, le=86_400)
     chunk_resend_after_s: float = Field(default=10.0, ge=0, le=3600)
     max_bundle_mb: float = 2048.0
+    # Captured samples (issue 14): their files live here (default: `captures/` under artifact_dir, the volume that
+    # already persists bundles), and the whole fleet's may take at most this much; a sample beyond it is refused.
+    capture_dir: Path | None = None
+    capture_quota_mb: float = Field(default=1024.0, ge=0)
     tick_interval_s: float = 1.0
     # Master key (32 bytes, urlsafe base64) that seals model data keys at rest; or a file holding it (a k3s Secret).
     master_key: SecretStr | None = None

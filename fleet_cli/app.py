@@ -11,7 +11,7 @@ import typer
 
 from . import output
 from .client import ApiError, Unreachable
-from .commands import alerts, audit, context, devices, models, profiles, rollouts, telemetry, tokens
+from .commands import alerts, audit, captures, context, devices, models, profiles, rollouts, telemetry, tokens
 from .config import ConfigError
 from .exit_codes import ExitCode, for_status
 from .state import CliError, State
@@ -26,7 +26,7 @@ else:
 
 app = typer.Typer(
     name="edgefleet", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-    help="Operate an edgefleet fleet through its API: devices, models, rollouts, telemetry, tokens, audit.\n\n"
+    help="Operate an edgefleet fleet through its API: devices, models, rollouts, telemetry, captures, tokens, audit.\n\n"
          "Where: flags, else EDGEFLEET_SERVER / EDGEFLEET_TOKEN, else the current context ('edgefleet context set').",
 )
 app.add_typer(context.app, name="context")
@@ -35,6 +35,7 @@ app.add_typer(models.app, name="models")
 app.add_typer(rollouts.app, name="rollouts")
 app.add_typer(profiles.app, name="profiles")
 app.add_typer(alerts.app, name="alerts")
+app.add_typer(captures.app, name="captures")
 app.add_typer(tokens.app, name="tokens")
 app.command("telemetry")(telemetry.telemetry)
 app.command("audit")(audit.audit)

@@ -190,6 +190,56 @@ class ApiClient:
     def list_alerts(self, **filters: Any) -> dict:
         return self._json("GET", "/v1/alerts", params=_params(**filters))
 
+    # --- captured samples ---------------------------------------------------------------------------------
+    def list_captures(self, **filters: Any) -> dict:
+        """GET /v1/captures: {total, limit, offset, captures}; filters device, model, version, reason, since, until."""
+        return self._json("GET", "/v1/captures", params=_params(**filters))
+
+    def get_capture(self, capture_id: int) -> dict:
+        return self._json("GET", f"/v1/captures/{capture_id}")
+
+    def capture_usage(self) -> dict:
+        return self._json("GET", "/v1/captures/usage")
+
+    def delete_capture(self, capture_id: int) -> dict:
+        return self._json("DELETE", f"/v1/captures/{capture_id}")
+
+    def delete_captures(self, **filters: Any) -> dict:
+        return self._json("DELETE", "/v1/captures", params=_params(**filters))
+
+    def download_capture(self, capture_id: int, dest: Path, progress: Callable[[int], None] | None = None) -> int:
+        """The sample's data (JPEG or .npy) to `dest`; → bytes written."""
+        return self.download(f"/v1/captures/{capture_id}/data", dest, progress=progress)
+
+    def download_dataset(self, dest: Path, progress: Callable[[int], None] | None = None, **filters: Any) -> int:
+        """The matching samples as a ZIP (data/, labels.json, labels.csv) to `dest`, streamed; → bytes written."""
+        return self.download("/v1/captures/dataset", dest, params=_params(**filters), progress=progress)
+
+    def download(self, path: str, dest: Path, params: dict[str, Any] | None = None,
+                 progress: Callable[[int], None] | None = None) -> int:
+        """GET `path` into `dest` a block at a time (never whole in memory); a partial file never takes its name."""
+        part = dest.with_name(f".{dest.name}.part")
+        written = 0
+        try:
+            with self.http.stream("GET", path, params=params) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiError(response.status_code, _message(response), "GET", path, _is_ours(response))
+                with open(part, "wb") as f:
+                    for block in response.iter_bytes(UPLOAD_BLOCK):
+                        f.write(block)
+                        written += len(block)
+                        if progress:
+                            progress(len(block))
+            os.replace(part, dest)
+        except httpx.TimeoutException as exc:
+            raise Unreachable(f"the fleet API at {self.server} did not answer in time ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            raise Unreachable(f"cannot reach the fleet API at {self.server}: {exc}") from None
+        finally:
+            part.unlink(missing_ok=True)
+        return written
+
     # --- rollouts -----------------------------------------------------------------------------------------
     def create_rollout(self, model: str, version: str, selector: str = "", waves: str = "100%",
                        gates: dict[str, Any] | None = None) -> dict:

@@ -251,3 +251,33 @@ class AlertRow(Base):
     resolved_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     notified: Mapped[str | None] = mapped_column(String(16), nullable=True)  # last state a webhook accepted
+
+
+class CaptureRow(Base):
+    """A captured sample (fleet_protocol.capture.Sample): its header here, its data a file under the capture
+    folder (captures.store). One row per (device, sample id): a device resending after a lost ack changes nothing."""
+
+    __tablename__ = "captures"
+    # AUTOINCREMENT on SQLite too: an id is never given again after its sample was deleted (a browser may cache
+    # /v1/captures/{id}/data; PostgreSQL sequences never reuse one anyway).
+    __table_args__ = (UniqueConstraint("device_id", "sample_id", name="uq_captures_device_sample"),
+                      {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    sample_id: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    camera: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    taken_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    reason: Mapped[str] = mapped_column(String(32))
+    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    shadow_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the live model's answer: provisional labels
+    content_type: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    faces_blurred: Mapped[bool] = mapped_column(default=False)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))

@@ -9,9 +9,13 @@ as usual. Nothing a device sends can stop the handler.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
+from typing import Any
 
 from pydantic import ValidationError
 
+from fleet_protocol import capture
 from fleet_protocol.messages import (
     MAX_MESSAGE_BYTES,
     Event,
@@ -39,11 +43,13 @@ ROUTES: dict[str, tuple[type[Message], str]] = {
     "fetch": (Fetch, "on_fetch"),
     "telemetry": (Telemetry, "on_telemetry"),
     "events": (Event, "on_event"),
+    "capture": (capture.Sample, "on_capture"),  # binary: header + data (PARSERS)
 }
 CHANNELS = tuple(ROUTES)
 # Retained reported/status must reach every replica (brokers send no retained messages to shared subscriptions);
 # the rest is split among them. Any replica answers a hello: it reads the database.
-SHARED = ("hello", "fetch", "telemetry", "events")
+# A sample is stored once whichever replica takes it (the database keeps one per device and id).
+SHARED = ("hello", "fetch", "telemetry", "events", "capture")
 
 
 def subscriptions(topics: Topics, shared_group: str = "") -> list[tuple[str, int]]:
@@ -67,7 +73,19 @@ def parse_telemetry(payload: bytes) -> Telemetry:
     return Telemetry.parse(payload)
 
 
-PARSERS = {"telemetry": parse_telemetry}
+# Channels whose payload is not one JSON message of ROUTES' schema.
+PARSERS: dict[str, Callable[[bytes], Any]] = {"telemetry": parse_telemetry, "capture": capture.unpack}
+_SAMPLE_ID = re.compile(rb'"id"\s*:\s*"([0-9a-f]{32})"')
+
+
+def sample_id_of(payload: bytes) -> str | None:
+    """The id a refused sample envelope names in its header, if it names one: so the device can be told `invalid`
+    instead of sending it again. Only the header's bytes are looked at, never the data."""
+    if len(payload) < 8 or payload[:4] != capture.MAGIC:
+        return None
+    length = min(int.from_bytes(payload[4:8], "big"), capture.MAX_HEADER_BYTES)
+    found = _SAMPLE_ID.search(payload[8:8 + length])
+    return found.group(1).decode() if found else None
 
 
 def handle(service: FleetService, topic: str, payload: bytes) -> None:
@@ -93,12 +111,23 @@ def handle(service: FleetService, topic: str, payload: bytes) -> None:
     except ProtocolError as exc:
         REJECTED.labels(channel, "malformed").inc()
         log.warning("device %s: %s", device_id, exc)
+        if channel == "capture" and (sample_id := sample_id_of(payload)) is not None:
+            _refuse_sample(service, device_id, sample_id)
     except FleetError as exc:
         REJECTED.labels(channel, type(exc).__name__.lower()).inc()
         log.warning("device %s: %s message rejected: %s", device_id, channel, exc)
     except Exception:  # a bug or the database away: counted, logged with its traceback, the next message goes on
         REJECTED.labels(channel, "error").inc()
         log.exception("device %s: handling a %s message failed", device_id, channel)
+
+
+def _refuse_sample(service: FleetService, device_id: str, sample_id: str) -> None:
+    try:
+        service.refuse_capture(device_id, sample_id)
+    except FleetError as exc:  # an unknown device: already counted as a malformed message, no answer
+        log.warning("device %s: no answer to a refused sample: %s", device_id, exc)
+    except Exception:
+        log.exception("device %s: answering a refused sample failed", device_id)
 
 
 def handle_fast(service: FleetService, topic: str, payload: bytes) -> bool:

@@ -26,7 +26,10 @@ from fastapi import (
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
+from fleet_protocol.messages import Capture
+
 from ..auth import Principal
+from ..captures.store import Filters, npy_header
 from ..desired.specs import DeviceConfig
 from ..errors import FleetError, Forbidden, Invalid, TooLarge, Unauthorized
 from ..rollouts.gates import Gates
@@ -283,7 +286,10 @@ def _device_context(request: Request, device_id: str) -> dict[str, Any]:
     errors += [{"ts": h["updated_at"], "where": f"rollout {h['rollout_id']} ({h['model']} {h['version']})", "text": h["error"]}
                for h in history if h["error"]]
     alerts = _alerts_of(request, device_id)
-    return {"device": device, "reported": reported, "desired": desired, "models": models, "http_url": http_url,
+    samples, sample_count = service.captures.list(Filters(device=device_id), limit=4)
+    capture = {"policy": desired.get("capture") or Capture().model_dump(), "source": sources.get("capture", "default"),
+               "own": config.get("capture"), "samples": samples, "count": sample_count}
+    return {"capture": capture, "device": device, "reported": reported, "desired": desired, "models": models, "http_url": http_url,
             "cameras": cameras, "history": history, "events": events[:25], "errors": errors[:10],
             "connection": _connection(device), "state": _device_state(device), "config": config, "sources": sources,
             "alerts": alerts}
@@ -366,6 +372,27 @@ def set_config(request: Request, device_id: str, who: Operator, config: Annotate
     except FleetError as exc:
         return _device_page(request, device_id, who, status=exc.status, config_error=str(exc), config_text=config)
     return RedirectResponse(f"/devices/{quote(device_id)}", status_code=303)
+
+
+@router.post("/ui/devices/{device_id}/capture", response_model=None)
+def set_capture(request: Request, device_id: str, who: Operator, mode: Annotated[str, Form()] = "own",
+                enabled: Annotated[str, Form()] = "", max_per_hour: Annotated[str, Form()] = "60",
+                blur_faces: Annotated[str, Form()] = "") -> Response:
+    """The device page's capture form: on or off, samples an hour, face blurring; or back to the profiles' say."""
+    try:
+        if mode == "inherit":
+            capture = None
+        else:
+            try:
+                current = _service(request).get_config(device_id)["config"].get("capture") or {}
+                capture = Capture.model_validate({**current, "enabled": bool(enabled), "blur_faces": bool(blur_faces),
+                                                  "max_per_hour": int(max_per_hour or 0)})
+            except (ValueError, ValidationError) as exc:
+                raise Invalid(f"capture: {exc}".splitlines()[0][:300]) from None
+        _service(request).set_capture(device_id, capture, who)
+    except FleetError as exc:
+        return _device_page(request, device_id, who, status=exc.status, capture_error=str(exc))
+    return RedirectResponse(f"/devices/{quote(device_id)}#capture-card", status_code=303)
 
 
 @router.get("/ui/devices/{device_id}", response_class=HTMLResponse)
@@ -573,6 +600,88 @@ def rollout_action(request: Request, rollout_id: int, action: str, who: Operator
     return render(request, "_rollout_progress.html", who, notice=notice, error=error, **_rollout_context(request, rollout_id))
 
 
+# --- captured samples ---------------------------------------------------------------------------------------
+CAPTURE_PAGE = 48
+CAPTURE_REASONS = ("low_confidence", "shadow_disagrees")
+
+
+def capture_boxes(c: dict[str, Any]) -> dict[str, Any] | None:
+    """Detections of a sample's outputs as an SVG overlay: a viewBox and a box each. Boxes are in the sample's
+    pixels (its width × height); boxes that all fit in [0, 1] are taken as fractions of the image."""
+    found = [d for d in (c.get("outputs") or {}).get("detections") or [] if isinstance(d, dict)
+             and isinstance(d.get("box"), list | tuple) and len(d["box"]) == 4
+             and all(isinstance(v, int | float) for v in d["box"])]
+    if not found or not (c.get("width") and c.get("height")):
+        return None
+    fractions = all(0 <= v <= 1 for d in found for v in d["box"])
+    w, h = (1, 1) if fractions else (c["width"], c["height"])
+    boxes = [{"x": min(d["box"][0], d["box"][2]), "y": min(d["box"][1], d["box"][3]),
+              "w": abs(d["box"][2] - d["box"][0]), "h": abs(d["box"][3] - d["box"][1]),
+              "label": str(d.get("label", "")), "score": d.get("score"), "text": d.get("text")} for d in found]
+    return {"w": w, "h": h, "stroke": 0.004 if fractions else max(w, h) / 250, "boxes": boxes}
+
+
+def capture_summary(outputs: dict[str, Any]) -> str:
+    """The provisional labels in a few words (a thumbnail's caption)."""
+    if isinstance(outputs.get("detections"), list):
+        n = len(outputs["detections"])
+        names = sorted({str(d.get("label", "?")) for d in outputs["detections"] if isinstance(d, dict)})
+        return f"{n} detection{'s' if n != 1 else ''}" + (f" · {', '.join(names[:3])}" if names else "")
+    if "label" in outputs:
+        return f"label {outputs['label']}"
+    if "text" in outputs:
+        return f"“{str(outputs['text'])[:28]}”"
+    return ", ".join(sorted(outputs))[:32] or "no outputs"
+
+
+def _capture_filters(device: str, model: str, reason: str) -> tuple[Filters, dict[str, str]]:
+    chosen = {"device": device.strip(), "model": model.strip(), "reason": reason if reason in CAPTURE_REASONS else ""}
+    return Filters(device=chosen["device"] or None, model=chosen["model"] or None,
+                   reason=chosen["reason"] or None), chosen
+
+
+@router.get("/captures", response_class=HTMLResponse)
+def captures_page(request: Request, who: Viewer, device: str = "", model: str = "", reason: str = "",
+                  page: int = Query(1, ge=1, le=100_000)) -> HTMLResponse:
+    store = _service(request).captures
+    filters, chosen = _capture_filters(device, model, reason)
+    samples, total = store.list(filters, CAPTURE_PAGE, (page - 1) * CAPTURE_PAGE)
+    for c in samples:
+        c["summary"] = capture_summary(c["outputs"])
+        if c["content_type"] == "application/x-npy":
+            c["npy"] = npy_header(store.root / c["file"])
+    usage = store.usage()
+    query = {k: v for k, v in chosen.items() if v}
+    pages = max(1, -(-total // CAPTURE_PAGE))
+    return render(request, "captures.html", who, samples=samples, total=total, usage=usage, filters=chosen,
+                  page=page, pages=pages, reasons=CAPTURE_REASONS,
+                  dataset_url="/v1/captures/dataset" + (f"?{urlencode(query)}" if query else ""),
+                  page_url=lambda n: "/captures?" + urlencode({**query, "page": n}),
+                  device_options=[d["device_id"] for d in usage["devices"]],
+                  model_options=[m["model"] for m in usage["models"]])
+
+
+@router.get("/captures/{capture_id}", response_class=HTMLResponse)
+def capture_page(request: Request, capture_id: int, who: Viewer) -> HTMLResponse:
+    try:
+        c = _service(request).captures.get(capture_id)
+    except FleetError as exc:
+        return error_page(request, who, exc)
+    if c["content_type"] == "application/x-npy":
+        c["npy"] = npy_header(_service(request).captures.root / c["file"])
+    return render(request, "capture.html", who, c=c, overlay=capture_boxes(c),
+                  outputs_text=json.dumps(c["outputs"], indent=2))
+
+
+@router.post("/ui/captures/{capture_id}/delete", response_model=None)
+def delete_capture(request: Request, capture_id: int, who: Operator) -> Response:
+    try:
+        c = _service(request).delete_capture(capture_id, who)
+    except FleetError as exc:
+        return error_page(request, who, exc)
+    return RedirectResponse("/captures?" + urlencode({"device": c["device_id"]}), status_code=303)
+
+
 # --- audit --------------------------------------------------------------------------------------------------
 @router.get("/audit", response_class=HTMLResponse)
 def audit_page(request: Request, who: Viewer, action: str = "", before_id: int | None = Query(None, ge=1)) -> HTMLResponse:
@@ -581,7 +690,7 @@ def audit_page(request: Request, who: Viewer, action: str = "", before_id: int |
     more = len(entries) > page_size
     entries = entries[:page_size]
     older = "/audit?" + urlencode({"action": action, "before_id": entries[-1]["id"]}) if more and entries else None
-    actions = ("model.", "rollout.", "device.", "profile.", "token.")
+    actions = ("model.", "rollout.", "device.", "profile.", "token.", "capture.")
     return render(request, "audit.html", who, entries=entries, action=action, older=older, action_options=actions,
                   first_page=before_id is None)
 
@@ -592,6 +701,8 @@ def audit_target_link(target: str | None) -> str | None:
         return f"/devices/{quote(key)}"
     if kind == "rollout":
         return f"/rollouts/{key}"
+    if kind == "capture":
+        return f"/captures/{key}"
     if "@" in (target or ""):
         name, _, version = target.partition("@")  # type: ignore[union-attr]
         return f"/models/{quote(name)}?" + urlencode({"version": version})

@@ -197,6 +197,61 @@ def config(ctx: typer.Context, device_id: str,
                          f"desired revision {d.get('desired_revision')}")
 
 
+CaptureOn = Annotated[bool | None, typer.Option("--on/--off", help="capture samples, or not")]
+MaxPerHour = Annotated[int | None, typer.Option(help="samples an hour at most (per device)", min=0, max=100_000)]
+MaxMbPerDay = Annotated[float | None, typer.Option(help="MiB a day at most (per device)", min=0)]
+MinConfidence = Annotated[float | None, typer.Option(help="keep inputs the model is less sure of than this", min=0, max=1)]
+BlurFaces = Annotated[bool | None, typer.Option("--blur-faces/--no-blur-faces",
+                                                help="pixelate faces on the device before a frame leaves it")]
+
+
+def capture_changes(on: bool | None, max_per_hour: int | None, max_mb_per_day: float | None,
+                    min_confidence: float | None, blur_faces: bool | None, inherit: bool) -> dict[str, Any]:
+    """The `capture` fields the options set (none: show only); --inherit with any of them is a usage error."""
+    changes = {"enabled": on, "max_per_hour": max_per_hour, "min_confidence": min_confidence, "blur_faces": blur_faces,
+               "max_bytes_per_day": None if max_mb_per_day is None else int(max_mb_per_day * 1024 * 1024)}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if inherit and changes:
+        raise CliError("--inherit drops this capture setting: give no other option with it")
+    return changes
+
+
+def print_capture(current: dict[str, Any], source: str) -> None:
+    output.fields([("capture", "[green]on[/green]" if current.get("enabled") else "off"), ("decided by", source),
+                   ("max per hour", current.get("max_per_hour")),
+                   ("max per day", output.size(current.get("max_bytes_per_day"))),
+                   ("min confidence", current.get("min_confidence")),
+                   ("blur faces", "yes" if current.get("blur_faces") else "no")])
+
+
+@app.command()
+def capture(ctx: typer.Context, device_id: str, on: CaptureOn = None, max_per_hour: MaxPerHour = None,
+            max_mb_per_day: MaxMbPerDay = None, min_confidence: MinConfidence = None, blur_faces: BlurFaces = None,
+            inherit: Annotated[bool, typer.Option("--inherit", help="drop the device's own setting: profiles decide")] = False,
+            json: JsonOpt = False) -> None:
+    """Show or change a device's data capture (the `capture` of its own configuration; the rest is kept).
+    Without options: what the device is told now, and whether that comes from itself, a profile or the default."""
+    client = api(ctx)
+    changes = capture_changes(on, max_per_hour, max_mb_per_day, min_confidence, blur_faces, inherit)
+    if inherit or changes:
+        config = dict(client.get_config(device_id).get("config") or {})
+        config = {k: v for k, v in config.items() if v not in (None, {}, [])}
+        if inherit:
+            config.pop("capture", None)
+        else:
+            # starting from what the device is told now: --max-per-hour alone keeps capture as it is otherwise
+            current = (client.get_desired(device_id).get("desired") or {}).get("capture") or {}
+            config["capture"] = {**current, **(config.get("capture") or {}), **changes}
+        client.set_config(device_id, config)
+    view = client.get_desired(device_id)
+    current = (view.get("desired") or {}).get("capture") or {}
+    source = (view.get("sources") or {}).get("capture", "default")
+    if wants_json(ctx, json):
+        output.print_json({"device_id": device_id, "capture": current, "source": source})
+        return
+    print_capture(current, source)
+
+
 models_app = typer.Typer(help="The models of one device outside any rollout: assign a version, remove one.",
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")

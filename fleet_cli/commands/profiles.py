@@ -10,7 +10,19 @@ import typer
 
 from .. import output
 from ..state import JsonOpt, api, wants_json
-from .devices import _confirm, read_config
+from .devices import (
+    BlurFaces,
+    CaptureOn,
+    MaxMbPerDay,
+    MaxPerHour,
+    MinConfidence,
+    _confirm,
+    capture_changes,
+    print_capture,
+    read_config,
+)
+
+SPEC_FIELDS = ("selector", "priority", "runtime", "cameras", "capture", "memory_budget_mb")
 
 app = typer.Typer(help="Profiles: runtime, cameras and models for every device whose labels match, by priority.",
                   no_args_is_help=True)
@@ -56,6 +68,31 @@ def set_(ctx: typer.Context, name: str,
     moved = p.get("devices_changed") or []
     output.out.print(f"profile [bold]{name}[/bold] {'created' if created else 'replaced'}; "
                      f"{len(moved)} device(s) got a new desired state" + (f": {', '.join(moved[:10])}" if moved else ""))
+
+
+@app.command()
+def capture(ctx: typer.Context, name: str, on: CaptureOn = None, max_per_hour: MaxPerHour = None,
+            max_mb_per_day: MaxMbPerDay = None, min_confidence: MinConfidence = None, blur_faces: BlurFaces = None,
+            inherit: Annotated[bool, typer.Option("--inherit", help="drop the profile's capture setting")] = False,
+            json: JsonOpt = False) -> None:
+    """Show or change the data capture a profile gives its devices (the rest of the profile is kept)."""
+    client = api(ctx)
+    changes = capture_changes(on, max_per_hour, max_mb_per_day, min_confidence, blur_faces, inherit)
+    p = client.get_profile(name)
+    if inherit or changes:
+        spec = {k: p[k] for k in SPEC_FIELDS if p.get(k) is not None}
+        if inherit:
+            spec.pop("capture", None)
+        else:
+            spec["capture"] = {**(spec.get("capture") or {}), **changes}
+        p, _ = client.put_profile(name, spec)
+    if wants_json(ctx, json):
+        output.print_json(p)
+        return
+    moved = p.get("devices_changed")
+    print_capture(p.get("capture") or {}, f"profile {name}" + ("" if p.get("capture") else " (sets none)"))
+    if moved:
+        output.out.print(f"{len(moved)} device(s) got a new desired state: {', '.join(moved[:10])}")
 
 
 @app.command()
