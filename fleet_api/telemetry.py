@@ -39,7 +39,7 @@ def minute_of(ts: float) -> dt.datetime:
     return t.replace(second=0, microsecond=0)
 
 
-@dataclass
+@dataclass(slots=True)
 class Rollup:
     provider: str | None = None
     messages: int = 0
@@ -108,15 +108,39 @@ class Rollup:
 class TelemetryBuffer:
     _rollups: dict[Key, Rollup] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # the minute of the last message: made once a minute, not per message (datetime is most of add's cost)
+    _minute: tuple[float, dt.datetime] = (0.0, dt.datetime.fromtimestamp(0, dt.UTC))
+
+    def _minute_of(self, ts: float) -> dt.datetime:
+        start = ts - ts % 60
+        cached = self._minute
+        if cached[0] == start:
+            return cached[1]
+        minute = minute_of(ts)
+        self._minute = (start, minute)
+        return minute
 
     def add(self, device_id: str, t: Telemetry, received: float | None = None) -> None:
+        self.add_many(((device_id, t),), received)
+
+    def add_many(self, messages: Iterable[tuple[str, Telemetry]], received: float | None = None) -> None:
         # Filed by when we received it, not by the device's clock: a camera without RTC or NTP may live in 1970,
         # and the health gates compare minutes with the server's own time.
-        minute = minute_of(time.time() if received is None else received)
+        minute = self._minute_of(time.time() if received is None else received)
         with self._lock:
-            self._rollups.setdefault((device_id, minute, DEVICE, ""), Rollup()).add_device(t)
-            for name, mt in t.models.items():
-                self._rollups.setdefault((device_id, minute, name, mt.version), Rollup()).add_model(mt)
+            rollups = self._rollups  # under the lock: take() swaps it
+            for device_id, t in messages:
+                key = (device_id, minute, DEVICE, "")
+                r = rollups.get(key)
+                if r is None:
+                    r = rollups[key] = Rollup()
+                r.add_device(t)
+                for name, mt in t.models.items():
+                    key = (device_id, minute, name, mt.version)
+                    r = rollups.get(key)
+                    if r is None:
+                        r = rollups[key] = Rollup()
+                    r.add_model(mt)
 
     def __len__(self) -> int:
         return len(self._rollups)

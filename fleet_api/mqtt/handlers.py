@@ -9,6 +9,7 @@ as usual. Nothing a device sends can stop the handler.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from pydantic import ValidationError
 
@@ -70,6 +71,12 @@ def parse_telemetry(payload: bytes) -> Telemetry:
 PARSERS = {"telemetry": parse_telemetry}
 
 
+def telemetry_subscription(topics: Topics, shared_group: str = "") -> str:
+    """What the telemetry receiver subscribes to: the telemetry channel, shared among replicas as in subscriptions()."""
+    topic = topics.all_devices("telemetry")
+    return f"$share/{shared_group}/{topic}" if shared_group else topic
+
+
 def handle(service: FleetService, topic: str, payload: bytes) -> None:
     try:
         device_id, channel = service.topics.parse_device(topic)
@@ -117,3 +124,41 @@ def handle_fast(service: FleetService, topic: str, payload: bytes) -> bool:
     except ProtocolError:
         return False  # the worker counts and logs it, as any bad message
     return True
+
+
+def handle_telemetry_batch(service: FleetService, messages: Sequence[tuple[str, bytes]]) -> None:
+    """A block of telemetry from the telemetry receiver: devices not seen lately are looked up in one query, the
+    known ones' messages parsed and rolled up together; a bad message is counted and logged on its own, and
+    anything else (an unknown device, an odd topic) takes handle()'s usual way, which counts and logs it."""
+    head = f"{service.topics.prefix}/devices/"
+    cut, tail = len(head), -len("/telemetry")
+    ids = [topic[cut:tail] if topic.startswith(head) and topic.endswith("/telemetry") else "" for topic, _ in messages]
+    known = service.known_recently
+    stale = {device_id for device_id in ids if device_id and not known(device_id)}
+    unknown: set[str] = set()
+    if stale:
+        try:
+            unknown = stale - service.known_among(stale)
+        except Exception:  # the database away: handle() tries each on its own and counts what fails
+            log.exception("looking up %d devices for their telemetry failed", len(stale))
+            unknown = stale
+    good = []
+    for (topic, payload), device_id in zip(messages, ids, strict=True):
+        if not device_id or device_id in unknown or "/" in device_id:
+            handle(service, topic, payload)
+            continue
+        try:
+            good.append((device_id, parse_telemetry(payload)))
+        except UnknownSchema as exc:
+            REJECTED.labels("telemetry", "schema").inc()
+            log.warning("device %s: telemetry message refused: %s", device_id, exc)
+        except ProtocolError as exc:
+            REJECTED.labels("telemetry", "malformed").inc()
+            log.warning("device %s: %s", device_id, exc)
+    if not good:
+        return
+    try:
+        service.on_telemetry_batch(good)
+    except Exception:  # a bug or the database away (a shadow's numbers): counted, logged, the next block goes on
+        REJECTED.labels("telemetry", "error").inc(len(good))
+        log.exception("handling a block of %d telemetry messages failed", len(good))
