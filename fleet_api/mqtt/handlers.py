@@ -128,23 +128,28 @@ def handle_fast(service: FleetService, topic: str, payload: bytes) -> bool:
 
 def handle_telemetry_batch(service: FleetService, messages: Sequence[tuple[str, bytes]]) -> None:
     """A block of telemetry from the telemetry receiver: devices not seen lately are looked up in one query, the
-    known ones' messages parsed and rolled up together; a bad message is counted and logged on its own, and
-    anything else (an unknown device, an odd topic) takes handle()'s usual way, which counts and logs it."""
+    known ones' messages parsed and rolled up together. A bad message is counted and logged on its own, those of
+    unknown or revoked devices counted together with one log line per block (reason `notfound`, as handle()
+    counts them); an odd topic takes handle()'s usual way, which counts and logs it."""
     head = f"{service.topics.prefix}/devices/"
     cut, tail = len(head), -len("/telemetry")
     ids = [topic[cut:tail] if topic.startswith(head) and topic.endswith("/telemetry") else "" for topic, _ in messages]
     known = service.known_recently
     stale = {device_id for device_id in ids if device_id and not known(device_id)}
     unknown: set[str] = set()
+    reason = "notfound"
     if stale:
         try:
             unknown = stale - service.known_among(stale)
-        except Exception:  # the database away: handle() tries each on its own and counts what fails
+        except Exception:  # the database away: their messages are counted as failed, the known ones go on
             log.exception("looking up %d devices for their telemetry failed", len(stale))
-            unknown = stale
-    good = []
+            unknown, reason = stale, "error"
+    good, refused = [], 0
     for (topic, payload), device_id in zip(messages, ids, strict=True):
-        if not device_id or device_id in unknown or "/" in device_id:
+        if device_id in unknown:  # looked up just now: no query per message, however many a stranger sends
+            refused += 1
+            continue
+        if not device_id or "/" in device_id:
             handle(service, topic, payload)
             continue
         try:
@@ -155,6 +160,11 @@ def handle_telemetry_batch(service: FleetService, messages: Sequence[tuple[str, 
         except ProtocolError as exc:
             REJECTED.labels("telemetry", "malformed").inc()
             log.warning("device %s: %s", device_id, exc)
+    if refused:
+        REJECTED.labels("telemetry", reason).inc(refused)
+        log.warning("refused %d telemetry messages of devices %s: %s", refused,
+                    "not registered or revoked" if reason == "notfound" else "that could not be looked up",
+                    ", ".join(sorted(unknown)[:10]) + (" …" if len(unknown) > 10 else ""))
     if not good:
         return
     try:

@@ -125,6 +125,49 @@ def test_garbage_is_malformed_or_incomplete_never_anything_else(garbage, cuts):
         pass
 
 
+# --- a block of telemetry into the service ------------------------------------------------------------
+class BatchService:
+    """What handle_telemetry_batch needs of the service: devices registered, and the database up or away."""
+
+    topics = Topics()
+
+    def __init__(self, registered: set[str], database_up: bool = True) -> None:
+        self.registered, self.database_up = registered, database_up
+        self.known: set[str] = set()
+        self.lookups: list[set[str]] = []
+        self.got: list = []
+
+    def known_recently(self, device_id: str) -> bool:
+        return device_id in self.known
+
+    def known_among(self, device_ids: set[str]) -> set[str]:
+        self.lookups.append(set(device_ids))
+        if not self.database_up:
+            raise ConnectionError("the database is away")
+        self.known |= device_ids & self.registered
+        return device_ids & self.registered
+
+    def on_telemetry_batch(self, messages) -> None:
+        self.got += messages
+
+
+def test_a_block_looks_devices_up_once_and_counts_what_it_refuses():
+    service, good = BatchService({"d1", "d2"}), json.dumps(GOOD).encode()
+    t = Topics().telemetry
+    before = {r: rejected(r) for r in ("notfound", "malformed", "schema", "error")}
+    handlers.handle_telemetry_batch(service, [(t("d1"), good), (t("d2"), good), (t("x"), good), (t("x"), good),
+                                              (t("d1"), b"{bad"), (t("d2"), json.dumps({**GOOD, "schema": 9}).encode())])
+    assert service.lookups == [{"d1", "d2", "x"}]  # one query for the block
+    assert [d for d, _ in service.got] == ["d1", "d2"]
+    assert {r: rejected(r) - before[r] for r in before} == {"notfound": 2, "malformed": 1, "schema": 1, "error": 0}
+    handlers.handle_telemetry_batch(service, [(t("d1"), good)])
+    assert len(service.lookups) == 1  # known now: no query
+
+    away = BatchService({"d1"}, database_up=False)
+    handlers.handle_telemetry_batch(away, [(t("d1"), good), (t("d1"), good)])
+    assert away.got == [] and rejected("error") - before["error"] == 2
+
+
 # --- the receiver on a real mosquitto, feeding the real service --------------------------------------------
 def test_telemetry_from_a_real_broker_reaches_the_rollups(broker, make_service, caplog):
     service = make_service()
