@@ -463,12 +463,11 @@ def _ingest_run(label: str, apis: list, broker_port: int, ids: list[str], rate: 
     offered = sum(results.get(timeout=60) for _ in pubs)
     for p in pubs:
         p.join(timeout=10)
-    last = ingested()  # until they have taken all of it (or stopped taking any)
-    while True:
+    last, still = ingested(), 0  # until they have taken all of it (or taken nothing more for 3 s)
+    while still < 3 and last - start < offered:
         time.sleep(1.0)
         now = ingested()
-        if now == last:
-            break
+        still = still + 1 if now == last else 0
         last = now
     for c in clients:
         c.close()
