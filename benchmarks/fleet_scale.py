@@ -342,100 +342,181 @@ def telemetry_phases(n: int, args, client, api_p, brokers_p, commands, procs, re
     return out
 
 
+def _telemetry_body(k: int = 0) -> bytes:
+    return json.dumps({"schema": 2, "window_s": 10.0, "models": {MODEL: {"version": "2.0.0", "provider": "CPUExecutionProvider",
+                       "requests": 50 + k % 7, "errors": 0, "latency_ms_p50": 1.0, "latency_ms_p95": 2.0, "latency_ms_p99": 3.0}},
+                       "health": {"cpu_percent": 12.0, "agent_rss_mb": 80.0}, "ts": time.time()}).encode()
+
+
 def ingest_capacity(pg: Postgres, devices: int, messages: int) -> dict:
-    """One process's telemetry path without the MQTT network loop: parse the bytes, roll up, write the rollups
-    to PostgreSQL every 0.5 s of work, as the API's tick does. → messages per second of one core."""
+    """One process's whole telemetry path without the network: the API's own service on PostgreSQL fed blocks of
+    (topic, payload) as the telemetry receiver hands them over (look-up, parse, rollup, insights, drift), the
+    rollups written every 0.5 s by a thread of their own as the API's tick does. → messages per second of one
+    core, and where the time goes (µs per message of CPU)."""
+    import threading
+
     from sqlalchemy import create_engine, insert
-    from sqlalchemy.orm import sessionmaker
 
-    from fleet_api import telemetry
-    from fleet_api.db.tables import Base, Device
-    from fleet_api.mqtt.handlers import parse_telemetry
+    from fleet_api.db.session import make_sessions
+    from fleet_api.db.tables import Device
+    from fleet_api.mqtt.handlers import handle_telemetry_batch, parse_telemetry
+    from fleet_api.service import FleetService
+    from fleet_api.settings import ApiSettings
 
-    engine = create_engine(pg.create_database(f"ingest_{os.getpid()}").replace("postgresql://", "postgresql+psycopg://"))
-    Base.metadata.create_all(engine)
+    url = pg.create_database(f"ingest_{os.getpid()}")
+    settings = ApiSettings(database_url=url, artifact_dir=Path(tempfile.mkdtemp(prefix="ingest-")))
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    service = FleetService(settings, make_sessions(engine), publisher=None)  # type: ignore[arg-type]  # publishes nothing
     ids = [f"sim-{i:05d}" for i in range(devices)]
     with engine.begin() as conn:
         conn.execute(insert(Device), [{"id": i} for i in ids])
-    sessions = sessionmaker(engine)
-    payloads = []
-    for k in range(messages):
-        body = {"schema": 2, "window_s": 10.0, "models": {MODEL: {"version": "2.0.0", "provider": "CPUExecutionProvider",
-                "requests": 50 + k % 7, "errors": 0, "latency_ms_p50": 1.0, "latency_ms_p95": 2.0, "latency_ms_p99": 3.0}},
-                "health": {"cpu_percent": 12.0, "agent_rss_mb": 80.0}, "ts": time.time()}
-        payloads.append((ids[k % devices], json.dumps(body).encode()))
-    import threading
-
-    buffer = telemetry.TelemetryBuffer()
+    blocks, block = [], 500
+    for k0 in range(0, messages, block):
+        blocks.append([(TOPICS.telemetry(ids[k % devices]), _telemetry_body(k)) for k in range(k0, min(messages, k0 + block))])
+    sample = [payload for _, payload in blocks[0]]
     stored, done = [0], threading.Event()
 
     def flusher() -> None:  # the API's tick: a thread of its own, every 0.5 s
         while not done.wait(0.5):
-            stored[0] += telemetry.flush(sessions, buffer)
+            stored[0] += service.flush_telemetry()
 
     flush_thread = threading.Thread(target=flusher, daemon=True)
     cpu0, t0 = time.process_time(), time.monotonic()
     flush_thread.start()
-    for device_id, payload in payloads:
-        buffer.add(device_id, parse_telemetry(payload))
+    for b in blocks:
+        handle_telemetry_batch(service, b)
     done.set()
     flush_thread.join()
-    stored[0] += telemetry.flush(sessions, buffer)
-    rows = stored[0]
+    stored[0] += service.flush_telemetry()
     wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    # the parts, each alone over the same payloads (CPU time of this thread)
+    parsed = [(ids[k % devices], parse_telemetry(p)) for k, p in enumerate(sample)]
+
+    def us(f) -> float:
+        c0 = time.thread_time()
+        for _ in range(20):
+            f()
+        return (time.thread_time() - c0) / (20 * len(sample)) * 1e6
+
+    parts = {"parse": us(lambda: [parse_telemetry(p) for p in sample]),
+             "rollup": us(lambda: service.telemetry.add_many(parsed)),
+             "insights": us(lambda: [service.insights.observe(d, t) for d, t in parsed]),
+             "drift": us(lambda: [service.drift.add(d, t) for d, t in parsed])}
+    service.close()
     engine.dispose()
-    return {"messages": messages, "wall_s": wall, "per_s": messages / wall, "cpu_pct": cpu / wall * 100, "rows": rows}
+    return {"messages": messages, "wall_s": wall, "per_s": messages / wall, "cpu_pct": cpu / wall * 100,
+            "us_per_msg": cpu / messages * 1e6, "rows": stored[0], "parts_us": parts}
 
 
-def ingest_over_mqtt(pg: Postgres, work: Path, pub: Path, messages: int, publishers: int = 8) -> dict:
-    """The real API process, its real MQTT loop, on PostgreSQL, fed by `publishers` C publishers (mosquitto_pub -l,
-    one device each) as fast as they go: → telemetry messages per second it ingests, and its CPU meanwhile."""
-    import subprocess
+def raw_publisher(port: int, topics: list[str], rate: float, seconds: float, results) -> None:
+    """A device-less publisher as cheap as it gets: one MQTT 5 connection, QoS 0 PUBLISH packets encoded once
+    (topic per device, a real telemetry body) and written in blocks with sendall, paced to `rate` msg/s."""
+    import socket
 
+    from fleet_api.mqtt.telemetry_receiver import connect_packet, varint
+
+    packets = []
+    for k, topic in enumerate(topics):
+        t, body = topic.encode(), _telemetry_body(k)
+        head = len(t).to_bytes(2, "big") + t + b"\x00"  # no properties
+        packets.append(b"\x30" + varint(len(head) + len(body)) + head + body)
+    per_block = max(1, min(len(packets), int(rate / 200)))  # ~200 writes a second
+    block = b"".join(packets[k % len(packets)] for k in range(per_block))
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(connect_packet(f"bench-publisher-{os.getpid()}", None, None, 60))
+    sock.recv(64)  # CONNACK
+    sent, t0 = 0, time.monotonic()
+    while (elapsed := time.monotonic() - t0) < seconds:
+        while sent + per_block <= elapsed * rate:
+            sock.sendall(block)
+            sent += per_block
+        time.sleep(0.002)
+    sock.sendall(b"\xe0\x00")  # DISCONNECT
+    sock.close()
+    results.put(sent)
+
+
+def _register(api, ids: list[str]) -> None:
+    with api.client() as c:
+        for i in ids:
+            c.post("/v1/devices", json={"id": i}).raise_for_status()
+
+
+def _ingest_run(label: str, apis: list, broker_port: int, ids: list[str], rate: float, seconds: float, publishers: int) -> dict:
+    """Publishers offer `rate` msg/s for `seconds`; over the middle of it (after a 3 s warm-up): the messages the
+    API processes ingested per second and each one's CPU; then what was offered, and what they took in the end."""
+    procs_api = [psutil.Process(a.process.proc.pid) for a in apis]
+    clients = [a.client() for a in apis]
+
+    def ingested() -> float:
+        return sum(metric(c.get("/metrics").text, "edgefleet_api_telemetry_messages_total") for c in clients)
+
+    results = mp.Queue()
+    topics = [TOPICS.telemetry(i) for i in ids]
+    pubs = [mp.Process(target=raw_publisher, args=(broker_port, topics[w::publishers], rate / publishers, seconds, results),
+                       daemon=True) for w in range(publishers)]
+    start = ingested()
+    for p in pubs:
+        p.start()
+    time.sleep(3)
+    n0, cpu0, t0 = ingested(), [cpu_s([p]) for p in procs_api], time.monotonic()
+    time.sleep(max(1.0, seconds - 4))
+    n1, cpu1, t1 = ingested(), [cpu_s([p]) for p in procs_api], time.monotonic()
+    offered = sum(results.get(timeout=60) for _ in pubs)
+    for p in pubs:
+        p.join(timeout=10)
+    last, still = ingested(), 0  # until they have taken all of it (or taken nothing more for 3 s)
+    while still < 3 and last - start < offered:
+        time.sleep(1.0)
+        now = ingested()
+        still = still + 1 if now == last else 0
+        last = now
+    for c in clients:
+        c.close()
+    return {"label": label, "processes": len(apis), "offered_per_s": offered / seconds, "per_s": (n1 - n0) / (t1 - t0),
+            "cpu_pct": [(b - a) / (t1 - t0) * 100 for a, b in zip(cpu0, cpu1, strict=True)],
+            "offered": offered, "taken": last - start, "load1": os.getloadavg()[0]}
+
+
+def ingest_over_mqtt(pg: Postgres, work: Path, pub: Path, messages: int, publishers: int = 4, rate: float = 30_000,
+                     devices: int = 1000) -> list[dict]:
+    """The real API process on PostgreSQL behind a real mosquitto, fed by `publishers` raw-socket publisher
+    processes (QoS 0, pre-encoded, `devices` registered devices) at `rate` msg/s for messages / rate seconds:
+    side by side, telemetry through paho (EDGEFLEET_API_TELEMETRY_RECEIVER=false), through the telemetry
+    receiver, and through the receivers of 2 API processes sharing the subscription. → one dict per setup."""
+    from concurrent.futures import ThreadPoolExecutor
+    from functools import partial
+
+    seconds = max(8.0, messages / rate)
     root = work / "ingest"
-    broker = Broker(root / "broker", extra_config="max_queued_messages 1000000\n").start()
-    api = FleetApi(root / "api", broker.url, pub, database_url=pg.create_database(f"ingestmqtt_{os.getpid()}"),
-                   env={"EDGEFLEET_API_LOG_LEVEL": "warning"}).start()
+    broker = Broker(root / "broker", extra_config="max_queued_messages 200000\n").start()
+    db = pg.create_database(f"ingestmqtt_{os.getpid()}")
+    ids = [f"ingest-{k:05d}" for k in range(devices)]
+    out = []
     try:
-        client = api.client()
-        ids = [f"ingest-{k}" for k in range(publishers)]
-        for i in ids:
-            client.post("/v1/devices", json={"id": i}).raise_for_status()
-        files = []
-        for i in ids:
-            body = {"schema": 2, "window_s": 10.0, "models": {MODEL: {"version": "2.0.0", "provider": "CPUExecutionProvider",
-                    "requests": 50, "errors": 0, "latency_ms_p50": 1.0, "latency_ms_p95": 2.0, "latency_ms_p99": 3.0}},
-                    "health": {"cpu_percent": 12.0, "agent_rss_mb": 80.0}}
-            f = root / f"{i}.jsonl"
-            f.write_text((json.dumps(body) + "\n") * (messages // publishers))
-            files.append(f)
-        api_p = psutil.Process(api.process.proc.pid)
-        n0 = metric(client.get("/metrics").text, "edgefleet_api_telemetry_messages_total")
-        cpu0, t0 = cpu_s([api_p]), time.monotonic()
-        procs = []
-        for i, f in zip(ids, files, strict=True):
-            with open(f, "rb") as stdin:  # the child keeps its own copy of the descriptor
-                procs.append(subprocess.Popen(["mosquitto_pub", "-p", str(broker.port), "-t", TOPICS.telemetry(i),
-                                               "-q", "0", "-l"], stdin=stdin))
-        for p in procs:
-            p.wait(timeout=600)
-        # until the API has taken all of it (or stopped taking any)
-        n1, cpu1, t1 = n0, cpu0, t0
-        while True:
-            time.sleep(0.5)
-            n = metric(client.get("/metrics").text, "edgefleet_api_telemetry_messages_total")
-            if n == n1:
-                break
-            n1, cpu1, t1 = n, cpu_s([api_p]), time.monotonic()
-        got = n1 - n0
-        return {"offered": messages // publishers * publishers, "ingested": got, "per_s": got / (t1 - t0),
-                "cpu_pct": (cpu1 - cpu0) / (t1 - t0) * 100, "load1": os.getloadavg()[0]}
+        for label, receiver, replicas in (("paho", "false", 1), ("receiver", "true", 1), ("receiver ×2", "true", 2)):
+            apis = []
+            try:
+                for r in range(replicas):  # one after the other: the first one migrates the database
+                    apis.append(FleetApi(root / f"api-{receiver}-{replicas}-{r}", broker.url, pub, database_url=db,
+                                         env={"EDGEFLEET_API_LOG_LEVEL": "warning", "EDGEFLEET_API_TICK_INTERVAL_S": "1.0",
+                                              "EDGEFLEET_API_TELEMETRY_RECEIVER": receiver}).start())
+                if not out:
+                    with ThreadPoolExecutor(8) as pool:
+                        list(pool.map(partial(_register, apis[0]), [ids[k::8] for k in range(8)]))
+                for a in apis:
+                    wait_for(lambda a=a: a.client().get("/readyz").status_code == 200, 30, "the API to be ready")
+                out.append(_ingest_run(label, apis, broker.port, ids, rate, seconds, publishers))
+                print(f"ingest over MQTT, {label}: {out[-1]}", file=sys.stderr)
+            finally:
+                for a in apis:
+                    a.stop()
+        return out
     finally:
-        api.stop()
         broker.stop()
 
 
-def print_table(rows: list[dict], ingest: dict, ingest_mqtt: dict, size: int, waves: str, workers: int) -> None:
+def print_table(rows: list[dict], ingest: dict | None, ingest_mqtt: list[dict] | None, size: int, waves: str, workers: int) -> None:
     col = 14
     print(f"\nfleet scale on PostgreSQL: 1 central + {SITES} site brokers (bridged), {workers} simulator processes, "
           f"{psutil.cpu_count()} vCPU shared with other work; bundle {size / 1e6:.2f} MB, waves {waves}")
@@ -468,11 +549,18 @@ def print_table(rows: list[dict], ingest: dict, ingest_mqtt: dict, size: int, wa
     line("load average (1 min) at the end", lambda r: f"{r['load1']:.1f}")
     if ingest is None or ingest_mqtt is None:
         return
-    print(f"ingest path of one API process (parse + rollup + batched PostgreSQL write, no MQTT loop): "
-          f"{ingest['per_s']:,.0f} msg/s at {ingest['cpu_pct']:.0f} % of a core ({ingest['messages']:,} messages)")
-    print(f"ingest of the API process over MQTT (its paho loop; 8 C publishers, QoS 0, as fast as they go): "
-          f"{ingest_mqtt['per_s']:,.0f} msg/s at {ingest_mqtt['cpu_pct']:.0f} % of a core "
-          f"({ingest_mqtt['ingested']:,.0f} of {ingest_mqtt['offered']:,} taken; load {ingest_mqtt['load1']:.1f})")
+    parts = ", ".join(f"{k} {v:.1f}" for k, v in ingest["parts_us"].items())
+    print(f"ingest path of one API process (look-up + parse + rollup + insights + batched PostgreSQL write, no network): "
+          f"{ingest['per_s']:,.0f} msg/s at {ingest['cpu_pct']:.0f} % of a core, {ingest['us_per_msg']:.1f} µs of CPU a "
+          f"message ({parts} µs)")
+    print(f"ingest over MQTT on PostgreSQL (raw-socket publishers, QoS 0, {ingest_mqtt[0]['offered_per_s']:,.0f} msg/s offered):")
+    print(f"  {'telemetry through':<22}{'API processes':>14}{'ingested msg/s':>16}{'API CPU % each':>16}"
+          f"{'msg/s per core':>16}{'taken of offered':>20}")
+    for r in ingest_mqtt:
+        cpu, each = sum(r["cpu_pct"]), " / ".join(f"{c:.0f}" for c in r["cpu_pct"])
+        taken = f"{r['taken']:,.0f} / {r['offered']:,}"
+        print(f"  {r['label']:<22}{r['processes']:>14}{r['per_s']:>16,.0f}{each:>16}{r['per_s'] / max(cpu, 1) * 100:>16,.0f}"
+              f"{taken:>20}")
 
 
 def main() -> int:

@@ -23,6 +23,7 @@ from .metrics import FleetCollector
 from .mqtt import handlers
 from .mqtt.broker import Broker
 from .mqtt.dynsec import DynSec
+from .mqtt.telemetry_receiver import TelemetryReceiver
 from .routes import alerts, captures, devices, drift, health, models, profiles, rollouts, security
 from .service import FleetService
 from .settings import ApiSettings
@@ -43,6 +44,16 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         )
         topics = Topics(settings.topic_prefix)
         broker.subscriptions = handlers.subscriptions(topics, settings.shared_subscription_group)
+        receiver = None
+        if settings.telemetry_receiver:  # telemetry on a connection of its own; paho keeps the rest
+            broker.subscriptions = [s for s in broker.subscriptions if not s[0].endswith("/telemetry")]
+            receiver = TelemetryReceiver(
+                settings.broker_url, handlers.telemetry_subscription(topics, settings.shared_subscription_group),
+                lambda batch: handlers.handle_telemetry_batch(service, batch),
+                client_id=f"{settings.mqtt_client_id}-telemetry" if settings.mqtt_client_id else "",
+                username=settings.mqtt_username, password=settings.mqtt_password,
+                tls_ca=str(settings.mqtt_tls_ca) if settings.mqtt_tls_ca else None,
+            )
         dynsec = DynSec(broker, topics, settings.mqtt_username) if settings.dynsec else None
         # With per-device roles, a desired state reaches the broker only once its device may receive what it names.
         service = FleetService(settings, sessions, dynsec.granting(broker) if dynsec else broker)
@@ -62,12 +73,15 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             # Shown once, on the first start of an empty database; only its hash is kept.
             print(f"fleet-api: first admin token (store it now, it is not shown again): {first_token}", file=sys.stderr, flush=True)
         app.state.service, app.state.broker = service, broker
+        app.state.telemetry_receiver = receiver  # ready means its subscription holds too (GET /readyz)
         app.state.metrics = CollectorRegistry()
         app.state.metrics.register(FleetCollector(service))
         app.state.insights = service.insights  # GET /v1/alerts
         app.state.metrics.register(AlertCollector(service.insights))
         app.state.metrics.register(CaptureCollector(service.captures))
         broker.start()
+        if receiver is not None:
+            receiver.start()
         service.insights.start(settings.alert_eval_interval_s)
         stop = threading.Event()
 
@@ -85,6 +99,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         finally:
             stop.set()
             thread.join(timeout=5)
+            if receiver is not None:
+                receiver.stop()
             broker.stop()
             service.close()
             engine.dispose()

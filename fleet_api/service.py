@@ -12,7 +12,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -663,11 +663,37 @@ class FleetService:
             device_registry.get_active_device(db, device_id)
         self._known[device_id] = time.monotonic()
 
+    def known_among(self, device_ids: Iterable[str]) -> set[str]:
+        """Which of these devices are registered and active: one query for a block of telemetry (the telemetry
+        receiver's), remembered as _check_known does."""
+        ids = sorted(set(device_ids))
+        if not ids:
+            return set()
+        with self.sessions() as db:
+            found = set(db.scalars(select(Device.id).where(Device.id.in_(ids), Device.revoked.is_(False))))
+        now = time.monotonic()
+        for device_id in found:
+            self._known[device_id] = now
+        return found
+
     def on_telemetry(self, device_id: str, message: Telemetry) -> None:
         self._check_known(device_id)
         self.telemetry.add(device_id, message)
-        self.insights.observe(device_id, message)
         TELEMETRY.inc()
+        self._observe(device_id, message)
+
+    def on_telemetry_batch(self, messages: list[tuple[str, Telemetry]]) -> None:
+        """Telemetry of devices known recently (the caller checked, with known_among): one lock and one clock
+        reading for the rollups of the whole block."""
+        self.telemetry.add_many(messages)
+        TELEMETRY.inc(len(messages))
+        for device_id, message in messages:
+            self._observe(device_id, message)
+
+    def _observe(self, device_id: str, message: Telemetry) -> None:
+        self.insights.observe(device_id, message)
+        if not message.models:
+            return
         for alert in self.drift.add(device_id, message):
             log.warning("drift alert %s: device %s, %s %s, %s PSI %.3f", alert.state.value, device_id, alert.model,
                         alert.version, alert.stat, alert.score)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import Counter
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -39,7 +39,7 @@ def minute_of(ts: float) -> dt.datetime:
     return t.replace(second=0, microsecond=0)
 
 
-@dataclass
+@dataclass(slots=True)
 class Rollup:
     provider: str | None = None
     messages: int = 0
@@ -108,15 +108,39 @@ class Rollup:
 class TelemetryBuffer:
     _rollups: dict[Key, Rollup] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # the minute of the last message: made once a minute, not per message (datetime is most of add's cost)
+    _minute: tuple[float, dt.datetime] = (0.0, dt.datetime.fromtimestamp(0, dt.UTC))
+
+    def _minute_of(self, ts: float) -> dt.datetime:
+        start = ts - ts % 60
+        cached = self._minute
+        if cached[0] == start:
+            return cached[1]
+        minute = minute_of(ts)
+        self._minute = (start, minute)
+        return minute
 
     def add(self, device_id: str, t: Telemetry, received: float | None = None) -> None:
+        self.add_many(((device_id, t),), received)
+
+    def add_many(self, messages: Iterable[tuple[str, Telemetry]], received: float | None = None) -> None:
         # Filed by when we received it, not by the device's clock: a camera without RTC or NTP may live in 1970,
         # and the health gates compare minutes with the server's own time.
-        minute = minute_of(time.time() if received is None else received)
+        minute = self._minute_of(time.time() if received is None else received)
         with self._lock:
-            self._rollups.setdefault((device_id, minute, DEVICE, ""), Rollup()).add_device(t)
-            for name, mt in t.models.items():
-                self._rollups.setdefault((device_id, minute, name, mt.version), Rollup()).add_model(mt)
+            rollups = self._rollups  # under the lock: take() swaps it
+            for device_id, t in messages:
+                key = (device_id, minute, DEVICE, "")
+                r = rollups.get(key)
+                if r is None:
+                    r = rollups[key] = Rollup()
+                r.add_device(t)
+                for name, mt in t.models.items():
+                    key = (device_id, minute, name, mt.version)
+                    r = rollups.get(key)
+                    if r is None:
+                        r = rollups[key] = Rollup()
+                    r.add_model(mt)
 
     def __len__(self) -> int:
         return len(self._rollups)
@@ -138,12 +162,15 @@ class TelemetryBuffer:
 
 def write(db: Session, rollups: dict[Key, Rollup]) -> None:
     """Merge rollups into their minute rows (insert or add). Caller commits. PostgreSQL and SQLite: one
-    multi-row INSERT ... ON CONFLICT DO UPDATE that adds in the database (no read first, no ORM objects), rows
-    in key order so replicas flushing the same minutes take their row locks in one order."""
+    INSERT ... ON CONFLICT DO UPDATE that adds in the database (no read first, no ORM objects; on PostgreSQL
+    one statement over arrays), rows in key order so replicas flushing the same minutes take their row locks in
+    one order."""
     if not rollups:
         return
     dialect = db.get_bind().dialect.name
-    if dialect not in ("postgresql", "sqlite"):
+    if dialect == "postgresql":
+        return _write_postgresql(db, rollups)
+    if dialect != "sqlite":
         return _write_orm(db, rollups)
     from sqlalchemy.dialects import postgresql, sqlite
 
@@ -176,6 +203,58 @@ def write(db: Session, rollups: dict[Key, Rollup]) -> None:
     db.execute(stmt, rows)
     # telemetry is the liveness signal of devices that say nothing else
     db.execute(update(Device).where(Device.id.in_(sorted({k[0] for k in rollups}))).values(last_seen=utcnow()))
+
+
+# PostgreSQL: one statement whatever the number of rollups, its columns as arrays (unnest): SQLAlchemy's
+# executemany of the INSERT ... ON CONFLICT below costs ~0.6 ms of API CPU per row, and a tick writes a row per
+# device and model that sent anything (20,000 msg/s at one message per device every 10 s: ~40,000 rows a second).
+_COLUMNS = ("device_id", "minute", "model", "model_version", "provider", "messages", "requests", "errors",
+            "latency_messages", "latency_ms_p50_sum", "latency_ms_p95_sum", "latency_ms_p99_sum", "latency_ms_p95_max",
+            "cpu_percent_sum", "memory_mb_max")
+_TYPES = ("varchar", "timestamptz", "varchar", "varchar", "varchar", "integer", "bigint", "bigint", "integer",
+          "float8", "float8", "float8", "float8", "float8", "float8")
+_SUMS = ("messages", "requests", "errors", "latency_messages", "latency_ms_p50_sum", "latency_ms_p95_sum",
+         "latency_ms_p99_sum", "cpu_percent_sum")
+_PG_UPSERT = text(
+    f"INSERT INTO telemetry_minutes ({', '.join(_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"CAST(:{c} AS {t}[])" for c, t in zip(_COLUMNS, _TYPES, strict=True))
+    + ") ON CONFLICT (device_id, minute, model, model_version) DO UPDATE SET "
+    "provider = COALESCE(EXCLUDED.provider, telemetry_minutes.provider), "
+    + ", ".join(f"{c} = telemetry_minutes.{c} + EXCLUDED.{c}" for c in _SUMS)
+    # GREATEST skips NULLs: NULL only when both are
+    + ", latency_ms_p95_max = GREATEST(telemetry_minutes.latency_ms_p95_max, EXCLUDED.latency_ms_p95_max)"
+    ", memory_mb_max = GREATEST(telemetry_minutes.memory_mb_max, EXCLUDED.memory_mb_max)"
+)
+
+
+def _text_array(values: Iterable[str | None]) -> str:
+    return "{" + ",".join("NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                          for v in values) + "}"
+
+
+def _number_array(values: Iterable[float | int | None]) -> str:
+    return "{" + ",".join("NULL" if v is None else repr(v) for v in values) + "}"
+
+
+def _write_postgresql(db: Session, rollups: dict[Key, Rollup]) -> None:
+    """The arrays go as PostgreSQL array literals made here with str.join: psycopg's own list adaptation runs
+    a regular expression per element in Python (~40 µs of CPU per row)."""
+    keys = sorted(rollups)  # key order: replicas flushing the same minutes take their row locks in one order
+    rs = [rollups[k] for k in keys]
+    minutes = {m: m.isoformat() for m in {k[1] for k in keys}}
+    db.execute(_PG_UPSERT, {
+        "device_id": _text_array(k[0] for k in keys), "minute": _text_array(minutes[k[1]] for k in keys),
+        "model": _text_array(k[2] for k in keys), "model_version": _text_array(k[3] for k in keys),
+        "provider": _text_array(r.provider for r in rs),
+        "messages": _number_array(r.messages for r in rs), "requests": _number_array(r.requests for r in rs),
+        "errors": _number_array(r.errors for r in rs), "latency_messages": _number_array(r.latency_messages for r in rs),
+        "latency_ms_p50_sum": _number_array(r.p50 for r in rs), "latency_ms_p95_sum": _number_array(r.p95 for r in rs),
+        "latency_ms_p99_sum": _number_array(r.p99 for r in rs), "latency_ms_p95_max": _number_array(r.p95_max for r in rs),
+        "cpu_percent_sum": _number_array(r.cpu for r in rs), "memory_mb_max": _number_array(r.memory_max for r in rs),
+    })
+    # telemetry is the liveness signal of devices that say nothing else (an array, not an IN list of N parameters)
+    db.execute(text("UPDATE devices SET last_seen = :now WHERE id = ANY(CAST(:ids AS varchar[]))"),
+               {"now": utcnow(), "ids": _text_array(sorted({k[0] for k in keys}))})
 
 
 def _write_orm(db: Session, rollups: dict[Key, Rollup]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -88,6 +88,12 @@ def sample_id_of(payload: bytes) -> str | None:
     return found.group(1).decode() if found else None
 
 
+def telemetry_subscription(topics: Topics, shared_group: str = "") -> str:
+    """What the telemetry receiver subscribes to: the telemetry channel, shared among replicas as in subscriptions()."""
+    topic = topics.all_devices("telemetry")
+    return f"$share/{shared_group}/{topic}" if shared_group else topic
+
+
 def handle(service: FleetService, topic: str, payload: bytes) -> None:
     try:
         device_id, channel = service.topics.parse_device(topic)
@@ -146,3 +152,51 @@ def handle_fast(service: FleetService, topic: str, payload: bytes) -> bool:
     except ProtocolError:
         return False  # the worker counts and logs it, as any bad message
     return True
+
+
+def handle_telemetry_batch(service: FleetService, messages: Sequence[tuple[str, bytes]]) -> None:
+    """A block of telemetry from the telemetry receiver: devices not seen lately are looked up in one query, the
+    known ones' messages parsed and rolled up together. A bad message is counted and logged on its own, those of
+    unknown or revoked devices counted together with one log line per block (reason `notfound`, as handle()
+    counts them); an odd topic takes handle()'s usual way, which counts and logs it."""
+    head = f"{service.topics.prefix}/devices/"
+    cut, tail = len(head), -len("/telemetry")
+    ids = [topic[cut:tail] if topic.startswith(head) and topic.endswith("/telemetry") else "" for topic, _ in messages]
+    known = service.known_recently
+    stale = {device_id for device_id in ids if device_id and not known(device_id)}
+    unknown: set[str] = set()
+    reason = "notfound"
+    if stale:
+        try:
+            unknown = stale - service.known_among(stale)
+        except Exception:  # the database away: their messages are counted as failed, the known ones go on
+            log.exception("looking up %d devices for their telemetry failed", len(stale))
+            unknown, reason = stale, "error"
+    good, refused = [], 0
+    for (topic, payload), device_id in zip(messages, ids, strict=True):
+        if device_id in unknown:  # looked up just now: no query per message, however many a stranger sends
+            refused += 1
+            continue
+        if not device_id or "/" in device_id:
+            handle(service, topic, payload)
+            continue
+        try:
+            good.append((device_id, parse_telemetry(payload)))
+        except UnknownSchema as exc:
+            REJECTED.labels("telemetry", "schema").inc()
+            log.warning("device %s: telemetry message refused: %s", device_id, exc)
+        except ProtocolError as exc:
+            REJECTED.labels("telemetry", "malformed").inc()
+            log.warning("device %s: %s", device_id, exc)
+    if refused:
+        REJECTED.labels("telemetry", reason).inc(refused)
+        log.warning("refused %d telemetry messages of devices %s: %s", refused,
+                    "not registered or revoked" if reason == "notfound" else "that could not be looked up",
+                    ", ".join(sorted(unknown)[:10]) + (" …" if len(unknown) > 10 else ""))
+    if not good:
+        return
+    try:
+        service.on_telemetry_batch(good)
+    except Exception:  # a bug or the database away (a shadow's numbers): counted, logged, the next block goes on
+        REJECTED.labels("telemetry", "error").inc(len(good))
+        log.exception("handling a block of %d telemetry messages failed", len(good))

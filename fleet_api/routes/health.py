@@ -20,7 +20,8 @@ def healthz() -> dict:
 @router.get("/readyz", response_model=Ready, responses={503: {"model": Ready}},
             summary="Readiness: database and broker reachable")
 def readyz(request: Request, response: Response, service: ServiceDep) -> dict:
-    checks = {"broker": bool(request.app.state.broker.connected)}
+    receiver = getattr(request.app.state, "telemetry_receiver", None)  # telemetry's own connection, when on
+    checks = {"broker": bool(request.app.state.broker.connected) and (receiver is None or receiver.connected)}
     try:
         with service.sessions() as db:
             db.execute(text("SELECT 1"))
