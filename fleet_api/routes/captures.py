@@ -25,6 +25,8 @@ router = APIRouter(prefix="/v1/captures", tags=["captures"], responses=ERRORS)
 CaptureId = Annotated[int, Path(ge=1, le=MAX_ID, description="capture id")]
 
 
+BINARY = {"schema": {"type": "string", "format": "binary"}}  # OpenAPI: bytes, not JSON
+
 @router.get("", response_model=CapturesOut, summary="Captured samples, newest taken first (filters combine)")
 def list_captures(query: Annotated[CaptureListQuery, Query()], service: ServiceDep, _: Viewer) -> dict:
     page, total = service.captures.list(query.filters(), query.limit, query.offset)
@@ -37,7 +39,7 @@ def usage(service: ServiceDep, _: Viewer) -> dict:
 
 
 @router.get("/dataset", summary="The matching samples as a ZIP: data/ files, labels.json and labels.csv (streamed)",
-            response_class=StreamingResponse, responses={200: {"content": {"application/zip": {}}}})
+            response_class=StreamingResponse, responses={200: {"content": {"application/zip": BINARY}}})
 def download_dataset(query: Annotated[CaptureFilters, Query()], service: ServiceDep, _: Viewer) -> StreamingResponse:
     return StreamingResponse(dataset.stream(service.captures, query.filters()), media_type="application/zip",
                              headers={"Content-Disposition": 'attachment; filename="captures.zip"'})
@@ -49,7 +51,7 @@ def get_capture(capture_id: CaptureId, service: ServiceDep, _: Viewer) -> dict:
 
 
 @router.get("/{capture_id}/data", summary="The sample's data as the device sent it (JPEG or .npy)",
-            response_class=FileResponse, responses={200: {"content": {"image/jpeg": {}, "application/x-npy": {}}}})
+            response_class=FileResponse, responses={200: {"content": {"image/jpeg": BINARY, "application/x-npy": BINARY}}})
 def get_data(capture_id: CaptureId, service: ServiceDep, _: Viewer) -> FileResponse:
     path, content_type = service.captures.data(capture_id)
     return FileResponse(path, media_type=content_type, filename=path.name,
