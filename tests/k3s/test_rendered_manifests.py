@@ -237,8 +237,9 @@ def test_site_broker_bridges_desired_and_chunks_in_and_device_messages_out(rende
     assert {"cleansession false", "local_cleansession false", "try_private true", "bridge_insecure false"} <= lines
     topics = {tuple(line.split()[1:3]) for line in lines if line.startswith("topic ")}
     assert topics == {
-        ("edgefleet/v1/devices/+/desired", "in"), ("edgefleet/v1/artifacts/#", "in"),
-        *{(f"edgefleet/v1/devices/+/{c}", "out") for c in ("reported", "status", "hello", "fetch", "events", "telemetry")},
+        ("edgefleet/v1/devices/+/desired", "in"), ("edgefleet/v1/devices/+/capture_ack", "in"), ("edgefleet/v1/artifacts/#", "in"),
+        *{(f"edgefleet/v1/devices/+/{c}", "out")
+          for c in ("reported", "status", "hello", "fetch", "events", "telemetry", "capture")},
     }
     # the same channels the demo's SiteBroker bridges (which the e2e test runs)
     from demo.cluster import BRIDGE_TOPICS_IN, BRIDGE_TOPICS_OUT
