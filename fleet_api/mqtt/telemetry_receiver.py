@@ -76,6 +76,22 @@ def varint(n: int) -> bytes:
             return bytes(out)
 
 
+def read_varint(data: bytes, j: int, end: int, what: str) -> tuple[int, int] | None:
+    """MQTT's variable byte integer at data[j:end] (1–4 bytes, 7 bits each, least significant first) → (value,
+    the index after it); None when it runs past `end`; MalformedPacket when it is longer than 4 bytes."""
+    value, shift = 0, 0
+    while j < end:
+        b = data[j]
+        j += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, j
+        shift += 7
+        if shift > 21:
+            raise MalformedPacket(f"{what} longer than 4 bytes")
+    return None
+
+
 def _string(s: str | bytes) -> bytes:
     b = s.encode() if isinstance(s, str) else s
     return len(b).to_bytes(2, "big") + b
@@ -144,20 +160,10 @@ class PacketReader:
         n, pos, max_packet = len(data), 0, self.max_packet
         while pos + 1 < n:
             first = data[pos]
-            # remaining length: 1–4 bytes, 7 bits each, least significant first
-            i, length, shift, whole = pos + 1, 0, 0, False
-            while i < n:
-                b = data[i]
-                i += 1
-                length |= (b & 0x7F) << shift
-                if b < 0x80:
-                    whole = True
-                    break
-                shift += 7
-                if shift > 21:
-                    raise MalformedPacket("remaining length longer than 4 bytes")
-            if not whole:
+            header = read_varint(data, pos + 1, n, "remaining length")
+            if header is None:
                 break  # the length itself is not complete yet
+            length, i = header
             if length > max_packet:
                 raise MalformedPacket(f"a packet of {length} bytes, more than the {max_packet} we allow")
             end = i + length
@@ -187,18 +193,10 @@ class PacketReader:
                     acks.append(data[j] << 8 | data[j + 1])
                     j += 2
                 # properties: a length (varint), then that many bytes; nothing in them matters to telemetry
-                plen, shift = 0, 0
-                while True:
-                    if j >= end:
-                        raise MalformedPacket("PUBLISH properties cut short")
-                    b = data[j]
-                    j += 1
-                    plen |= (b & 0x7F) << shift
-                    if b < 0x80:
-                        break
-                    shift += 7
-                    if shift > 21:
-                        raise MalformedPacket("property length longer than 4 bytes")
+                props = read_varint(data, j, end, "property length")
+                if props is None:
+                    raise MalformedPacket("PUBLISH properties cut short")
+                plen, j = props
                 j += plen
                 if j > end:
                     raise MalformedPacket("PUBLISH properties longer than the packet")
@@ -410,18 +408,10 @@ class TelemetryReceiver:
 def _suback_codes(body: bytes) -> bytes:
     if len(body) < 3:
         raise MalformedPacket("SUBACK too short")
-    j, plen, shift = 2, 0, 0
-    while True:
-        if j >= len(body):
-            raise MalformedPacket("SUBACK properties cut short")
-        b = body[j]
-        j += 1
-        plen |= (b & 0x7F) << shift
-        if b < 0x80:
-            break
-        shift += 7
-        if shift > 21:
-            raise MalformedPacket("property length longer than 4 bytes")
+    props = read_varint(body, 2, len(body), "property length")
+    if props is None:
+        raise MalformedPacket("SUBACK properties cut short")
+    plen, j = props
     if j + plen > len(body):
         raise MalformedPacket("SUBACK properties longer than the packet")
     return body[j + plen:]
