@@ -41,6 +41,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         broker = Broker(
             settings.broker_url, client_id=settings.mqtt_client_id, username=settings.mqtt_username,
             password=settings.mqtt_password, tls_ca=str(settings.mqtt_tls_ca) if settings.mqtt_tls_ca else None,
+            workers=settings.mqtt_workers or (4 if engine.dialect.name == "postgresql" else 1),
         )
         topics = Topics(settings.topic_prefix)
         broker.subscriptions = handlers.subscriptions(topics, settings.shared_subscription_group)

@@ -34,6 +34,9 @@ class ApiSettings(BaseSettings):
     # Telemetry on a connection of its own with a lean MQTT reader (fleet_api/mqtt/telemetry_receiver.py), several
     # times cheaper per message than paho; false: telemetry comes through the paho client with everything else.
     telemetry_receiver: bool = True
+    # Threads handling device messages (reported, status, hello, fetch, events), each device's on one of them in
+    # order. None: 4 on PostgreSQL (a handler mostly waits for the database), 1 on SQLite (one writer at a time).
+    mqtt_workers: int | None = Field(default=None, ge=1, le=64)
     # Per-device broker credentials through mosquitto's dynamic security plugin. The API's own MQTT user
     # (mqtt_username) must then be allowed `$CONTROL/dynamic-security/#` (e.g. the admin of `dynsec init`).
     dynsec: bool = False

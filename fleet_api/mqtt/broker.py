@@ -1,7 +1,10 @@
-"""The fleet API's one MQTT connection (paho-mqtt 2, MQTT 5): reconnects by itself, hands messages to a worker.
+"""The fleet API's one MQTT connection (paho-mqtt 2, MQTT 5): reconnects by itself, hands messages to workers.
 
-Messages are handled on a worker thread, never on paho's network thread, so a handler may publish and wait
-for the broker's acknowledgement without deadlocking the loop that would deliver it.
+Messages are handled on worker threads, never on paho's network thread, so a handler may publish and wait
+for the broker's acknowledgement without deadlocking the loop that would deliver it. With several workers,
+each device's messages go to one worker (chosen by the device's topic), so a device's messages are handled in
+the order they came while other devices' are handled beside them: a handler spends most of its time waiting
+for the database, and one worker left the API's CPU mostly idle during a rollout.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class Broker:
         subscriptions: Sequence[tuple[str, int]] = (),
         on_message: Callable[[str, bytes], None] | None = None,
         on_connected: Callable[[], None] | None = None,
+        workers: int = 1,
     ) -> None:
         address = parse_broker_url(url)
         self.host, self.port = address.host, address.port
@@ -74,7 +78,9 @@ class Broker:
         # known devices), which saves the hop through the inbox and the worker thread for most of the traffic.
         self.on_fast: Callable[[str, bytes], bool] | None = None
         self._connected = threading.Event()
-        self._inbox: queue.Queue[tuple[str, bytes] | None] = queue.Queue(maxsize=100_000)
+        # 100,000 messages in all, however many workers share them.
+        self._inboxes: list[queue.Queue[tuple[str, bytes] | None]] = [
+            queue.Queue(maxsize=max(1000, 100_000 // max(1, workers))) for _ in range(max(1, workers))]
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id or f"fleet-api-{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv5
         )
@@ -96,11 +102,13 @@ class Broker:
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
         self._subscribe_mid: int | None = None
-        self._worker = threading.Thread(target=self._work, name="mqtt-worker", daemon=True)
-        INBOX.set_function(self._inbox.qsize)
+        self._workers = [threading.Thread(target=self._work, args=(inbox,), name=f"mqtt-worker-{k}", daemon=True)
+                         for k, inbox in enumerate(self._inboxes)]
+        INBOX.set_function(lambda: sum(inbox.qsize() for inbox in self._inboxes))
 
     def start(self) -> None:
-        self._worker.start()
+        for worker in self._workers:
+            worker.start()
         self.client.connect_async(self.host, self.port, keepalive=30, clean_start=True)
         self.client.loop_start()
 
@@ -114,9 +122,11 @@ class Broker:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-        self._inbox.put(None)
-        if self._worker.is_alive():
-            self._worker.join(timeout=5)
+        for inbox in self._inboxes:
+            inbox.put(None)
+        for worker in self._workers:
+            if worker.is_alive():
+                worker.join(timeout=5)
 
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool, properties: Properties | None = None) -> Delivery | None:
         if not self._connected.is_set():
@@ -165,7 +175,7 @@ class Broker:
         else:
             self._connected.set()
         if self.on_connected:
-            self._inbox.put(("", b""))  # run on_connected on the worker, where it may wait for acks
+            self._inboxes[0].put(("", b""))  # run on_connected on a worker, where it may wait for acks
 
     def _on_subscribe(self, _client, _userdata, mid, reason_codes, _props) -> None:
         if mid != self._subscribe_mid:
@@ -192,12 +202,19 @@ class Broker:
             except Exception:  # a bug in the fast path: the worker handles the message the usual way
                 log.exception("fast path failed on %r", msg.topic)
         try:
-            self._inbox.put_nowait((msg.topic, bytes(msg.payload)))
+            self._inbox_of(msg.topic).put_nowait((msg.topic, bytes(msg.payload)))
         except queue.Full:
             log.error("inbox full: dropping a message on %s", msg.topic)
 
-    def _work(self) -> None:
-        while (item := self._inbox.get()) is not None:
+    def _inbox_of(self, topic: str) -> queue.Queue[tuple[str, bytes] | None]:
+        """The worker of the topic's device: `.../devices/{id}/{channel}` without its channel (hash() of a str
+        is stable within the process, which is all the order of one device's messages needs)."""
+        if len(self._inboxes) == 1:
+            return self._inboxes[0]
+        return self._inboxes[hash(topic[:topic.rfind("/")]) % len(self._inboxes)]
+
+    def _work(self, inbox: queue.Queue[tuple[str, bytes] | None]) -> None:
+        while (item := inbox.get()) is not None:
             topic, payload = item
             try:
                 if topic == "":
