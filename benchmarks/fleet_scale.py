@@ -46,6 +46,9 @@ SITES = 4
 MODEL = "bench"
 
 
+RETRY_S, RETRY_MAX_S = 5.0, 60.0  # a simulated device's first wait for chunks, and its cap as waits double
+
+
 class SimDevice:
     def __init__(self, device_id: str, port: int) -> None:
         self.id = device_id
@@ -55,6 +58,12 @@ class SimDevice:
         self.rollout_id: int | None = None
         self.have: set[int] = set()
         self.last_chunk = 0.0
+        # The agent's policy (edge_agent/reconcile.py _fetch): a quiet round first re-subscribes (the site
+        # broker's retained chunks come again), asks the fleet only if that brought nothing new; each round
+        # without a new chunk doubles the wait.
+        self.wait = RETRY_S
+        self.ask_next = False  # after the first ask: re-subscribe
+        self.new = False  # a new chunk since the last re-subscription or ask
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"device-{device_id}", protocol=mqtt.MQTTv5)
         self.c.max_inflight_messages_set(50)
         self.c.on_connect = self._on_connect
@@ -81,6 +90,7 @@ class SimDevice:
         w = self.want
         self.c.publish(TOPICS.fetch(self.id), json.dumps({"sha256": w["sha256"], "chunk_size": w["chunk_size"], "missing": missing}), qos=1)
         self.last_chunk = time.monotonic()
+        self.new = False
 
     def _count(self) -> int:
         return -(-self.want["size"] // self.want["chunk_size"])
@@ -101,6 +111,7 @@ class SimDevice:
                 self._report("serving")
                 return
             self.want, self.have = bundle, set()
+            self.wait, self.ask_next = RETRY_S, False
             c.subscribe(TOPICS.artifact_chunks(bundle["sha256"]), qos=1)
             self._report("downloading")
             self._fetch(list(range(self._count())))
@@ -110,8 +121,10 @@ class SimDevice:
         sha, index = TOPICS.parse_artifact_chunk(msg.topic)
         if sha != self.want["sha256"]:
             return
-        self.have.add(index)
-        self.last_chunk = time.monotonic()
+        if index not in self.have:
+            self.have.add(index)
+            self.new = True
+        self.last_chunk = time.monotonic()  # duplicates too: a re-subscription's replay is still coming
         if len(self.have) == self._count():
             w, self.want = self.want, None
             c.unsubscribe(TOPICS.artifact_chunks(w["sha256"]))
@@ -119,8 +132,16 @@ class SimDevice:
             self._report("serving")
 
     def retry(self) -> None:
-        if self.want and time.monotonic() - self.last_chunk > 5.0:
+        if not self.want or time.monotonic() - self.last_chunk <= self.wait:
+            return
+        new, ask = self.new, self.ask_next
+        if ask:
             self._fetch([i for i in range(self._count()) if i not in self.have])
+        else:
+            self.c.subscribe(TOPICS.artifact_chunks(self.want["sha256"]), qos=1)
+            self.last_chunk, self.new = time.monotonic(), False
+        self.ask_next = not ask and not new
+        self.wait = RETRY_S if new else min(self.wait * 2, RETRY_MAX_S)
 
     def telemetry(self) -> None:
         models = {}

@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 class Transport(Protocol):
     """What the core needs from the network (the MQTT shell implements it)."""
 
+    # Called again for an artifact already watched, it must subscribe again (the broker then delivers the
+    # retained chunks again), not do nothing.
     def watch_artifact(self, sha256: str) -> None: ...
     def unwatch_artifact(self, sha256: str) -> None: ...
     def request_chunks(self, sha256: str, chunk_size: int, missing: list[int]) -> None: ...
@@ -709,31 +711,54 @@ class ModelWorker:
             transport.unwatch_artifact(ref.sha256)
 
     def _fetch(self, target: Target, partial: PartialDownload, ref: BundleRef | None = None) -> None:
+        """Take the artifact's chunks until it is complete. When none came for a while, first subscribe again:
+        the (site) broker delivers its retained chunks again, at no cost on the link to the centre. Only when
+        that brought nothing new either is the fleet asked again: a second ask of this device makes the API
+        publish the chunk again, to every device of every site. Each quiet round without a new chunk doubles
+        the wait (up to `chunk_wait_max_s`): a slow broker queue is waited for, not flooded."""
         ref = ref or target.bundle
         transport = self.r.transport
         assert transport is not None
-        deadline = time.monotonic() + self.settings.download_timeout_s
+        settings = self.settings
+        deadline = time.monotonic() + settings.download_timeout_s
         reported_progress = partial.progress
+        wait = settings.chunk_timeout_s
+        ask = True  # the first round asks; then re-subscribing and asking alternate while nothing new comes
         while missing := partial.missing():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"download of {ref.name} {ref.version} timed out ({len(missing)} chunks missing)")
-            transport.request_chunks(ref.sha256, ref.chunk_size, missing)
-            # Take chunks until none came for a while, then ask again for whatever is still missing.
+            if ask:
+                transport.request_chunks(ref.sha256, ref.chunk_size, missing)
+            else:
+                transport.watch_artifact(ref.sha256)  # sends SUBSCRIBE again: the retained chunks come again
+            # Take chunks until none of this artifact came for `wait`. Duplicates (a re-subscription's replay)
+            # keep the round going, but only new chunks are progress.
+            before, quiet_until = partial.received, time.monotonic() + wait
             while not partial.complete:
                 self._check_superseded(target)
                 if self._stop.is_set():
                     raise Superseded()
-                try:
-                    sha, index, data = self._chunks.get(timeout=self.settings.chunk_timeout_s)
-                except queue.Empty:
+                now = time.monotonic()
+                if now >= min(quiet_until, deadline):
                     break
+                try:  # in slices of chunk_timeout_s at most, so that a new target or a stop is seen soon
+                    sha, index, data = self._chunks.get(timeout=min(quiet_until - now, deadline - now,
+                                                                    settings.chunk_timeout_s))
+                except queue.Empty:
+                    continue
                 if sha != ref.sha256:
                     continue
+                quiet_until = time.monotonic() + wait
                 if not partial.put(index, data):
                     log.warning("chunk %d of %s has a wrong size or index; ignored", index, ref.sha256[:12])
                 if ref is target.bundle and partial.progress - reported_progress >= 0.1:
                     reported_progress = partial.progress
                     self.say(ModelState.downloading, progress=partial.progress)
-
+            new = partial.received > before
+            # A round that brought chunks: the stream flows, some did not come; the broker's retained copies
+            # may hold them. A re-subscription that brought nothing: the broker holds no more, ask the fleet.
+            ask = not ask and not new
+            wait = settings.chunk_timeout_s if new else max(settings.chunk_timeout_s,
+                                                            min(wait * 2, settings.chunk_wait_max_s))
 
 __all__ = ["Busy", "ModelRejected", "ModelWorker", "Reconciler", "Superseded", "Target", "Transport"]

@@ -48,7 +48,10 @@ class AgentSettings(BaseSettings):
     telemetry_interval_s: float = 10.0
     # No desired state this long after connecting: say hello again (doubling, up to a minute).
     hello_retry_s: float = Field(default=5.0, gt=0, le=3600)
-    chunk_timeout_s: float = 3.0  # no chunk for this long: ask again for what is still missing
+    # No chunk for this long: subscribe to the artifact again (its retained chunks come again from the broker);
+    # nothing new after that either: ask the fleet again. Each quiet round doubles the wait, up to the max.
+    chunk_timeout_s: float = Field(default=3.0, gt=0)
+    chunk_wait_max_s: float = Field(default=60.0, gt=0)
     download_timeout_s: float = 600.0
     # Data capture (Desired.capture opts a device in; docs/agent.md "Data capture"). Kept samples wait in
     # data_dir/capture until the fleet acknowledges them, at most this much (the oldest go first).

@@ -108,6 +108,11 @@ class PartialDownload:
         return True
 
     @property
+    def received(self) -> int:
+        """How many distinct chunks are stored."""
+        return len(self._have)
+
+    @property
     def complete(self) -> bool:
         return len(self._have) == self.ref.chunk_count
 

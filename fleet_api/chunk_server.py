@@ -18,6 +18,13 @@ a request that names no device. Every device of a wave, on every site, is thus s
 link. After the API reconnects to its broker (which may have restarted without its retained messages) every
 chunk is sent again on request.
 
+A chunk is never published again within a hold after its last publish: `resend_after_s` after a first
+publish, and twice the previous hold after each publish a repeat ask caused (10, 20, 40 s ..., up to the
+retained copy's life). A slow site broker makes many devices ask twice at once; each such burst costs one copy
+on every link, and the copies of a wave grow with the log of its length, not with the number of slow devices.
+A device whose copy truly did not come keeps its mark as having asked, so its next ask after the hold is
+served.
+
 A fetch budget per device and artifact bounds what one device can make the API publish: each chunk it asks for
 is published on its behalf at most `sends_per_chunk` times per `budget_window_s` (a download needs one, a
 lost connection or a restart one more). Asks merged into a publish already on its way cost nothing; asks over
@@ -84,6 +91,8 @@ class ChunkServer:
         self.resend_after_s = resend_after_s
         self.retain_s = retain_s
         self._published: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)  # chunk index → sent at
+        # chunk index → how long after its last publish a repeat ask may publish it again (resend_after_s if absent)
+        self._hold: dict[tuple[str, int], dict[int, float]] = defaultdict(dict)
         # devices that asked for a chunk since it was last sent (their first ask is served by the retained copy)
         self._asked: dict[tuple[str, int], dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
         self.publisher = publisher
@@ -115,10 +124,15 @@ class ChunkServer:
                 del in_flight[i]
             valid -= in_flight.keys()  # on its way already: free
             valid -= self._pending.get(key, set())
-            valid -= {i for i in valid if not self._resend(key, i, now, device)}
+            repeats: set[int] = set()
+            valid -= {i for i in valid if not self._resend(key, i, now, device, repeats)}
             if not valid:
                 return 0
             allowed = self._budget.take(device, sha256, chunk_size, count, valid)
+            hold = self._hold[key]
+            for i in allowed:  # a fresh publish starts a new wave's hold; a repeat ask's one doubles it
+                hold[i] = min(hold.get(i, self.resend_after_s) * 2, self._max_hold()) if i in repeats \
+                    else self.resend_after_s
             if len(allowed) < len(valid):
                 CHUNKS_REFUSED.labels("budget").inc(len(valid) - len(allowed))
                 log.debug("device %s: fetch budget of artifact %s spent: %d chunk(s) not sent again",
@@ -130,20 +144,23 @@ class ChunkServer:
             self._cond.notify()
         return len(allowed)
 
-    def _resend(self, key: tuple[str, int], i: int, now: float, device: str) -> bool:
-        """Whether chunk i must be published again for this request (under the lock)."""
+    def _max_hold(self) -> float:
+        return max(self.resend_after_s, self.retain_s * 0.9)  # past it the retained copy expires: published anyway
+
+    def _resend(self, key: tuple[str, int], i: int, now: float, device: str, repeats: set[int]) -> bool:
+        """Whether chunk i must be published again for this request (under the lock); adds i to `repeats` when
+        only a repeat ask makes it so."""
         sent = self._published[key].get(i)
         if sent is None or now - sent >= self.retain_s * 0.9:  # never sent, or its retained copy expires
             return True
-        if now - sent < self.resend_after_s:
-            return False  # just sent: live or retained, it reaches the device
-        if not device:
-            return True
         asked = self._asked[key][i]
-        if device in asked:
-            return True  # asked again: the retained copy did not reach it
-        asked.add(device)
-        return False
+        if device and device not in asked:
+            asked.add(device)  # a first ask since the last publish: the retained copy serves it
+            return False
+        if now - sent < self._hold[key].get(i, self.resend_after_s):
+            return False  # sent not long ago: live, retained or still queued at its broker, it reaches the device
+        repeats.add(i)  # asked again (or by no device) after the hold: the copy did not reach it
+        return True
 
     def forget_sent(self) -> None:
         """The broker connection was re-established: the broker may have restarted and lost its retained chunks,
@@ -151,6 +168,7 @@ class ChunkServer:
         with self._cond:
             self._published.clear()
             self._asked.clear()
+            self._hold.clear()
 
     def close(self) -> None:
         with self._cond:

@@ -58,7 +58,7 @@ class ApiSettings(BaseSettings):
     upload_idle_timeout_s: float = Field(default=30.0, gt=0)
     # Chunks are retained this long (MQTT 5 expiry): devices that subscribe later, on the centre or behind a site
     # broker, take the broker's copy. A chunk is published again only for a device asking for it a second time,
-    # and never within chunk_resend_after_s of its last publish.
+    # and never within a hold of its last publish: chunk_resend_after_s, doubled after each such repeat publish.
     chunk_retain_s: int = Field(default=600, ge=0, le=86_400)
     chunk_resend_after_s: float = Field(default=10.0, ge=0, le=3600)
     max_bundle_mb: float = 2048.0

@@ -102,6 +102,8 @@ class AgentLink:
 
     # --- Transport ------------------------------------------------------------------------------------
     def watch_artifact(self, sha256: str) -> None:
+        # Always a SUBSCRIBE, even when already subscribed: it makes the broker send its retained chunks again
+        # (retain handling 0), which is how a stalled download gets them without asking the fleet.
         self._watched.add(sha256)
         self.client.subscribe(self.topics.artifact_chunks(sha256), qos=1)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -16,8 +17,9 @@ from edge_agent.mqtt.link import AgentLink
 from edge_agent.reconcile import Reconciler
 from edge_agent.runtime.host import ModelHost
 from edge_agent.settings import AgentSettings
-from fleet_protocol.messages import Desired, Hello, ModelSpec, ModelState, Reported
+from fleet_protocol.messages import Desired, Fetch, Hello, ModelSpec, ModelState, Reported
 from fleet_protocol.topics import Topics
+from tests.bundles import digits_bundle
 from tests.edge_agent.test_reconcile import ref
 
 DEVICE = "dev-link"
@@ -118,3 +120,107 @@ def _drain(q: queue.Queue, revision: int) -> bool:
         if q.get().revision == revision:
             return True
     return False
+
+
+class ChunkFleet(Fleet):
+    """The fleet with a scripted chunk server: publishes the chunks a fetch names, retained as the API does, but
+    withholds chunk `withheld` from the first `withhold_asks` fetches that name it."""
+
+    def __init__(self, broker, bundle, r, withheld: int, withhold_asks: int) -> None:
+        super().__init__(broker)
+        self.data, self.ref = bundle.read_bytes(), r
+        self.withheld, self.withhold_asks = withheld, withhold_asks
+        self.c.subscribe(self.topics.fetch(DEVICE), qos=1)
+
+    def _on_message(self, c, u, msg) -> None:
+        if not msg.topic.endswith("/fetch"):
+            return super()._on_message(c, u, msg)
+        fetch, size = Fetch.parse(msg.payload), self.ref.chunk_size
+        for i in fetch.missing:
+            if i == self.withheld and self.withhold_asks > 0:
+                self.withhold_asks -= 1
+                continue
+            c.publish(self.topics.artifact_chunk(fetch.sha256, i), self.data[i * size:(i + 1) * size], qos=1, retain=True)
+
+
+@pytest.fixture
+def impatient(broker, keys, store, digits):
+    """An agent on a real broker with short chunk waits (0.2 s, doubling up to 5 s); its calls to the transport
+    recorded in order, with when they were made."""
+    settings = AgentSettings(device_id=DEVICE, broker_url=broker.url, data_dir=store.root, trusted_keys=str(keys.public_path),
+                             chunk_timeout_s=0.2, chunk_wait_max_s=5.0)
+    host = ModelHost()
+    reconciler = Reconciler(settings, store, host)
+    link = AgentLink(settings, reconciler)
+    reconciler.transport = link
+    calls: list[tuple[str, float, list[int]]] = []
+    watch, request = link.watch_artifact, link.request_chunks
+
+    def watching(sha256: str) -> None:
+        calls.append(("subscribe", time.monotonic(), []))
+        watch(sha256)
+
+    def requesting(sha256: str, chunk_size: int, missing: list[int]) -> None:
+        calls.append(("fetch", time.monotonic(), list(missing)))
+        request(sha256, chunk_size, missing)
+
+    link.watch_artifact, link.request_chunks = watching, requesting  # type: ignore[method-assign]
+    reconciler.start()
+    link.start()
+    yield reconciler, host, link, calls
+    link.stop()
+    reconciler.stop()
+    host.close()
+
+
+def test_a_stalled_download_subscribes_again_and_the_broker_s_retained_chunks_complete_it(impatient, broker, keys, tmp_path):
+    """A chunk lost on the way to the device (its broker's queue, the agent's full chunk queue) is not asked of
+    the fleet again, which would publish it to every device on every site: the device subscribes again, and
+    its broker delivers the retained chunks again."""
+    reconciler, host, _, calls = impatient
+    new = digits_bundle(keys, tmp_path / "b", "3.0.0", epochs=1)
+    r = ref(new, "3.0.0", chunk_size=4096)
+    fleet = ChunkFleet(broker, new, r, withheld=-1, withhold_asks=0)  # the fleet publishes everything at once
+    lost = r.chunk_count // 2
+    on_chunk, dropped = reconciler.on_chunk, []
+
+    def losing(sha256: str, index: int, data: bytes) -> bool:
+        if index == lost and not dropped:
+            dropped.append(index)  # its first copy never arrives
+            return True
+        return on_chunk(sha256, index, data)
+
+    reconciler.on_chunk = losing  # type: ignore[method-assign]
+    try:
+        fleet.desired(Desired(revision=1, models={"digits": ModelSpec(bundle=r)}).to_bytes())
+        wait_for(lambda: host.get("digits") is not None and host.get("digits").version == "3.0.0", 30, "3.0.0 to serve")
+        assert dropped == [lost]
+        assert [c[0] for c in calls] == ["subscribe", "fetch", "subscribe"]  # asked the fleet once, only
+        assert calls[1][2] == list(range(r.chunk_count))
+    finally:
+        fleet.close()
+
+
+def test_when_subscribing_again_brings_nothing_new_the_device_asks_again_waiting_twice_as_long_each_time(
+        impatient, broker, keys, tmp_path):
+    """A chunk the fleet did not publish (no retained copy either): re-subscribing brings only duplicates, so the
+    device asks the fleet for what it misses; re-subscribing and asking alternate, each quiet round waiting twice
+    as long as the one before."""
+    _, host, _, calls = impatient
+    new = digits_bundle(keys, tmp_path / "b", "3.0.0", epochs=1)
+    r = ref(new, "3.0.0", chunk_size=4096)
+    withheld = r.chunk_count - 1
+    fleet = ChunkFleet(broker, new, r, withheld=withheld, withhold_asks=2)  # published for the third ask only
+    try:
+        fleet.desired(Desired(revision=1, models={"digits": ModelSpec(bundle=r)}).to_bytes())
+        wait_for(lambda: host.get("digits") is not None and host.get("digits").version == "3.0.0", 30, "3.0.0 to serve")
+        assert [(c[0], c[2]) for c in calls] == [
+            ("subscribe", []), ("fetch", list(range(r.chunk_count))),
+            ("subscribe", []), ("fetch", [withheld]),  # the re-subscription brought only duplicates
+            ("subscribe", []), ("fetch", [withheld]),
+        ]
+        gaps = [b[1] - a[1] for a, b in zip(calls[2:], calls[3:], strict=False)]
+        # after the re-subscription's quiet 0.2 s, each round without a new chunk waits twice as long
+        assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[2] >= 0.8
+    finally:
+        fleet.close()

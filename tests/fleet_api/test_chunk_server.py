@@ -171,3 +171,72 @@ def test_a_chunk_whose_retained_copy_lives_is_sent_again_only_for_a_device_that_
         assert pub.sent[11:] == [5, 6]
     finally:
         server.close()
+
+
+def test_a_burst_of_repeat_asks_costs_one_copy_and_each_further_copy_waits_twice_as_long(tmp_path):
+    """Issue 17: a slow site broker made hundreds of devices ask twice; each repeat ask more than 10 s after the
+    last publish cost a copy on every link, one chunk 25 times in a wave. Now a burst of repeat asks costs one
+    copy, and the next copy a repeat ask may cause waits twice as long after each (10, 20, 40 s ...); a device
+    whose copy truly did not come still gets one. A fresh publish (expiry, reconnection) starts again at 10 s."""
+    store = ArtifactStore(tmp_path)
+    blob = tmp_path / "blob"
+    blob.write_bytes(bytes(range(256)) * 40)
+    sha = store.add(blob)
+    pub = HoldingPublisher()
+    clock = Clock()
+    server = ChunkServer(store, pub, Topics(), window_s=0.01, resend_after_s=10, retain_s=600, clock=clock)
+    devices = [f"d{n}" for n in range(50)]
+
+    def everyone_asks() -> int:
+        return sum(server.request(sha, 10_240, 1024, [0], device=d) for d in devices)
+
+    def published(n: int) -> None:
+        wait_sent(pub, n)
+        assert pub.sent == [0] * n
+        pub.ack_all()
+
+    try:
+        assert server.request(sha, 10_240, 1024, [0], device="first") == 1
+        published(1)
+        clock.now += 1
+        assert everyone_asks() == 0  # first asks: the retained copy serves them
+        clock.now += 10
+        assert everyone_asks() == 1  # 50 repeat asks after the 10 s hold: one copy
+        published(2)
+        clock.now += 1
+        assert everyone_asks() == 0  # first asks since that publish
+        clock.now += 15
+        assert everyone_asks() == 0  # repeat asks 16 s after it: within the doubled hold (20 s)
+        clock.now += 4
+        assert everyone_asks() == 1  # 20 s: one more copy
+        published(3)
+        clock.now += 1
+        everyone_asks()
+        clock.now += 38
+        assert everyone_asks() == 0  # 39 s: within 40 s
+        clock.now += 1
+        assert server.request(sha, 10_240, 1024, [0], device="d7") == 1  # one device still without it gets it
+        published(4)
+
+        # The retained copy nears its end: published for anyone, and the hold starts again at 10 s.
+        clock.now += 600 * 0.9
+        assert server.request(sha, 10_240, 1024, [0], device="late") == 1
+        published(5)
+        clock.now += 1
+        everyone_asks()
+        clock.now += 9
+        assert everyone_asks() == 1
+        published(6)
+
+        # So does a reconnection to the broker (it may have restarted without its retained copies).
+        everyone_asks()
+        server.forget_sent()
+        assert server.request(sha, 10_240, 1024, [0], device="d3") == 1
+        published(7)
+        clock.now += 1
+        everyone_asks()
+        clock.now += 9
+        assert everyone_asks() == 1
+        published(8)
+    finally:
+        server.close()
