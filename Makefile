@@ -4,6 +4,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 ARGS   ?=
+# pytest workers for `make test`: one per core, at most 4 (most tests wait on brokers, processes and browsers)
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); [ $$n -gt 4 ] && n=4; echo $$n)
 
 .PHONY: venv demo lint test e2e bench k8s-check camera-demo clean help
 
@@ -32,7 +34,7 @@ lint: venv  ## ruff over everything, mypy over the five packages, the import rul
 
 test: venv lint  ## run the whole test suite after `lint` (and the offline k3s manifest checks)
 	@bash scripts/ensure-system.sh mosquitto chromium
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 	@$(MAKE) --no-print-directory k8s-check
 
 k8s-check:  ## render, validate and lint the k3s manifests, offline

@@ -72,6 +72,7 @@ def _api_error(exc: ApiError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
+    output.fit_to_terminal()
     try:
         rv = command.main(args=argv, prog_name="edgefleet", standalone_mode=False)
     except ApiError as exc:

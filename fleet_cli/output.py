@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, overload
@@ -13,6 +14,20 @@ from rich.table import Table
 
 out = Console(highlight=False, soft_wrap=False)
 err = Console(stderr=True, highlight=False)
+
+PIPED_WIDTH = 200
+
+
+def fit_to_terminal() -> None:
+    """Each run: the width `COLUMNS` gives, else the terminal's; piped into another program (no terminal), rows as
+    wide as PIPED_WIDTH rather than rich's 80 columns, so `edgefleet devices list | grep` sees whole rows. Run at
+    the start of every command, not at import: the environment may change between runs in one process."""
+    for console, stream in ((out, sys.stdout), (err, sys.stderr)):
+        columns = os.environ.get("COLUMNS", "")
+        if columns.isdigit() and int(columns) > 0:
+            console.width = int(columns)
+        elif not stream.isatty():
+            console.width = PIPED_WIDTH
 
 STATE_STYLE = {
     # rollouts

@@ -99,3 +99,16 @@ def test_help_everywhere():
 
     for args in (["--help"], ["devices", "--help"], ["rollouts", "watch", "--help"], ["context", "set", "--help"]):
         assert main(args) == 0
+
+
+def test_piped_output_is_not_squeezed_to_80_columns(monkeypatch, capsys):
+    from fleet_cli import output
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    output.fit_to_terminal()  # capsys: stdout is no terminal
+    output.table(None, ["device", "labels"], [["d" * 60, "site=" + "x" * 60]])
+    row = next(line for line in capsys.readouterr().out.splitlines() if "ddd" in line)
+    assert "d" * 60 in row and "x" * 60 in row and "…" not in row
+    monkeypatch.setenv("COLUMNS", "50")
+    output.fit_to_terminal()
+    assert output.out.width == 50
