@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 
+from fleet_protocol.files import atomic_write
 from fleet_protocol.messages import MAX_COUNT, Health
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,7 @@ def count_start(data_dir: Path) -> int:
     except (FileNotFoundError, ValueError):
         starts = 0
     starts = min(starts + 1, MAX_COUNT)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(f"{starts}\n")
-    os.replace(tmp, path)
+    atomic_write(path, f"{starts}\n".encode())
     return starts - 1
 
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from pathlib import Path
 
 from fleet_protocol.encryption import DeviceKey, EncryptionError, decrypt_model
+from fleet_protocol.files import atomic_write
 from fleet_protocol.manifest import Manifest
 from fleet_protocol.messages import WrappedKey
 
@@ -87,8 +87,5 @@ class ModelKeys:
         return decrypt_model(model_path.read_bytes(), data_key, enc.key_id)
 
     def _write(self) -> None:
-        tmp = self._path.with_name(f".{self._path.name}.part")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({sha: w.model_dump(mode="json") for sha, w in self._wrapped.items()}, f)
-        os.replace(tmp, self._path)
+        # owner-only (0600), like every file atomic_write makes
+        atomic_write(self._path, json.dumps({sha: w.model_dump(mode="json") for sha, w in self._wrapped.items()}).encode())

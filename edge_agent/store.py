@@ -25,41 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from fleet_protocol.bundle import GOLDEN, MANIFEST, MODEL, BundleError, VerifiedBundle, read_bundle
+from fleet_protocol.files import atomic_write
 from fleet_protocol.manifest import Manifest
 from fleet_protocol.messages import BundleRef, Runtime
 from fleet_protocol.signing import sha256_file
 
 log = logging.getLogger(__name__)
-
-
-def _atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if durable:
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename is only durable once the directory entry is: without this a power cut may undo it.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -103,7 +74,7 @@ class PartialDownload:
             return False
         if index not in self._have:
             # No fsync per chunk: a chunk torn by a power cut fails the whole-artifact digest and is fetched again.
-            _atomic_write(self.folder / str(index), data, durable=False)
+            atomic_write(self.folder / str(index), data, durable=False)
             self._have.add(index)
         return True
 
@@ -237,7 +208,7 @@ class ModelStore:
         for sha in self._pinned(state):
             if (self.models / sha).is_dir():
                 os.utime(self.models / sha)
-        _atomic_write(self._state_path, json.dumps({"models": state}).encode())
+        atomic_write(self._state_path, json.dumps({"models": state}).encode())
         self.collect_garbage(promoted=promoted, active=active)
 
     @staticmethod

@@ -28,6 +28,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import ValidationError
 
+from .files import atomic_file
 from .manifest import FileEntry, Manifest
 from .signing import SignatureError, key_id, sha256_bytes, sign, verify_any
 
@@ -114,16 +115,9 @@ def write_bundle(out: Path, manifest: Manifest, files: dict[str, bytes], private
     body = manifest.canonical_bytes()
     signature = sign(private_key, body)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".part", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            # The same bytes tarfile writes for these members (PAX format), by the same rule read_bundle checks.
-            _write_canonical(raw, [(MANIFEST, body), (SIGNATURE, signature), *sorted(files.items())])
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(out, durable=False) as raw:
+        # The same bytes tarfile writes for these members (PAX format), by the same rule read_bundle checks.
+        _write_canonical(raw, [(MANIFEST, body), (SIGNATURE, signature), *sorted(files.items())])
     return manifest
 
 

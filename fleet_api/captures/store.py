@@ -12,8 +12,6 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ from sqlalchemy import Select, delete, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleet_protocol.capture import Refusal, Sample
+from fleet_protocol.files import atomic_write
 
 from ..db.tables import CaptureRow, aware, utcnow
 from ..errors import NotFound
@@ -116,7 +115,7 @@ class CaptureStore:
                 width=header.width, height=header.height, faces_blurred=header.faces_blurred, size=header.size,
                 sha256=header.sha256)
             dest = self.path(row)
-            _write(dest, data)
+            atomic_write(dest, data)  # a reader never sees half a sample
             try:
                 db.add(row)
                 db.flush()
@@ -219,18 +218,3 @@ def npy_header(path: Path) -> dict[str, Any] | None:
         return {"dtype": str(meta["descr"]), "shape": [int(n) for n in meta["shape"]]}
     except (OSError, ValueError, SyntaxError, KeyError, TypeError, IndexError):
         return None
-
-
-def _write(dest: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: a reader never sees half a sample."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".capture-", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
