@@ -4,8 +4,9 @@ Telemetry arrives in blocks (the telemetry receiver reads 256 KiB at a time, ~80
 messages live until the block is rolled up and observed: ~10 container objects each, ~10,000 at once. With
 CPython's default threshold (a young collection every 700 net allocations) every block set off a dozen young
 collections that moved its still-live messages to the older generations, and so a full collection over the
-whole heap (the app, SQLAlchemy, pydantic: ~200,000 objects) every ~10,000 messages: measured, a third of the
-ingest path's CPU (~12 µs per message of 36). Two changes, both standard for a long-running server:
+whole heap (SQLAlchemy, pydantic, the app: 200,000 objects and more) every ~10,000 messages. Measured without
+the network (benchmarks/fleet_scale.py's path), a third of the ingest's CPU: 17–20 µs per message of ~40.
+Two changes, both standard for a long-running server:
 - a young generation larger than a block's working set, so a block's messages are freed by their reference
   counts before any collection sees them;
 - the objects alive once the app is built (modules, classes, the app itself) frozen: moved out of the
