@@ -374,12 +374,14 @@ def ingest_capacity(pg: Postgres, devices: int, messages: int) -> dict:
     (topic, payload) as the telemetry receiver hands them over (look-up, parse, rollup, insights, drift), the
     rollups written every 0.5 s by a thread of their own as the API's tick does. → messages per second of one
     core, and where the time goes (µs per message of CPU)."""
+    import gc
     import threading
 
     from sqlalchemy import create_engine, insert
 
     from fleet_api.db.session import make_sessions
     from fleet_api.db.tables import Device
+    from fleet_api.gc_policy import tune_for_serving
     from fleet_api.mqtt.handlers import handle_telemetry_batch, parse_telemetry
     from fleet_api.service import FleetService
     from fleet_api.settings import ApiSettings
@@ -402,6 +404,8 @@ def ingest_capacity(pg: Postgres, devices: int, messages: int) -> dict:
             stored[0] += service.flush_telemetry()
 
     flush_thread = threading.Thread(target=flusher, daemon=True)
+    gc_threshold = gc.get_threshold()
+    tune_for_serving()  # the garbage collector as `fleet-api serve` sets it (undone below, for the rest of the run)
     cpu0, t0 = time.process_time(), time.monotonic()
     flush_thread.start()
     for b in blocks:
@@ -421,8 +425,10 @@ def ingest_capacity(pg: Postgres, devices: int, messages: int) -> dict:
 
     parts = {"parse": us(lambda: [parse_telemetry(p) for p in sample]),
              "rollup": us(lambda: service.telemetry.add_many(parsed)),
-             "insights": us(lambda: [service.insights.observe(d, t) for d, t in parsed]),
-             "drift": us(lambda: [service.drift.add(d, t) for d, t in parsed])}
+             "insights": us(lambda: service.insights.observe_many(parsed)),
+             "drift": us(lambda: service.drift.add_many(parsed))}
+    gc.set_threshold(*gc_threshold)
+    gc.unfreeze()
     service.close()
     engine.dispose()
     return {"messages": messages, "wall_s": wall, "per_s": messages / wall, "cpu_pct": cpu / wall * 100,

@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     from fleet_protocol.signing import public_keys
 
     from .app import create_app
+    from .gc_policy import tune_for_serving
     from .settings import ApiSettings
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -40,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (kubelet, systemd, `kill`) as Ctrl-C: uvicorn runs the app's shutdown (ticker, broker, last telemetry
     # flush), then re-raises the signal it caught; as KeyboardInterrupt that ends here with exit 0, not 143.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    app = create_app(settings)
+    tune_for_serving()  # after everything is imported and built: see gc_policy
     try:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level, access_log=False)
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level, access_log=False)
     except KeyboardInterrupt:
         pass
     return 0

@@ -12,21 +12,25 @@ Kept in the memory of the API process (lost on a restart, rebuilt from the next 
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from pydantic import Field
 
-from fleet_protocol.messages import Telemetry
+from fleet_protocol.messages import Histogram, Telemetry
 
 from .drift import merge, psi
 from .strict import StrictModel
 
 STATS = ("confidence", "input_mean")
+# A model's histograms, STATS in order, in one C call: the test for "none at all" runs for every message.
+_histograms = operator.attrgetter(*STATS)
+_NO_HISTOGRAMS = (None,) * len(STATS)
 
 
 class DriftSettings(StrictModel):
@@ -85,34 +89,42 @@ class DriftMonitor:
 
     def add(self, device_id: str, t: Telemetry) -> list[DriftAlert]:
         """One telemetry message; → the alerts that opened or resolved because of it."""
-        changed = []
-        s = self.settings
+        return self.add_many(((device_id, t),))
+
+    def add_many(self, messages: Iterable[tuple[str, Telemetry]]) -> list[DriftAlert]:
+        """A block of telemetry, under one lock; → the alerts that opened or resolved because of it."""
+        changed: list[DriftAlert] = []
         with self._lock:
-            for model, mt in t.models.items():
-                hists = {stat: getattr(mt, stat) for stat in STATS}
-                if not any(h is not None for h in hists.values()):
-                    continue
-                base = self._baselines.setdefault((model, mt.version), {stat: [] for stat in STATS})
-                dev = self._devices.setdefault((device_id, model, mt.version), _Device())
-                dev.windows += 1
-                for stat, h in hists.items():
-                    if h is None:
-                        continue
-                    if len(base[stat]) < s.baseline_windows:
-                        base[stat].append(list(h.counts))
-                    recent = dev.recent.setdefault(stat, deque(maxlen=s.recent_windows))
-                    recent.append(list(h.counts))
-                    if len(base[stat]) < s.baseline_windows or len(recent) < s.recent_windows:
-                        continue
-                    counts = merge(list(recent))
-                    if sum(counts) < s.min_samples:
-                        continue
-                    score = psi(merge(base[stat]), counts)
-                    dev.scores[stat] = score
-                    alert = self._judge(device_id, model, mt.version, stat, score, dev.windows)
-                    if alert is not None:
-                        changed.append(alert)
+            for device_id, t in messages:
+                for model, mt in t.models.items():
+                    hists = _histograms(mt)
+                    if hists != _NO_HISTOGRAMS:  # most telemetry carries none: nothing to do, nothing allocated
+                        self._add(device_id, model, mt.version, hists, changed)
         return changed
+
+    def _add(self, device_id: str, model: str, version: str, hists: tuple[Histogram | None, ...],
+             changed: list[DriftAlert]) -> None:
+        s = self.settings
+        base = self._baselines.setdefault((model, version), {stat: [] for stat in STATS})
+        dev = self._devices.setdefault((device_id, model, version), _Device())
+        dev.windows += 1
+        for stat, h in zip(STATS, hists, strict=True):
+            if h is None:
+                continue
+            if len(base[stat]) < s.baseline_windows:
+                base[stat].append(list(h.counts))
+            recent = dev.recent.setdefault(stat, deque(maxlen=s.recent_windows))
+            recent.append(list(h.counts))
+            if len(base[stat]) < s.baseline_windows or len(recent) < s.recent_windows:
+                continue
+            counts = merge(list(recent))
+            if sum(counts) < s.min_samples:
+                continue
+            score = psi(merge(base[stat]), counts)
+            dev.scores[stat] = score
+            alert = self._judge(device_id, model, version, stat, score, dev.windows)
+            if alert is not None:
+                changed.append(alert)
 
     def _judge(self, device_id: str, model: str, version: str, stat: str, score: float, windows: int) -> DriftAlert | None:
         key = (device_id, model, stat)

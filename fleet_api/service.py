@@ -678,29 +678,23 @@ class FleetService:
 
     def on_telemetry(self, device_id: str, message: Telemetry) -> None:
         self._check_known(device_id)
-        self.telemetry.add(device_id, message)
-        TELEMETRY.inc()
-        self._observe(device_id, message)
+        self.on_telemetry_batch([(device_id, message)])
 
     def on_telemetry_batch(self, messages: list[tuple[str, Telemetry]]) -> None:
         """Telemetry of devices known recently (the caller checked, with known_among): one lock and one clock
-        reading for the rollups of the whole block."""
+        reading for the whole block, in the rollups, the insights and the drift monitor alike."""
         self.telemetry.add_many(messages)
         TELEMETRY.inc(len(messages))
-        for device_id, message in messages:
-            self._observe(device_id, message)
-
-    def _observe(self, device_id: str, message: Telemetry) -> None:
-        self.insights.observe(device_id, message)
-        if not message.models:
-            return
-        for alert in self.drift.add(device_id, message):
-            log.warning("drift alert %s: device %s, %s %s, %s PSI %.3f", alert.state.value, device_id, alert.model,
-                        alert.version, alert.stat, alert.score)
-        shadows = {name: m.shadow for name, m in message.models.items() if m.shadow is not None}
-        if shadows:  # only while a shadow runs on the device: its numbers are what a shadow-mode wave waits for
+        self.insights.observe_many(messages)
+        for alert in self.drift.add_many(messages):
+            log.warning("drift alert %s: device %s, %s %s, %s PSI %.3f", alert.state.value, alert.device_id,
+                        alert.model, alert.version, alert.stat, alert.score)
+        # only while a shadow runs on a device: its numbers are what a shadow-mode wave waits for
+        shadows = [(device_id, name, m.shadow) for device_id, message in messages
+                   for name, m in message.models.items() if m.shadow is not None]
+        if shadows:
             with self.transaction() as db:
-                for name, shadow in shadows.items():
+                for device_id, name, shadow in shadows:
                     machine.record_shadow(db, device_id, name, shadow)
 
     def flush_telemetry(self) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from prometheus_client import Counter
 from sqlalchemy.exc import IntegrityError
@@ -64,6 +64,16 @@ class InsightsService:
             self.core.observe(device_id, telemetry, self.clock() if now is None else now)
         except Exception:  # a fault in the insights must never cost the telemetry ingestion a message
             log.exception("insights: telemetry of %s not observed", device_id)
+
+    def observe_many(self, messages: Iterable[tuple[str, Telemetry]], now: float | None = None) -> None:
+        """A block of telemetry (the telemetry receiver's): one clock reading and one lock for all of it."""
+        try:
+            failed = self.core.observe_many(messages, self.clock() if now is None else now)
+        except Exception:  # a fault in the insights must never cost the telemetry ingestion a message
+            log.exception("insights: a block of telemetry not observed")
+            return
+        for device_id, exc in failed:
+            log.error("insights: telemetry of %s not observed", device_id, exc_info=exc)
 
     # --- evaluation --------------------------------------------------------------------------------------
     def evaluate(self, now: float | None = None) -> list[Alert]:

@@ -133,3 +133,27 @@ def test_each_model_version_has_its_own_baseline():
         assert monitor.add("d", window("2", unsure)) == []
     assert [a.stat for a in monitor.add("d", window("2", sure))] == ["confidence"]
     assert {(b["version"], b["windows"]) for b in monitor.baselines()} == {("1", 2), ("2", 2)}
+
+
+def test_a_block_gives_what_its_messages_give_one_by_one():
+    from fleet_protocol.messages import Histogram
+
+    rng = np.random.default_rng(5)
+    settings = DriftSettings(baseline_windows=3, recent_windows=2, threshold=0.25, min_samples=10)
+
+    def window(k: int, device: int) -> Telemetry:
+        counts = [int(x) for x in rng.poisson(200, 10)]
+        if device == 1 and k >= 6:
+            counts[0] += 4000  # this one's input darkens
+        return Telemetry(window_s=10, models={
+            "m": ModelTelemetry(version="1", input_mean=Histogram(counts=counts),
+                                confidence=Histogram(counts=counts[::-1]) if k % 2 else None),  # some windows
+            "plain": ModelTelemetry(version="1", requests=5)})  # no histograms: no state for it
+
+    blocks = [[(f"d{device}", window(k, device)) for device in range(3)] for k in range(12)]
+    one_by_one, in_blocks = DriftMonitor(settings, clock=lambda: 1.0), DriftMonitor(settings, clock=lambda: 1.0)
+    alerts = [a.view() for block in blocks for device_id, t in block for a in one_by_one.add(device_id, t)]
+    assert [a.view() for block in blocks for a in in_blocks.add_many(block)] == alerts
+    assert sorted((a["device_id"], a["stat"]) for a in alerts) == [("d1", "confidence"), ("d1", "input_mean")]
+    assert in_blocks.scores() == one_by_one.scores() and in_blocks.baselines() == one_by_one.baselines()
+    assert {s["model"] for s in in_blocks.scores()} == {"m"}

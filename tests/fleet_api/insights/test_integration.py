@@ -43,3 +43,25 @@ def test_telemetry_ingestion_feeds_the_insights(make_service):
     history = service.insights.core.devices["cam-1"]
     assert len(history.disk) == 1 and len(history.memory) == 1
     assert service.insights.evaluate() == []  # one sample predicts nothing
+
+
+def test_a_block_of_telemetry_feeds_the_rollups_the_insights_and_the_drift_monitor(make_service):
+    from fleet_protocol.messages import Histogram, ModelTelemetry
+
+    service = make_service()
+    for device_id in ("cam-1", "cam-2"):
+        service.register_device(device_id, {"hw": "cpu"})
+
+    def window(k: int) -> Telemetry:
+        return Telemetry(window_s=10, health=Health(disk_free_bytes=40 - k, disk_total_bytes=64), models={
+            "m": ModelTelemetry(version="1", requests=100, errors=1, latency_ms_p95=10.0 + k,
+                                input_mean=Histogram(counts=[10] * 10))})
+
+    service.on_telemetry_batch([(d, window(k)) for k in range(8) for d in ("cam-1", "cam-2")])
+    assert service.flush_telemetry() == 4  # a device row and a model row each, this minute
+    for device_id in ("cam-1", "cam-2"):
+        history = service.insights.core.devices[device_id]
+        assert len(history.disk) == 8 and list(history.models["m"].p95._v) == [10.0 + k for k in range(8)]
+        assert history.models["m"].baselines["error_rate"].ewma == pytest.approx(0.01)
+    scores = {(s["device_id"], s["stat"]): s["windows"] for s in service.drift.scores()}
+    assert scores == {("cam-1", "input_mean"): 8, ("cam-2", "input_mean"): 8}  # scored: equal histograms, PSI 0
