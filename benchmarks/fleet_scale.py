@@ -34,8 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import paho.mqtt.client as mqtt
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from demo.cluster import Broker, FleetApi, LinkProxy, Postgres, SiteBroker, wait_for
+from fleet_protocol.broker import DEVICE_RECEIVE_MAXIMUM
 from fleet_protocol.bundle import write_bundle
 from fleet_protocol.manifest import Manifest
 from fleet_protocol.signing import generate_keypair, load_private_key
@@ -68,7 +71,9 @@ class SimDevice:
         self.c.max_inflight_messages_set(50)
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
-        self.c.connect("127.0.0.1", port, keepalive=120)
+        connect = Properties(PacketTypes.CONNECT)
+        connect.ReceiveMaximum = DEVICE_RECEIVE_MAXIMUM  # as the agent: bounds what the site broker holds for it
+        self.c.connect("127.0.0.1", port, keepalive=120, properties=connect)
 
     def _report(self, state: str) -> None:
         entry = {"state": state, "serving": self.serving, "rollout_id": self.rollout_id}
@@ -239,6 +244,35 @@ def cpu_s(procs: list[psutil.Process]) -> float:
     return total
 
 
+class PeakMemory:
+    """The largest resident memory of each process, sampled every second on a thread of its own; `alive()` is
+    False once any of them died (a site broker killed for memory fails the run at once, not after an hour)."""
+
+    def __init__(self, procs: list[psutil.Process]) -> None:
+        import threading
+
+        self.procs, self.peak_mb = procs, [0.0] * len(procs)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            for k, p in enumerate(self.procs):
+                try:
+                    self.peak_mb[k] = max(self.peak_mb[k], p.memory_info().rss / 1e6)
+                except psutil.NoSuchProcess:
+                    pass
+
+    def alive(self) -> bool:
+        return all(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in self.procs)
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return self.peak_mb
+
+
 def run_scale(n: int, args, work: Path, pg: Postgres, bundle: Path, pub: Path) -> dict:
     root = work / f"n{n}"
     central = Broker(root / "central", extra_config="max_queued_messages 100000\n").start()
@@ -288,6 +322,7 @@ def run_scale(n: int, args, work: Path, pg: Postgres, bundle: Path, pub: Path) -
             out["state"] = "not run"
             return telemetry_phases(n, args, client, api_p, brokers_p, commands, procs, results, out)
         down0 = [link.down_bytes for link in links]
+        memory = PeakMemory(brokers_p[1:])  # the site brokers
         api0, brk0, t = cpu_s([api_p]), cpu_s(brokers_p), time.monotonic()
         r = client.post("/v1/rollouts", json={"model": MODEL, "version": "2.0.0", "selector": "fleet=bench", "waves": args.waves,
                                               "gates": {"wave_timeout_s": 1800}})
@@ -295,12 +330,18 @@ def run_scale(n: int, args, work: Path, pg: Postgres, bundle: Path, pub: Path) -
         rid, waves = r.json()["id"], r.json()["waves"]
         # Polled through the list (states counted in the database), not the rollout's own page: that one carries
         # every member and the failure analysis, and polling it every second would be most of the API's work.
-        done = wait_for(lambda: (x := next(r for r in client.get("/v1/rollouts").json() if r["id"] == rid))["state"]
-                        not in ("pending", "running") and x, 3600, "the rollout", interval=1)
+        def finished() -> dict | None:
+            if not memory.alive():
+                raise SystemExit(f"{n} devices: a site broker died during the rollout (peak MB {memory.stop()})")
+            x = next(r for r in client.get("/v1/rollouts").json() if r["id"] == rid)
+            return x if x["state"] not in ("pending", "running") else None
+
+        done = wait_for(finished, 3600, "the rollout", interval=1)
         out["state"] = done["state"]
         out["rollout_s"] = time.monotonic() - t
         out["api_cpu_rollout_s"] = cpu_s([api_p]) - api0
         out["broker_cpu_rollout_s"] = cpu_s(brokers_p) - brk0
+        out["site_broker_peak_mb"] = max(memory.stop())
         size = bundle.stat().st_size
         chunk = 128 * 1024
         count = -(-size // chunk)
@@ -555,6 +596,7 @@ def print_table(rows: list[dict], ingest: dict | None, ingest_mqtt: list[dict] |
     def rollout(f):  # a column whose rollout was not run shows a dash
         return lambda r: f(r) if r["state"] != "not run" else "—"
 
+    line("registering the devices (s, 8 HTTP clients)", lambda r: f"{r['register_s']:.1f}")
     line("rollout state", lambda r: r["state"])
     line("time to finish the rollout (s)", rollout(lambda r: f"{r['rollout_s']:.1f}"))
     line("  per 1,000 devices (s)", rollout(lambda r: f"{r['rollout_s'] / r['devices'] * 1000:.1f}"))
@@ -564,6 +606,7 @@ def print_table(rows: list[dict], ingest: dict | None, ingest_mqtt: list[dict] |
     line("API CPU over the rollout (s)", rollout(lambda r: f"{r['api_cpu_rollout_s']:.1f}"))
     line("  per device (ms)", rollout(lambda r: f"{r['api_cpu_rollout_s'] / r['devices'] * 1000:.1f}"))
     line("brokers' CPU over the rollout (s, 5 brokers)", rollout(lambda r: f"{r['broker_cpu_rollout_s']:.1f}"))
+    line("  a site broker's memory at its peak (MB)", rollout(lambda r: f"{r['site_broker_peak_mb']:,.0f}"))
     line("telemetry offered (msg/s, 1/device/10 s)", lambda r: f"{r['telemetry_offered_per_s']:,.0f}")
     line("  ingested by the API (msg/s)", lambda r: f"{r['telemetry_ingested_per_s']:,.0f}")
     line("  API CPU (% of a core)", lambda r: f"{r['api_cpu_telemetry_pct']:.0f}")

@@ -16,9 +16,11 @@ import threading
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from prometheus_client import Counter
 
-from fleet_protocol.broker import parse_broker_url
+from fleet_protocol.broker import DEVICE_RECEIVE_MAXIMUM, parse_broker_url
 from fleet_protocol.capture import SampleAck
 from fleet_protocol.messages import (
     Desired,
@@ -78,7 +80,9 @@ class AgentLink:
 
     # --- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
-        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=True)
+        connect = Properties(PacketTypes.CONNECT)
+        connect.ReceiveMaximum = DEVICE_RECEIVE_MAXIMUM  # bounds what our site broker holds for us mid-download
+        self.client.connect_async(self.host, self.port, keepalive=30, clean_start=True, properties=connect)
         self.client.loop_start()
         if self.reconciler is not None:
             self._hello_thread.start()

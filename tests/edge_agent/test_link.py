@@ -224,3 +224,62 @@ def test_when_subscribing_again_brings_nothing_new_the_device_asks_again_waiting
         assert gaps[0] >= 0.2 and gaps[1] >= 0.4 and gaps[2] >= 0.8
     finally:
         fleet.close()
+
+
+def _connect_properties(packet: bytes) -> dict[int, bytes]:
+    """The properties of an MQTT 5 CONNECT: {identifier: raw value} for the two-byte-integer ones we look for."""
+    def varint(buf: bytes, at: int) -> tuple[int, int]:
+        value, shift = 0, 0
+        while True:
+            byte = buf[at]
+            value |= (byte & 0x7F) << shift
+            at, shift = at + 1, shift + 7
+            if not byte & 0x80:
+                return value, at
+
+    assert packet[0] == 0x10, "not a CONNECT"
+    _, at = varint(packet, 1)
+    at += 2 + int.from_bytes(packet[at:at + 2], "big")  # protocol name
+    assert packet[at] == 5, "not MQTT 5"
+    at += 1 + 1 + 2  # version, flags, keep alive
+    length, at = varint(packet, at)
+    props, end = {}, at + length
+    while at < end:
+        ident = packet[at]
+        if ident in (0x21, 0x22):  # Receive Maximum, Topic Alias Maximum: two-byte integers
+            props[ident] = packet[at + 1:at + 3]
+            at += 3
+        elif ident in (0x11, 0x27):  # Session Expiry Interval, Maximum Packet Size: four-byte integers
+            props[ident] = packet[at + 1:at + 5]
+            at += 5
+        else:  # nothing else is expected from the agent; stop rather than misread
+            break
+    return props
+
+
+def test_the_agent_asks_its_broker_for_at_most_a_few_messages_in_flight(tmp_path):
+    """Receive Maximum in CONNECT: what a site broker holds for a downloading device is bounded (docs/scale.md)."""
+    import socket
+
+    from fleet_protocol.broker import DEVICE_RECEIVE_MAXIMUM
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(20)
+    port = server.getsockname()[1]
+    link = AgentLink(AgentSettings(device_id="rm-1", broker_url=f"mqtt://127.0.0.1:{port}", data_dir=tmp_path), None)
+    link.start()
+    try:
+        conn, _ = server.accept()
+        conn.settimeout(20)
+        packet = b""
+        while len(packet) < 32:  # the properties come within the CONNECT's first 20-odd bytes
+            chunk = conn.recv(4096)
+            assert chunk, "connection closed before CONNECT"
+            packet += chunk
+        props = _connect_properties(packet)
+        assert int.from_bytes(props[0x21], "big") == DEVICE_RECEIVE_MAXIMUM
+        assert DEVICE_RECEIVE_MAXIMUM <= 8
+        conn.close()
+    finally:
+        link.stop()
+        server.close()
