@@ -72,7 +72,7 @@ class SimDevice:
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
         connect = Properties(PacketTypes.CONNECT)
-        connect.ReceiveMaximum = DEVICE_RECEIVE_MAXIMUM  # as the agent: bounds what the site broker holds for it
+        connect.ReceiveMaximum = DEVICE_RECEIVE_MAXIMUM  # as the agent sends it
         self.c.connect("127.0.0.1", port, keepalive=120, properties=connect)
 
     def _report(self, state: str) -> None:

@@ -81,7 +81,7 @@ class AgentLink:
     # --- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
         connect = Properties(PacketTypes.CONNECT)
-        connect.ReceiveMaximum = DEVICE_RECEIVE_MAXIMUM  # bounds what our site broker holds for us mid-download
+        connect.ReceiveMaximum = DEVICE_RECEIVE_MAXIMUM  # less for our site broker to hold for us mid-download
         self.client.connect_async(self.host, self.port, keepalive=30, clean_start=True, properties=connect)
         self.client.loop_start()
         if self.reconciler is not None:
