@@ -228,14 +228,12 @@ def test_when_subscribing_again_brings_nothing_new_the_device_asks_again_waiting
 
 def _connect_properties(packet: bytes) -> dict[int, bytes]:
     """The properties of an MQTT 5 CONNECT: {identifier: raw value} for the two-byte-integer ones we look for."""
+    from fleet_api.mqtt.telemetry_receiver import read_varint
+
     def varint(buf: bytes, at: int) -> tuple[int, int]:
-        value, shift = 0, 0
-        while True:
-            byte = buf[at]
-            value |= (byte & 0x7F) << shift
-            at, shift = at + 1, shift + 7
-            if not byte & 0x80:
-                return value, at
+        found = read_varint(buf, at, len(buf), "CONNECT field")
+        assert found is not None, "CONNECT cut short"
+        return found
 
     assert packet[0] == 0x10, "not a CONNECT"
     _, at = varint(packet, 1)
