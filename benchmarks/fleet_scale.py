@@ -325,7 +325,8 @@ def run_scale(n: int, args, work: Path, pg: Postgres, bundle: Path, pub: Path) -
         memory = PeakMemory(brokers_p[1:])  # the site brokers
         api0, brk0, t = cpu_s([api_p]), cpu_s(brokers_p), time.monotonic()
         r = client.post("/v1/rollouts", json={"model": MODEL, "version": "2.0.0", "selector": "fleet=bench", "waves": args.waves,
-                                              "gates": {"wave_timeout_s": 1800}})
+                                              "gates": {"wave_timeout_s": 1800,
+                                                        "max_concurrent": args.max_concurrent or None}})
         r.raise_for_status()
         rid, waves = r.json()["id"], r.json()["waves"]
         # Polled through the list (states counted in the database), not the rollout's own page: that one carries
@@ -584,10 +585,12 @@ def ingest_over_mqtt(pg: Postgres, work: Path, pub: Path, messages: int, publish
         broker.stop()
 
 
-def print_table(rows: list[dict], ingest: dict | None, ingest_mqtt: list[dict] | None, size: int, waves: str, workers: int) -> None:
+def print_table(rows: list[dict], ingest: dict | None, ingest_mqtt: list[dict] | None, size: int, waves: str, workers: int,
+                max_concurrent: int) -> None:
     col = 14
     print(f"\nfleet scale on PostgreSQL: 1 central + {SITES} site brokers (bridged), {workers} simulator processes, "
-          f"{psutil.cpu_count()} vCPU shared with other work; bundle {size / 1e6:.2f} MB, waves {waves}")
+          f"{psutil.cpu_count()} vCPU shared with other work; bundle {size / 1e6:.2f} MB, waves {waves}, "
+          f"max_concurrent {max_concurrent or 'none (whole waves)'}")
     print(f"{'devices':<46}" + "".join(f"{r['devices']:>{col},}" for r in rows))
 
     def line(label: str, f) -> None:
@@ -640,6 +643,8 @@ def main() -> int:
     p.add_argument("--model-mb", type=float, default=5.0)
     p.add_argument("--workers", type=int, default=2, help="device simulator processes")
     p.add_argument("--waves", default="1,10%,50%,100%")
+    p.add_argument("--max-concurrent", type=int, default=1000,
+                   help="the rollout's max_concurrent gate: devices taking the bundle at once (0: whole waves)")
     p.add_argument("--telemetry-s", type=float, default=30.0)
     p.add_argument("--ingest-messages", type=int, default=200_000)
     p.add_argument("--rollout-up-to", type=int, default=10**9,
@@ -668,7 +673,7 @@ def main() -> int:
     finally:
         pg.stop()
 
-    print_table(rows, ingest, ingest_mqtt, bundle.stat().st_size, args.waves, args.workers)
+    print_table(rows, ingest, ingest_mqtt, bundle.stat().st_size, args.waves, args.workers, args.max_concurrent)
     if args.json:
         print(json.dumps({"scales": rows, "ingest": ingest, "ingest_mqtt": ingest_mqtt}))
     return 0 if all(r["state"] == "succeeded" for r in rows) else 1

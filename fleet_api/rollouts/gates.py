@@ -16,7 +16,11 @@ class Gates(StrictModel):
     max_failure_ratio: float = Field(default=0.0, ge=0, le=1)
     # time a wave must stay healthy after reaching its success ratio
     soak_s: float = Field(default=0.0, ge=0, le=30 * DAY)
-    # a wave that has not passed by then aborts the rollout
+    # Devices taking the bundle at once (told to, no verdict yet); the rest of a started wave wait for a slot, which
+    # a verdict (succeeded or failed) frees. It bounds the download burst a big wave puts on site brokers, whose
+    # memory grows with the devices downloading at once (docs/scale.md). None: a wave's devices are all told at once.
+    max_concurrent: int | None = Field(default=None, ge=1, le=10_000_000)
+    # a wave that has not passed by then aborts the rollout (waiting for slots included)
     wave_timeout_s: float = Field(default=1800.0, gt=0, le=30 * DAY)
     # Health during the soak (None: not checked). The wave's mean p95 on the new version may exceed the previous
     # version's by at most this many percent; its error rate (errors / requests) must stay at or below the limit.

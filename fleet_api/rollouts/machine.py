@@ -71,6 +71,9 @@ def create_rollout(db: Session, *, model: str, version: str, selector: dict[str,
     if not targets:
         raise Invalid(f"no registered device matches selector {selector}")
     if shadow is not None:
+        if gates.max_concurrent is not None:
+            raise Invalid("max_concurrent paces devices taking the bundle; a shadow wave compares on all its devices "
+                          "at once (leave max_concurrent unset with shadow)")
         shadow_mode.check_live(db, model, [d.id for d in targets])
     busy = db.scalars(
         select(RolloutDevice.device_id)
@@ -117,12 +120,46 @@ def _start_wave(db: Session, rollout: Rollout, wave: int, chunk_size: int, now: 
     rollout.current_wave = wave
     rollout.wave_started_at = now
     rollout.soak_started_at = None
-    members = _members(db, rollout, RolloutDevice.wave == wave, RolloutDevice.state == MemberState.waiting.value)
+    told = _fill(db, rollout, chunk_size, now)
+    log.info("rollout %s (%s): wave %d started (%d devices told)", rollout.id, rollout.model, wave + 1, told)
+
+
+def _fill(db: Session, rollout: Rollout, chunk_size: int, now: dt.datetime) -> int:
+    """Tell waiting members of the started waves to take the bundle, as many as `max_concurrent` leaves room for
+    (all of them without it). A member that already serves the bundle succeeds at once and takes no slot.
+    Waves before the current one count too: a wave may pass (min_success_ratio < 1) with members not yet told.
+    → how many were told."""
+    limit = Gates.model_validate(rollout.gates).max_concurrent
+    waiting = (RolloutDevice.wave <= rollout.current_wave, RolloutDevice.state == MemberState.waiting.value)
+    if limit is None:
+        return _notify(db, rollout, _members(db, rollout, *waiting), chunk_size, now)
+    told = 0
+    while (slots := limit - _count(db, rollout, MemberState.notified)) > 0:
+        batch = list(db.scalars(
+            select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id, *waiting)
+            .order_by(RolloutDevice.wave, RolloutDevice.device_id).limit(slots)
+            .execution_options(populate_existing=True)))
+        if not batch:
+            break
+        told += _notify(db, rollout, batch, chunk_size, now)
+        db.flush()
+    return told
+
+
+def _count(db: Session, rollout: Rollout, state: MemberState) -> int:
+    return db.scalar(select(func.count()).select_from(RolloutDevice)
+                     .where(RolloutDevice.rollout_id == rollout.id, RolloutDevice.state == state.value)) or 0
+
+
+def _notify(db: Session, rollout: Rollout, members: list[RolloutDevice], chunk_size: int, now: dt.datetime) -> int:
+    """Point each member's desired state at the rollout's bundle (or its shadow); → members told."""
     named = desired_state.profiles(db)
+    told = 0
     for member in members:
         device = _device_of(db, member)
         if device is None:
             continue
+        told += 1
         before = desired_state.get_assignment(db, device.id, rollout.model)
         prev_bundle = db.scalar(select(Bundle).where(Bundle.sha256 == before.bundle_sha256)) if before else None
         member.previous = desired_state.assignment_view(before, prev_bundle)
@@ -143,7 +180,7 @@ def _start_wave(db: Session, rollout: Rollout, wave: int, chunk_size: int, now: 
         if same_runtime and _serves(device.reported, rollout.model, member.bundle_sha256):
             _set_member(member, MemberState.succeeded)
             member.succeeded_at = now
-    log.info("rollout %s (%s): wave %d started (%d devices)", rollout.id, rollout.model, wave + 1, len(members))
+    return told
 
 
 def _serves(reported: dict[str, Any] | None, model: str, sha256: str) -> bool:
@@ -212,6 +249,8 @@ def worth_judging(db: Session, rollout_id: int) -> bool:
     gates = Gates.model_validate(rollout.gates)
     if counts.get(MemberState.failed.value, 0) / total > gates.max_failure_ratio:
         return True
+    if gates.max_concurrent is not None and counts.get(MemberState.waiting.value):
+        return True  # the report's verdict freed a slot: the next waiting device is told now, not at the tick
     return rollout.soak_started_at is None and counts.get(MemberState.succeeded.value, 0) / total >= gates.min_success_ratio
 
 
@@ -240,6 +279,8 @@ def _judge(db: Session, rollout: Rollout, chunk_size: int, now: dt.datetime) -> 
     if rollout.state != RolloutState.running.value:
         return rollout.state
     gates = Gates.model_validate(rollout.gates)
+    if gates.max_concurrent is not None:
+        _fill(db, rollout, chunk_size, now)
     counts, total = _wave_counts(db, rollout)
     wave_no = rollout.current_wave + 1
     if total == 0:  # every device of the wave was revoked meanwhile

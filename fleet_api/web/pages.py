@@ -56,6 +56,7 @@ GATE_HELP = {  # gate → (label, what it means, unit)
     "min_success_ratio": ("Min success ratio", "share of a wave that must serve the new version before the next wave starts", "0–1"),
     "max_failure_ratio": ("Max failure ratio", "share of a wave that may fail before the rollout aborts by itself", "0–1"),
     "soak_s": ("Soak time", "a wave must stay healthy this long after reaching its success ratio", "s"),
+    "max_concurrent": ("Max devices at once", "devices taking the bundle at once; the rest of a wave wait for a slot (empty: the whole wave)", "devices"),
     "wave_timeout_s": ("Wave timeout", "a wave that has not passed by then aborts the rollout", "s"),
     "max_p95_increase_pct": ("Max p95 increase", "p95 latency may exceed the previous version's by at most this much", "%"),
     "max_error_rate": ("Max error rate", "errors / requests on the new version must stay below this", "0–1"),

@@ -19,7 +19,7 @@ from ..watch import WatchTimeout, follow, waves
 app = typer.Typer(help="Rollouts: a model version to the devices a selector matches, in waves, behind gates.",
                   no_args_is_help=True)
 
-GATES = ("min_success_ratio", "max_failure_ratio", "soak_s", "wave_timeout_s", "max_p95_increase_pct", "max_error_rate",
+GATES = ("min_success_ratio", "max_failure_ratio", "soak_s", "max_concurrent", "wave_timeout_s", "max_p95_increase_pct", "max_error_rate",
          "baseline_window_s")
 ReasonOpt = Annotated[str | None, typer.Option(help="why (kept in the rollout and the audit log)")]
 IntervalOpt = Annotated[float, typer.Option(help="seconds between polls", min=0.1)]

@@ -129,6 +129,15 @@ def test_out_of_range_integers_in_paths_and_queries_are_4xx_not_500(seeded, meth
     assert 400 <= r.status_code < 500 and "error" in r.json(), (path, r.status_code, r.text)
 
 
+@pytest.mark.parametrize("gates", [{"max_concurrent": 0}, {"max_concurrent": -3}, {"max_concurrent": 2.5},
+                                   {"max_concurrent": "many"}])
+def test_max_concurrent_must_be_a_positive_whole_number_of_devices(seeded, gates):
+    api, *_ = seeded
+    r = api.post("/v1/rollouts", json={"model": "digits", "version": "2.0.0", "gates": gates})
+    assert r.status_code == 422 and "max_concurrent" in r.json()["error"], r.text
+    assert api.get("/v1/rollouts").json() == []
+
+
 @pytest.mark.parametrize("value", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
 def test_nan_or_infinity_in_gates_is_refused_with_422(seeded, value):
     """Issue 12 #7: NaN was accepted on SQLite (the rollout could then never abort), a 500 on PostgreSQL."""

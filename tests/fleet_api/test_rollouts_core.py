@@ -411,3 +411,42 @@ def test_a_report_is_judged_only_when_it_crosses_a_wave_threshold(fleet, monkeyp
     assert judged == [] and service.get_rollout(r["id"])["state"] == "running"
     report(service, devices[2]["device_id"], devices[2]["revision"], v1, FAILED)
     assert judged == [r["id"]] and service.get_rollout(r["id"])["state"] == "aborted"
+
+
+def test_max_concurrent_tells_a_started_wave_a_slot_at_a_time(fleet):
+    """A wave bigger than max_concurrent: at most that many of its devices are told at once, each verdict (served
+    or failed) tells the next at once (not at the tick), a device already serving the bundle takes no slot, and
+    the wave passes only when all of them answered. Shadow rollouts refuse it."""
+    service, v1, v2 = fleet
+    report(service, "d5", 0, v2)  # d5 already serves 2.0.0 (installed by hand): told, it succeeds at once
+    r = service.create_rollout("digits", "2.0.0", "site=lab", "1,100%", {"max_concurrent": 2, "max_failure_ratio": 0.5,
+                                                                       "min_success_ratio": 0.8}, OPS)
+    assert service.get_rollout(r["id"])["gates"]["max_concurrent"] == 2
+
+    def states() -> list[str]:
+        return [d["state"] for d in service.get_rollout(r["id"])["devices"]]
+
+    def answer(device_id: str, state=SERVING) -> None:
+        member = next(d for d in service.get_rollout(r["id"])["devices"] if d["device_id"] == device_id)
+        assert member["state"] == "notified"
+        report(service, device_id, member["revision"], v2, state,
+               error="GoldenCheckError: mismatch" if state == FAILED else None, serving=v1 if state == FAILED else None)
+
+    assert states() == ["notified"] + ["waiting"] * 5
+    answer("d0")  # the canary serves: wave 2 (five devices) starts with two of them told
+    assert states() == ["succeeded", "notified", "notified", "waiting", "waiting", "waiting"]
+    assert model_of(service, "d3", "digits")["bundle"]["version"] == "1.0.0"  # a waiting device keeps its model
+    answer("d1")
+    assert states() == ["succeeded", "succeeded", "notified", "notified", "waiting", "waiting"]
+    answer("d2", FAILED)  # a failure frees its slot too (1 of 5 is within the ratio)
+    assert states() == ["succeeded", "succeeded", "failed", "notified", "notified", "waiting"]
+    answer("d3")  # d5 takes the slot, serves the bundle already, succeeds at once and gives the slot back
+    assert states() == ["succeeded", "succeeded", "failed", "succeeded", "notified", "succeeded"]
+    assert service.get_rollout(r["id"])["state"] == "running"  # 3 of 5 served, d4 has not answered
+    answer("d4")
+    assert states() == ["succeeded", "succeeded", "failed", "succeeded", "succeeded", "succeeded"]
+    assert service.get_rollout(r["id"])["state"] == "succeeded"
+
+    with pytest.raises(Invalid, match="max_concurrent"):
+        service.create_rollout("digits", "1.0.0", "site=lab", "100%", {"max_concurrent": 2}, OPS,
+                               shadow={"sample_rate": 1.0})

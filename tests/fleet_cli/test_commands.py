@@ -326,7 +326,8 @@ def test_rollout_succeeds_and_watch_exits_0(lab, cli, live):
 
 def test_rollout_pause_resume_abort_and_watch_codes(lab, cli):
     site, ids, _ = lab
-    rollout = cli("rollouts", "create", "digits", "2.0.0", "-s", f"site={site}", "--json").json()
+    rollout = cli("rollouts", "create", "digits", "2.0.0", "-s", f"site={site}", "-g", "max_concurrent=1", "--json").json()
+    assert rollout["gates"]["max_concurrent"] == 1
     rid = str(rollout["id"])
     timeout = cli("rollouts", "watch", rid, "--timeout", "0.3", "--interval", "0.1", "--json")
     assert timeout.code == ExitCode.WATCH_TIMEOUT and timeout.json()["state"] == "running"
@@ -358,6 +359,8 @@ def test_rollout_bad_input(lab, cli):
     site, _, _ = lab
     unknown_gate = cli("rollouts", "create", "digits", "1.0.0", "-s", f"site={site}", "-g", "colour=1")
     assert unknown_gate.code == ExitCode.INVALID and "gates.colour" in one_error_line(unknown_gate)
+    no_devices = cli("rollouts", "create", "digits", "1.0.0", "-s", f"site={site}", "-g", "max_concurrent=0")
+    assert no_devices.code == ExitCode.INVALID and "max_concurrent" in one_error_line(no_devices)
     not_a_number = cli("rollouts", "create", "digits", "1.0.0", "-g", "soak_s=long")
     assert not_a_number.code == ExitCode.USAGE and "not a number" in one_error_line(not_a_number)
     no_model = cli("rollouts", "create", "nope", "1.0.0", "-s", f"site={site}")

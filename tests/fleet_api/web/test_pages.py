@@ -114,10 +114,13 @@ def test_forms_keep_what_was_typed_and_say_what_is_wrong(app, admin, bundles):
     assert r.status_code == 400 and "waves must grow" in r.text and 'value="2,1"' in r.text and 'value="30"' in r.text
     r = admin.post("/ui/rollouts", data={**form, "gate_soak_s": "soon"})
     assert r.status_code == 400 and "gate soak_s: &#39;soon&#39; is not a number" in r.text
-    r = admin.post("/ui/rollouts", data={**form, "waves": "1,100%"}, follow_redirects=False)
+    r = admin.post("/ui/rollouts", data={**form, "gate_max_concurrent": "1.5"})
+    assert r.status_code == 400 and "max_concurrent" in r.text  # devices come whole
+    r = admin.post("/ui/rollouts", data={**form, "waves": "1,100%", "gate_max_concurrent": "1"}, follow_redirects=False)
     assert r.status_code == 303
     rollout = admin.get("/v1" + r.headers["location"]).json()
     assert rollout["waves"] == [1, 2] and rollout["gates"]["soak_s"] == 30 and rollout["gates"]["max_error_rate"] is None
+    assert rollout["gates"]["max_concurrent"] == 1
     busy = admin.post("/ui/rollouts/preview", data={"selector": "", "waves": "100%"}).text
     assert f"cam-0 in #{rollout['id']}" in busy and "would be refused" in busy
 
