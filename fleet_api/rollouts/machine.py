@@ -298,7 +298,9 @@ def _judge(db: Session, rollout: Rollout, chunk_size: int, now: dt.datetime) -> 
     if counts.get(MemberState.shadowing.value):
         shadowing = _members(db, rollout, in_wave, RolloutDevice.state == MemberState.shadowing.value)
         return _judge_shadow(db, rollout, gates, shadowing, total, wave_no, elapsed, chunk_size, now)
-    if n_succeeded / total >= gates.min_success_ratio:
+    # A wave passes only once all of it was told (max_concurrent): a device still waiting for a slot when its
+    # wave passed would never be told at all.
+    if n_succeeded / total >= gates.min_success_ratio and not counts.get(MemberState.waiting.value):
         if rollout.soak_started_at is None:
             rollout.soak_started_at = now
         soak_start = aware(rollout.soak_started_at) or now

@@ -56,7 +56,7 @@ GATE_HELP = {  # gate → (label, what it means, unit)
     "min_success_ratio": ("Min success ratio", "share of a wave that must serve the new version before the next wave starts", "0–1"),
     "max_failure_ratio": ("Max failure ratio", "share of a wave that may fail before the rollout aborts by itself", "0–1"),
     "soak_s": ("Soak time", "a wave must stay healthy this long after reaching its success ratio", "s"),
-    "max_concurrent": ("Max devices at once", "devices taking the bundle at once; the rest of a wave wait for a slot (empty: the whole wave)", "devices"),
+    "max_concurrent": ("Max devices at once", "devices taking the bundle at once; the rest of a wave wait for a slot", "devices"),
     "wave_timeout_s": ("Wave timeout", "a wave that has not passed by then aborts the rollout", "s"),
     "max_p95_increase_pct": ("Max p95 increase", "p95 latency may exceed the previous version's by at most this much", "%"),
     "max_error_rate": ("Max error rate", "errors / requests on the new version must stay below this", "0–1"),
@@ -66,6 +66,7 @@ GATE_HELP = {  # gate → (label, what it means, unit)
     "max_shadow_p95_ms": ("Max shadow p95", "shadow mode: the candidate's p95 latency on those inputs", "ms"),
 }
 assert set(GATE_HELP) == set(DEFAULT_GATES), "every gate needs its help text on the rollout form"
+GATE_UNSET = {"max_concurrent": "whole wave"}  # what an empty optional gate means, when not "not checked"
 
 
 # --- plumbing -------------------------------------------------------------------------------------------------
@@ -481,7 +482,8 @@ def rollouts_fragment(request: Request, who: Viewer) -> HTMLResponse:
 def _form_context(request: Request, form: dict[str, str]) -> dict[str, Any]:
     versions = list(dict.fromkeys(f"{b['name']}@{b['version']}" for b in _service(request).list_bundles()))
     # newest upload first: the version one usually rolls out
-    return {"form": form, "model_versions": versions[::-1], "gates": DEFAULT_GATES, "gate_help": GATE_HELP}
+    return {"form": form, "model_versions": versions[::-1], "gates": DEFAULT_GATES, "gate_help": GATE_HELP,
+            "gate_unset": GATE_UNSET}
 
 
 @router.get("/rollouts/new", response_class=HTMLResponse)
@@ -571,7 +573,7 @@ def _rollout_context(request: Request, rollout_id: int) -> dict[str, Any]:
     actions = [(name, label, question.format(id=rollout_id)) for name, (states, label, question) in ACTIONS.items()
                if rollout["state"] in states]
     return {"rollout": rollout, "waves": waves, "totals": totals, "actions": actions, "live": rollout["state"] in ACTIVE,
-            "gate_help": GATE_HELP}
+            "gate_help": GATE_HELP, "gate_unset": GATE_UNSET}
 
 
 @router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)

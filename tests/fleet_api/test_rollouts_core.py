@@ -429,7 +429,8 @@ def test_max_concurrent_tells_a_started_wave_a_slot_at_a_time(fleet):
     def answer(device_id: str, state=SERVING) -> None:
         member = next(d for d in service.get_rollout(r["id"])["devices"] if d["device_id"] == device_id)
         assert member["state"] == "notified"
-        report(service, device_id, member["revision"], v2, state,
+        bundle = v2 if r["version"] == "2.0.0" else v1
+        report(service, device_id, member["revision"], bundle, state,
                error="GoldenCheckError: mismatch" if state == FAILED else None, serving=v1 if state == FAILED else None)
 
     assert states() == ["notified"] + ["waiting"] * 5
@@ -446,6 +447,17 @@ def test_max_concurrent_tells_a_started_wave_a_slot_at_a_time(fleet):
     answer("d4")
     assert states() == ["succeeded", "succeeded", "failed", "succeeded", "succeeded", "succeeded"]
     assert service.get_rollout(r["id"])["state"] == "succeeded"
+
+    # A wave passes only once every device of it was told: with min_success_ratio 0.5, three of six serving is
+    # not enough while others still wait for their slot (they would never be told).
+    r = service.create_rollout("digits", "1.0.0", "site=lab", "100%", {"max_concurrent": 1, "min_success_ratio": 0.5},
+                               OPS)
+    for device_id in ("d0", "d1", "d2", "d3"):
+        answer(device_id)
+        assert service.get_rollout(r["id"])["state"] == "running"
+    answer("d4")  # d5 is told: nobody waits any more, and 5 of 6 serve
+    assert states() == ["succeeded"] * 5 + ["notified"] and service.get_rollout(r["id"])["state"] == "succeeded"
+    assert model_of(service, "d5", "digits")["bundle"]["version"] == "1.0.0"
 
     with pytest.raises(Invalid, match="max_concurrent"):
         service.create_rollout("digits", "1.0.0", "site=lab", "100%", {"max_concurrent": 2}, OPS,
