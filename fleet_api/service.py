@@ -454,6 +454,9 @@ class FleetService:
             except ValidationError as exc:
                 first = exc.errors()[0]
                 raise Invalid(f"gates: {'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg')}") from None
+        default_pace = self.settings.rollout_max_concurrent
+        if default_pace and shadow is None and "max_concurrent" not in gates.model_fields_set:
+            gates = gates.model_copy(update={"max_concurrent": default_pace})
         with self.transaction() as db:
             self.keys.check_deliverable(db, model, version, bundle_registry.variants(db, model, version))
             rollout = machine.create_rollout(

@@ -482,7 +482,10 @@ def rollouts_fragment(request: Request, who: Viewer) -> HTMLResponse:
 def _form_context(request: Request, form: dict[str, str]) -> dict[str, Any]:
     versions = list(dict.fromkeys(f"{b['name']}@{b['version']}" for b in _service(request).list_bundles()))
     # newest upload first: the version one usually rolls out
-    return {"form": form, "model_versions": versions[::-1], "gates": DEFAULT_GATES, "gate_help": GATE_HELP,
+    # an empty field takes the fleet's default (EDGEFLEET_API_ROLLOUT_MAX_CONCURRENT), shown as the placeholder
+    pace = _service(request).settings.rollout_max_concurrent
+    gates = {**DEFAULT_GATES, "max_concurrent": pace} if pace else DEFAULT_GATES
+    return {"form": form, "model_versions": versions[::-1], "gates": gates, "gate_help": GATE_HELP,
             "gate_unset": GATE_UNSET}
 
 

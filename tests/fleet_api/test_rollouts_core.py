@@ -462,3 +462,16 @@ def test_max_concurrent_tells_a_started_wave_a_slot_at_a_time(fleet):
     with pytest.raises(Invalid, match="max_concurrent"):
         service.create_rollout("digits", "1.0.0", "site=lab", "100%", {"max_concurrent": 2}, OPS,
                                shadow={"sample_rate": 1.0})
+
+
+def test_the_fleet_wide_max_concurrent_applies_where_a_rollout_does_not_set_it(make_service, bundles):
+    service = make_service(rollout_max_concurrent=2)
+    upload(service, bundles["1.0.0"])
+    for i in range(4):
+        service.register_device(f"d{i}", {"site": "lab"})
+    paced = service.create_rollout("digits", "1.0.0", "site=lab", "100%", {})
+    assert paced["gates"]["max_concurrent"] == 2
+    assert [d["state"] for d in paced["devices"]] == ["notified", "notified", "waiting", "waiting"]
+    service.control_rollout(paced["id"], "abort", OPS, "next")
+    whole = service.create_rollout("digits", "1.0.0", "site=lab", "100%", {"max_concurrent": None})  # said: whole waves
+    assert whole["gates"]["max_concurrent"] is None and {d["state"] for d in whole["devices"]} == {"notified"}
