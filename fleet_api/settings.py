@@ -62,10 +62,10 @@ class ApiSettings(BaseSettings):
     chunk_retain_s: int = Field(default=600, ge=0, le=86_400)
     chunk_resend_after_s: float = Field(default=10.0, ge=0, le=3600)
     max_bundle_mb: float = 2048.0
-    # The `max_concurrent` gate of a rollout that does not set it (0: none, every wave told at once). A big fleet
-    # sets it from its site brokers' memory (~3 MB per device downloading at once, docs/scale.md); a rollout can
-    # still say `"max_concurrent": null` for whole waves. Shadow rollouts never take it.
-    rollout_max_concurrent: int = Field(default=0, ge=0, le=10_000_000)
+    # The `max_concurrent` gate of a rollout that does not set it (0: none, every wave told at once). 1,000 keeps
+    # a site broker's share of the downloads in memory (~3 MB each, docs/scale.md) and waves of fewer devices
+    # unchanged; a rollout can still say `"max_concurrent": null` for whole waves. Shadow rollouts never take it.
+    rollout_max_concurrent: int = Field(default=1000, ge=0, le=10_000_000)
     # Captured samples (issue 14): their files live here (default: `captures/` under artifact_dir, the volume that
     # already persists bundles), and the whole fleet's may take at most this much; a sample beyond it is refused.
     capture_dir: Path | None = None

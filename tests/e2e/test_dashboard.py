@@ -143,7 +143,7 @@ def test_dashboard_drives_a_rollout_in_chromium(tmp_path, keys, artifacts):
         page.fill("#selector", "hw=cpu")
         page.fill("#waves", "1,2,3")
         page.fill("input[name=gate_soak_s]", "5")  # each wave holds 5 s: time to watch and to pause
-        expect(page.locator("input[name=gate_max_concurrent]")).to_have_attribute("placeholder", "whole wave")
+        expect(page.locator("input[name=gate_max_concurrent]")).to_have_attribute("placeholder", "1000")  # the fleet default
         page.fill("input[name=gate_max_concurrent]", "1")  # one device at a time (each wave here has one)
         expect(page.locator("#preview-count")).to_have_text("3")
         expect(page.locator(".waves-preview li")).to_have_count(3)
