@@ -279,20 +279,21 @@ def _judge(db: Session, rollout: Rollout, chunk_size: int, now: dt.datetime) -> 
     if rollout.state != RolloutState.running.value:
         return rollout.state
     gates = Gates.model_validate(rollout.gates)
-    if gates.max_concurrent is not None:
-        _fill(db, rollout, chunk_size, now)
     counts, total = _wave_counts(db, rollout)
     wave_no = rollout.current_wave + 1
     if total == 0:  # every device of the wave was revoked meanwhile
         return _next_wave_or_finish(db, rollout, chunk_size, now)
     n_failed = counts.get(MemberState.failed.value, 0)
-    n_succeeded = counts.get(MemberState.succeeded.value, 0)
     in_wave = RolloutDevice.wave == rollout.current_wave
     if n_failed / total > gates.max_failure_ratio:
         failed = _members(db, rollout, in_wave, RolloutDevice.state == MemberState.failed.value)
         errors = sorted({m.error for m in failed if m.error})
         abort(db, rollout, f"wave {wave_no}: {n_failed}/{total} devices failed ({'; '.join(errors)[:500]})", chunk_size)
         return rollout.state
+    # After the failure check: an aborting wave tells nobody more.
+    if gates.max_concurrent is not None and counts.get(MemberState.waiting.value) and _fill(db, rollout, chunk_size, now):
+        counts, total = _wave_counts(db, rollout)
+    n_succeeded = counts.get(MemberState.succeeded.value, 0)
     started = aware(rollout.wave_started_at)
     elapsed = (now - started).total_seconds() if started else 0.0
     if counts.get(MemberState.shadowing.value):
