@@ -90,6 +90,7 @@ class FleetService:
                  broker_admin: BrokerAdmin | None = None) -> None:
         self.settings = settings
         self.sessions = sessions
+        self._pruned_at: dt.datetime | None = None  # the last telemetry prune (retention), by the tick's clock
         # PostgreSQL locks rows; SQLite locks the whole file for a writer (see flush_outbox)
         self._row_locks = sessions.kw["bind"].dialect.name == "postgresql"
         self.publisher = publisher
@@ -535,12 +536,30 @@ class FleetService:
 
     def tick(self, now: dt.datetime | None = None) -> None:
         """Periodic work: telemetry to the database, then gates that depend on time and telemetry (soak,
-        timeouts), then anything left in the outbox. `now` is injected by tests; the ticker passes none."""
+        timeouts), then anything left in the outbox; once per prune interval, telemetry past its retention.
+        `now` is injected by tests; the ticker passes none."""
         try:
             self.flush_telemetry()
         except Exception:
             log.exception("telemetry flush failed; kept for the next tick")
         self.tick_rollouts(now)
+        now = now or utcnow()
+        if self._pruned_at is None or (now - self._pruned_at).total_seconds() >= self.settings.telemetry_prune_interval_s:
+            self._pruned_at = now
+            try:
+                self.prune_telemetry(now)
+            except Exception:
+                log.exception("telemetry prune failed; tried again at the next interval")
+
+    def prune_telemetry(self, now: dt.datetime | None = None) -> int:
+        """Delete telemetry minutes older than the retention (none when it is 0); → rows deleted."""
+        days = self.settings.telemetry_retention_days
+        if not days:
+            return 0
+        deleted = telemetry.prune(self.sessions, (now or utcnow()) - dt.timedelta(days=days))
+        if deleted:
+            log.info("telemetry: %d minute rows older than %g days deleted", deleted, days)
+        return deleted
 
     def _publish_desired(self, pending: list[tuple[str, int, bytes]]) -> list[bool]:
         if not pending:

@@ -71,6 +71,11 @@ class ApiSettings(BaseSettings):
     capture_dir: Path | None = None
     capture_quota_mb: float = Field(default=1024.0, ge=0)
     tick_interval_s: float = 1.0
+    # Telemetry minute rows older than this are deleted, checked every prune interval (0: kept forever). Two rows
+    # per device per minute add up: ~2.9 M a day per 1,000 devices (docs/scale.md). Keep it at least as long as
+    # the longest baseline_window_s a rollout gate uses.
+    telemetry_retention_days: float = Field(default=30.0, ge=0, le=3650)
+    telemetry_prune_interval_s: float = Field(default=3600.0, gt=0)
     # Master key (32 bytes, urlsafe base64) that seals model data keys at rest; or a file holding it (a k3s Secret).
     master_key: SecretStr | None = None
     master_key_file: Path | None = None

@@ -14,10 +14,11 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import Counter
-from sqlalchemy import func, select, text, update
+from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -27,6 +28,8 @@ from .db.tables import Device, TelemetryMinute, aware, utcnow
 
 log = logging.getLogger(__name__)
 
+ROWS_PRUNED = Counter("edgefleet_api_telemetry_rows_pruned_total",
+                      "Telemetry minute rows deleted for being older than the retention")
 ROLLUPS_REFUSED = Counter("edgefleet_api_telemetry_rollups_refused_total",
                           "Telemetry minute rollups the database refused (dropped; the rest of the flush is stored)")
 
@@ -322,6 +325,21 @@ def flush(sessions: Callable[[], Session], buffer: TelemetryBuffer) -> int:
             log.error("dropping the telemetry rollup of device %s, minute %s, model %r: %s", key[0],
                       key[1].isoformat(), key[2], str(exc).splitlines()[0][:200])
     return stored
+
+
+def prune(sessions: Callable[[], Session], before: dt.datetime, batch: int = 10_000) -> int:
+    """Delete the minute rows older than `before`, `batch` rows per transaction (short locks beside the flusher's
+    upserts, and an interrupted prune keeps what it deleted); → rows deleted."""
+    deleted = 0
+    while True:
+        with sessions() as db, db.begin():
+            oldest = select(TelemetryMinute.id).where(TelemetryMinute.minute < before).limit(batch)
+            result = db.execute(delete(TelemetryMinute).where(TelemetryMinute.id.in_(oldest)))
+            n = cast(CursorResult, result).rowcount or 0  # a DELETE's result is a cursor's
+        deleted += n
+        ROWS_PRUNED.inc(n)
+        if n < batch:
+            return deleted
 
 
 def row_view(r: TelemetryMinute) -> dict[str, Any]:

@@ -475,3 +475,38 @@ def test_the_fleet_wide_max_concurrent_applies_where_a_rollout_does_not_set_it(m
     service.control_rollout(paced["id"], "abort", OPS, "next")
     whole = service.create_rollout("digits", "1.0.0", "site=lab", "100%", {"max_concurrent": None})  # said: whole waves
     assert whole["gates"]["max_concurrent"] is None and {d["state"] for d in whole["devices"]} == {"notified"}
+
+
+def test_telemetry_older_than_the_retention_is_pruned_by_the_tick_once_per_interval(make_service, bundles):
+    """Rows older than telemetry_retention_days go, in batches, at the first tick and then once per prune interval
+    by the tick's (injected) clock; newer rows stay; retention 0 keeps everything."""
+    from sqlalchemy import select
+
+    from fleet_api import telemetry as rollups
+    from fleet_api.db.tables import TelemetryMinute, aware
+
+    service = make_service(telemetry_retention_days=7, telemetry_prune_interval_s=3600)
+    service.register_device("d0", {"site": "lab"})
+    start = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+    with service.transaction() as db:
+        for day in range(10):  # one row a day, 10 days back from `start`
+            db.add(TelemetryMinute(device_id="d0", minute=start - dt.timedelta(days=day, minutes=1), model="",
+                                   model_version="", messages=1))
+
+    def days_kept() -> list[int]:
+        with service.transaction() as db:
+            return sorted((start - aware(m)).days for m in db.scalars(select(TelemetryMinute.minute)))
+
+    service.tick(now=start)
+    assert days_kept() == [0, 1, 2, 3, 4, 5, 6]  # 7 days and a minute back: gone
+    with service.transaction() as db:
+        db.add(TelemetryMinute(device_id="d0", minute=start - dt.timedelta(days=30), model="", model_version="",
+                               messages=1))
+    service.tick(now=start + dt.timedelta(minutes=30))
+    assert 30 in days_kept()  # within the interval: not pruned again
+    service.tick(now=start + dt.timedelta(hours=1))
+    assert days_kept() == [0, 1, 2, 3, 4, 5, 6]
+    assert rollups.prune(service.sessions, start + dt.timedelta(days=1), batch=2) == 7  # in batches of 2: all of them
+    assert days_kept() == []
+    keep_all = make_service(telemetry_retention_days=0)
+    assert keep_all.prune_telemetry(start + dt.timedelta(days=3650)) == 0
