@@ -108,10 +108,10 @@ def lock(db: Session, rollout_id: int) -> Rollout:
     return rollout
 
 
-def _members(db: Session, rollout: Rollout, *where: Any) -> list[RolloutDevice]:
+def _members(db: Session, rollout: Rollout, *where: Any, limit: int | None = None) -> list[RolloutDevice]:
     return list(db.scalars(
         select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id, *where).order_by(RolloutDevice.device_id)
-        .execution_options(populate_existing=True)))
+        .limit(limit).execution_options(populate_existing=True)))
 
 
 def _start_wave(db: Session, rollout: Rollout, wave: int, chunk_size: int, now: dt.datetime) -> None:
@@ -125,20 +125,17 @@ def _start_wave(db: Session, rollout: Rollout, wave: int, chunk_size: int, now: 
 
 
 def _fill(db: Session, rollout: Rollout, chunk_size: int, now: dt.datetime) -> int:
-    """Tell waiting members of the started waves to take the bundle, as many as `max_concurrent` leaves room for
-    (all of them without it). A member that already serves the bundle succeeds at once and takes no slot.
-    Waves before the current one count too: a wave may pass (min_success_ratio < 1) with members not yet told.
+    """Tell waiting members of the current wave to take the bundle, as many as `max_concurrent` leaves room for
+    (all of them without it). A member that already serves the bundle succeeds at once and takes no slot. Only
+    the current wave can have members waiting: a wave passes only once all of it was told (`_judge`).
     → how many were told."""
     limit = Gates.model_validate(rollout.gates).max_concurrent
-    waiting = (RolloutDevice.wave <= rollout.current_wave, RolloutDevice.state == MemberState.waiting.value)
+    waiting = (RolloutDevice.wave == rollout.current_wave, RolloutDevice.state == MemberState.waiting.value)
     if limit is None:
         return _notify(db, rollout, _members(db, rollout, *waiting), chunk_size, now)
     told = 0
     while (slots := limit - _count(db, rollout, MemberState.notified)) > 0:
-        batch = list(db.scalars(
-            select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id, *waiting)
-            .order_by(RolloutDevice.wave, RolloutDevice.device_id).limit(slots)
-            .execution_options(populate_existing=True)))
+        batch = _members(db, rollout, *waiting, limit=slots)
         if not batch:
             break
         told += _notify(db, rollout, batch, chunk_size, now)
