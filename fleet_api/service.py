@@ -91,6 +91,7 @@ class FleetService:
         self.settings = settings
         self.sessions = sessions
         self._pruned_at: dt.datetime | None = None  # the last telemetry prune (retention), by the tick's clock
+        self._prune_more = False  # its last batch was full: older rows may be left, the next tick goes on
         # PostgreSQL locks rows; SQLite locks the whole file for a writer (see flush_outbox)
         self._row_locks = sessions.kw["bind"].dialect.name == "postgresql"
         self.publisher = publisher
@@ -543,20 +544,27 @@ class FleetService:
         except Exception:
             log.exception("telemetry flush failed; kept for the next tick")
         self.tick_rollouts(now)
+        # One batch per tick: a backlog (retention newly set, months of rows) is worked off over many ticks
+        # instead of holding the rollouts and the outbox behind one long delete.
         now = now or utcnow()
-        if self._pruned_at is None or (now - self._pruned_at).total_seconds() >= self.settings.telemetry_prune_interval_s:
-            self._pruned_at = now
+        due = self._pruned_at is None or (now - self._pruned_at).total_seconds() >= self.settings.telemetry_prune_interval_s
+        if due or self._prune_more:
+            if due:
+                self._pruned_at = now
             try:
-                self.prune_telemetry(now)
+                self._prune_more = self.prune_telemetry(now, max_batches=1) == telemetry.PRUNE_BATCH
             except Exception:
+                self._prune_more = False
                 log.exception("telemetry prune failed; tried again at the next interval")
 
-    def prune_telemetry(self, now: dt.datetime | None = None) -> int:
-        """Delete telemetry minutes older than the retention (none when it is 0); → rows deleted."""
+    def prune_telemetry(self, now: dt.datetime | None = None, max_batches: int | None = None) -> int:
+        """Delete telemetry minutes older than the retention (none when it is 0), in batches of
+        `telemetry.PRUNE_BATCH`, at most `max_batches` of them; → rows deleted."""
         days = self.settings.telemetry_retention_days
         if not days:
             return 0
-        deleted = telemetry.prune(self.sessions, (now or utcnow()) - dt.timedelta(days=days))
+        deleted = telemetry.prune(self.sessions, (now or utcnow()) - dt.timedelta(days=days),
+                                  telemetry.PRUNE_BATCH, max_batches)
         if deleted:
             log.info("telemetry: %d minute rows older than %g days deleted", deleted, days)
         return deleted

@@ -9,6 +9,7 @@ devices' minutes of that flush are stored.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import threading
 import time
@@ -327,11 +328,15 @@ def flush(sessions: Callable[[], Session], buffer: TelemetryBuffer) -> int:
     return stored
 
 
-def prune(sessions: Callable[[], Session], before: dt.datetime, batch: int = 10_000) -> int:
+PRUNE_BATCH = 10_000
+
+
+def prune(sessions: Callable[[], Session], before: dt.datetime, batch: int = PRUNE_BATCH,
+          max_batches: int | None = None) -> int:
     """Delete the minute rows older than `before`, `batch` rows per transaction (short locks beside the flusher's
-    upserts, and an interrupted prune keeps what it deleted); → rows deleted."""
+    upserts, and an interrupted prune keeps what it deleted), at most `max_batches` of them; → rows deleted."""
     deleted = 0
-    while True:
+    for _ in itertools.count() if max_batches is None else range(max_batches):
         with sessions() as db, db.begin():
             oldest = select(TelemetryMinute.id).where(TelemetryMinute.minute < before).limit(batch)
             result = db.execute(delete(TelemetryMinute).where(TelemetryMinute.id.in_(oldest)))
@@ -339,7 +344,8 @@ def prune(sessions: Callable[[], Session], before: dt.datetime, batch: int = 10_
         deleted += n
         ROWS_PRUNED.inc(n)
         if n < batch:
-            return deleted
+            break
+    return deleted
 
 
 def row_view(r: TelemetryMinute) -> dict[str, Any]:

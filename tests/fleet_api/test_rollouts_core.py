@@ -510,3 +510,40 @@ def test_telemetry_older_than_the_retention_is_pruned_by_the_tick_once_per_inter
     assert days_kept() == []
     keep_all = make_service(telemetry_retention_days=0)
     assert keep_all.prune_telemetry(start + dt.timedelta(days=3650)) == 0
+
+
+def test_a_telemetry_backlog_is_pruned_one_batch_a_tick(make_service, monkeypatch):
+    """The prune shares the tick with the rollouts and the outbox: one batch per tick, the next tick goes on while
+    batches come back full, and then it waits for the next interval again."""
+    from sqlalchemy import func, select
+
+    from fleet_api import telemetry as rollups
+    from fleet_api.db.tables import TelemetryMinute
+
+    monkeypatch.setattr(rollups, "PRUNE_BATCH", 2)
+    service = make_service(telemetry_retention_days=7, telemetry_prune_interval_s=3600)
+    service.register_device("d0", {"site": "lab"})
+    start = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+
+    def add_old(n: int) -> None:
+        with service.transaction() as db:
+            for i in range(n):
+                db.add(TelemetryMinute(device_id="d0", minute=start - dt.timedelta(days=8, minutes=i), model="",
+                                       model_version="", messages=1))
+
+    def rows() -> int:
+        with service.transaction() as db:
+            return db.scalar(select(func.count()).select_from(TelemetryMinute))
+
+    add_old(5)
+    ticks = [start + dt.timedelta(seconds=s) for s in range(5)]
+    left = []
+    for t in ticks:
+        service.tick(now=t)
+        left.append(rows())
+    assert left == [3, 1, 0, 0, 0]  # 2, 2, then 1 (not full: done until the next interval)
+    add_old(3)
+    service.tick(now=start + dt.timedelta(seconds=10))
+    assert rows() == 3
+    service.tick(now=start + dt.timedelta(hours=1))
+    assert rows() == 1
